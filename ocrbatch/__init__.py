@@ -1,0 +1,1 @@
+"""ocrbatch: a self-hosted CLOVA OCR Batch. See README.md."""
