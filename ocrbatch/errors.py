@@ -1,0 +1,55 @@
+"""Errors that reach operators.
+
+Every message is written to be shown as is: it names what failed and why, and never carries a
+secret. Callers at the edges (CLI, HTTP API) turn these into exit codes and status codes.
+"""
+
+from __future__ import annotations
+
+
+class OcrBatchError(Exception):
+    """Base class: the message is safe to show to an operator."""
+
+
+class ConfigError(OcrBatchError):
+    """The settings are invalid; start-up stops."""
+
+
+class StorageError(OcrBatchError):
+    """A storage operation failed; the message names the location, the key and the reason."""
+
+    def __init__(self, message: str, *, location: str | None = None, key: str | None = None) -> None:
+        self.location = location
+        self.key = key
+        where = location or ""
+        if key is not None:
+            where = f"{where.rstrip('/')}/{key}" if where else key
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ObjectNotFound(StorageError):
+    """The object (or the bucket/directory holding it) does not exist."""
+
+
+class PreconditionFailed(StorageError):
+    """A create-only or if-match write lost: the object exists or changed since it was read."""
+
+
+class UnsupportedOperation(StorageError):
+    """The backend cannot do this (for example presigned URLs on a local directory)."""
+
+
+class BatchNotFound(OcrBatchError):
+    """No batch has this id or name."""
+
+
+class BatchConflict(OcrBatchError):
+    """The batch changed since it was read, or another writer holds the catalog."""
+
+
+class BatchRuleViolation(OcrBatchError):
+    """A batch definition breaks one or more of the console's rules; each names the field and the rule."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{field}: {rule}" for field, rule in violations))

@@ -1,0 +1,267 @@
+"""Settings: a TOML file plus `OCRBATCH_*` environment variables, validated once at start-up.
+
+Environment variables override the file; nested keys use `__`
+(`OCRBATCH_DOMAINS__RECEIPTS__MAX_CONCURRENT_CALLS=3`). Every secret may instead be read from a
+file by adding `_file` to its key (`secret_file = "/run/secrets/ocr"`,
+`OCRBATCH_DOMAINS__RECEIPTS__SECRET_FILE=...`). A bad setting raises `ConfigError` with one
+message naming each bad key and its rule, and never the value.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ocrbatch.errors import ConfigError
+from ocrbatch.locations import Location
+
+Language = Literal["ko", "ja", "zh-TW"]
+DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def read_secret_files(cls: type[BaseModel], data: Any) -> Any:
+    """Replace `<secret>_file` keys by the file's content, for every SecretStr field of `cls`."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name, info in cls.model_fields.items():
+        annotation = str(info.annotation)
+        file_key = f"{name}_file"
+        if "SecretStr" not in annotation or file_key not in data:
+            continue
+        if data.get(name) is not None:
+            raise ValueError(f"set either {name} or {file_key}, not both")
+        path = Path(str(data.pop(file_key)))
+        try:
+            data[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
+    return data
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return read_secret_files(cls, data)
+
+
+class StorageSettings(_Section):
+    """How to reach S3-compatible storage, and where control documents (batches) live."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    max_pool_connections: int = Field(default=64, ge=1, le=1024)
+    control_path: str = "var/ocrbatch"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:9000")
+        return value
+
+    @field_validator("control_path")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        Location.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _both_keys(self) -> StorageSettings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        return self
+
+
+class DomainSettings(_Section):
+    """One CLOVA OCR endpoint and its limits."""
+
+    kind: Literal["general", "template"]
+    invoke_url: str
+    secret: SecretStr
+    max_concurrent_calls: int = Field(default=5, ge=1, le=1000)
+    calls_per_second: float | None = Field(default=None, gt=0)
+    transfer_mode: Literal["data", "multipart", "url"] = "data"
+    table_extraction: bool = False
+    default_language: Language | None = None
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("invoke_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL (the domain's full invoke URL)")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _non_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _general_only_options(self) -> DomainSettings:
+        if self.kind == "template" and self.table_extraction:
+            raise ValueError("table_extraction is only available on general domains")
+        if self.kind == "template" and self.default_language is not None:
+            raise ValueError("default_language is only available on general domains")
+        return self
+
+
+class WorkerSettings(_Section):
+    """Timings and budgets of the batch worker."""
+
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    progress_interval_s: float = Field(default=5.0, gt=0)
+    report_interval_s: float = Field(default=10.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    quota_pause_s: float = Field(default=300.0, gt=0)
+    prefetch_memory_mb: int = Field(default=256, ge=16)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> WorkerSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+
+class WebhookSettings(_Section):
+    """Webhook chunking and delivery."""
+
+    chunk_size: int = Field(default=1000, ge=1, le=1000)
+    idle_flush_s: float = Field(default=60.0, gt=0)
+    request_timeout_s: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1, le=100)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+
+
+class ApiSettings(_Section):
+    """The HTTP API of `ocrbatch serve`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Every setting of ocrbatch. Built once by `load_settings` and passed down, never global."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OCRBATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    storage: StorageSettings = StorageSettings()
+    domains: dict[str, DomainSettings] = {}
+    worker: WorkerSettings = WorkerSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    api: ApiSettings = ApiSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domain_names(cls, value: Any) -> Any:
+        for name in value if isinstance(value, Mapping) else ():
+            if not DOMAIN_NAME_RE.fullmatch(name):
+                raise ValueError(f"domain name {name!r} must be 1-63 lowercase letters, digits, '_' or '-'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in clear, for the log redaction processor."""
+        found: list[str] = []
+
+        def walk(value: object) -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, Mapping):
+                for item in value.values():
+                    walk(item)
+
+        walk(self)
+        return [secret for secret in found if secret]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, every secret shown as `**********`."""
+        return self.model_dump(mode="json")
+
+
+def format_validation_error(error: ValidationError, *, prefix: str = "invalid setting") -> str:
+    """One message naming each bad key and its rule; input values are left out (they may be secrets)."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        key = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known setting"
+        parts.append(f"{key}: {message}")
+    return f"{prefix}: " + "; ".join(parts)
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Read the TOML file (if any), overlay the environment, validate; `ConfigError` on any problem."""
+    file_values: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            file_values = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

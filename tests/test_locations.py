@@ -1,0 +1,68 @@
+"""Locations: s3://bucket/prefix or a local directory, and when one lies inside another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ocrbatch.locations import Location
+
+
+@pytest.mark.parametrize(
+    ("text", "bucket", "prefix"),
+    [
+        ("s3://bkt", "bkt", ""),
+        ("s3://bkt/", "bkt", ""),
+        ("s3://bkt/in", "bkt", "in/"),
+        ("s3://bkt/in/scans/", "bkt", "in/scans/"),
+        ("s3://my.bucket-1/영수증", "my.bucket-1", "영수증/"),
+    ],
+)
+def test_s3_locations_parse(text: str, bucket: str, prefix: str) -> None:
+    """S3 locations keep the bucket and a prefix that is empty or ends in '/'."""
+    location = Location.parse(text)
+    assert (location.scheme, location.bucket, location.prefix) == ("s3", bucket, prefix)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "must not be empty"),
+        ("s3://B/x", "bucket name 'B' is invalid"),
+        ("s3://ab/x", "bucket name 'ab' is invalid"),
+        ("s3://bkt/a//b", "must not contain empty"),
+        ("s3://bkt/a/../b", "must not contain empty"),
+        ("http://host/x", "must be s3://bucket/prefix or a local directory path"),
+    ],
+)
+def test_bad_locations_are_refused(text: str, reason: str) -> None:
+    """Unusable locations are refused with the reason."""
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
+        Location.parse(text)
+
+
+def test_local_paths_are_absolute_and_normalised(tmp_path: Path) -> None:
+    """Relative and file:// paths become absolute normalised directories."""
+    assert Location.parse("in/../out", base_dir=tmp_path).prefix == str(tmp_path / "out")
+    assert Location.parse(f"file://{tmp_path}/x/").prefix == str(tmp_path / "x")
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "contains"),
+    [
+        ("s3://bkt/in", "s3://bkt/in/results", True),
+        ("s3://bkt/in", "s3://bkt/in", True),
+        ("s3://bkt", "s3://bkt/anything", True),
+        ("s3://bkt/in", "s3://bkt/inbox", False),
+        ("s3://bkt/in", "s3://other/in", False),
+        ("/data/in", "/data/in/out", True),
+        ("/data/in", "/data/inbox", False),
+        ("/", "/data", True),
+        ("/data", "s3://data/x", False),
+    ],
+)
+def test_containment_respects_segment_boundaries(outer: str, inner: str, contains: bool) -> None:
+    """A location contains another only at a '/' boundary, within the same bucket or filesystem."""
+    assert Location.parse(outer).contains(Location.parse(inner)) is contains
+    assert Location.parse(outer).overlaps(Location.parse(inner)) is contains
