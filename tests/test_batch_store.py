@@ -1,0 +1,275 @@
+"""The batch store on both backends: CRUD, compare-and-swap, the catalog lease, and apply."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from ocrbatch.batch_store import LOCK_KEY, BatchStore
+from ocrbatch.batches import BatchSpec, parse_spec
+from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation, StorageError
+from ocrbatch.settings import DomainSettings
+from ocrbatch.storage import Storage
+
+DOMAINS = {
+    "gen": DomainSettings(
+        kind="general", invoke_url="http://ocr/general", secret="s1", table_extraction=True
+    ),
+    "tpl": DomainSettings(kind="template", invoke_url="http://ocr/infer", secret="s2"),
+}
+
+
+class FakeClock:
+    """Wall-clock seconds that only move when the code under test sleeps."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def spec(name: str = "forms", **overrides: Any) -> BatchSpec:
+    data: dict[str, Any] = {
+        "name": name,
+        "domain": "tpl",
+        "template_ids": [1],
+        "input_path": f"s3://data/{name}/in",
+        "result_path": f"s3://data/{name}/out",
+    }
+    data.update(overrides)
+    return parse_spec(data)
+
+
+def make_store(storage: Storage, clock: FakeClock | None = None) -> BatchStore:
+    clock = clock or FakeClock()
+    return BatchStore(storage, domains=DOMAINS, clock=clock, sleep=clock.sleep)
+
+
+async def keys(storage: Storage) -> list[str]:
+    return [info.key async for info in storage.list()]
+
+
+async def test_create_get_list_and_search(storage: Storage) -> None:
+    """A created batch can be found by id, by name (any case), and by searching part of its name."""
+    store = make_store(storage)
+    receipts = await store.create(spec("영수증-2026", domain="gen", template_ids=None))
+    forms = await store.create(spec("申込書フォーム"))
+    assert (await store.get(receipts.batch.id)).batch == receipts.batch
+    assert (await store.get("申込書フォーム")).batch.id == forms.batch.id
+    assert [item.batch.name for item in await store.list_batches()] == ["申込書フォーム", "영수증-2026"]
+    assert [item.batch.name for item in await store.list_batches(search="영수")] == ["영수증-2026"]
+    assert await store.list_batches(search="nothing") == []
+    assert receipts.batch.language == "ko"  # filled from defaults for General domains
+    assert receipts.batch.status == "available"
+    assert await keys(storage) == sorted(f"batches/{item.batch.id}.json" for item in (receipts, forms))
+
+
+async def test_unknown_batch_is_not_found(storage: Storage) -> None:
+    """Ids and names that match nothing raise BatchNotFound, including ones that are not valid keys."""
+    store = make_store(storage)
+    for ref in ("0123456789abcdef", "no such", "../x", ""):
+        with pytest.raises(BatchNotFound):
+            await store.get(ref)
+
+
+async def test_refused_create_writes_nothing(storage: Storage) -> None:
+    """A batch that breaks a rule is refused and the storage is left exactly as it was."""
+    store = make_store(storage)
+    await store.create(spec("first", domain="gen", template_ids=None))
+    before = await keys(storage)
+    with pytest.raises(BatchRuleViolation, match="only one batch per General domain"):
+        await store.create(spec("second", domain="gen", template_ids=None))
+    assert await keys(storage) == before
+
+
+async def test_webhook_secret_is_kept_but_never_shown(storage: Storage) -> None:
+    """The document keeps the webhook secret (the worker signs with it); the model masks it."""
+    store = make_store(storage)
+    created = await store.create(spec(webhook={"url": "http://h/x", "secret": "whsec-kept-1234"}))
+    document = (await storage.read(f"batches/{created.batch.id}.json")).data.decode()
+    assert "whsec-kept-1234" in document
+    loaded = await store.get(created.batch.id)
+    assert loaded.batch.webhook is not None
+    assert loaded.batch.webhook.secret is not None
+    assert loaded.batch.webhook.secret.get_secret_value() == "whsec-kept-1234"
+    assert "whsec-kept-1234" not in loaded.batch.model_dump_json()
+
+
+async def test_update_changes_only_the_given_fields(storage: Storage) -> None:
+    """An edit changes the given fields, keeps the others and the id, and moves updated_at."""
+    clock = FakeClock()
+    store = make_store(storage, clock)
+    created = await store.create(spec(webhook={"url": "http://h/x", "secret": "whsec-kept-1234"}))
+    clock.now += 60
+    updated = await store.update(created.batch.name, {"file_format": "xls", "webhook": {"url": "http://h/y"}})
+    assert updated.batch.id == created.batch.id
+    assert updated.batch.file_format == "xls"
+    assert updated.batch.template_ids == [1]
+    assert updated.batch.webhook is not None
+    assert updated.batch.webhook.url == "http://h/y"
+    assert updated.batch.webhook.secret is not None  # a partial webhook edit keeps the secret
+    assert updated.batch.updated_at > created.batch.updated_at
+    assert updated.etag != created.etag
+    removed = await store.update(created.batch.id, {"webhook": None})
+    assert removed.batch.webhook is None
+
+
+async def test_refused_update_writes_nothing(storage: Storage) -> None:
+    """An edit that breaks a rule is refused; the stored batch is unchanged."""
+    store = make_store(storage)
+    created = await store.create(spec())
+    with pytest.raises(BatchRuleViolation, match="result_path: must not lie inside the input path"):
+        await store.update(created.batch.id, {"result_path": "s3://data/forms/in/out"})
+    with pytest.raises(BatchRuleViolation, match="name: must be 1-50 characters"):
+        await store.update(created.batch.id, {"name": "bad name!"})
+    assert (await store.get(created.batch.id)) == created
+
+
+async def test_concurrent_edits_one_wins_one_conflicts(storage: Storage) -> None:
+    """Two edits made from the same read: exactly one is stored, the other gets BatchConflict."""
+    first_store, second_store = make_store(storage), make_store(storage)
+    created = await first_store.create(spec())
+    results = await asyncio.gather(
+        first_store.update(created.batch.id, {"file_format": "xls"}, if_match=created.etag),
+        second_store.update(created.batch.id, {"template_ids": [5, 6]}, if_match=created.etag),
+        return_exceptions=True,
+    )
+    conflicts = [result for result in results if isinstance(result, BatchConflict)]
+    winners = [result for result in results if not isinstance(result, BaseException)]
+    assert len(conflicts) == 1
+    assert len(winners) == 1
+    assert "was changed by someone else" in str(conflicts[0])
+    stored = (await first_store.get(created.batch.id)).batch
+    assert stored == winners[0].batch
+    # Nothing lost: the loser can read again and apply its change on top of the winner's.
+    loser_change = {"template_ids": [5, 6]} if stored.file_format == "xls" else {"file_format": "xls"}
+    final = (await second_store.update(created.batch.id, loser_change)).batch
+    assert (final.file_format, final.template_ids) == ("xls", [5, 6])
+
+
+async def test_stale_etag_conflicts_and_changes_nothing(storage: Storage) -> None:
+    """An edit or delete against an etag that is no longer current is refused."""
+    store = make_store(storage)
+    created = await store.create(spec())
+    current = await store.update(created.batch.id, {"file_format": "xls"})
+    with pytest.raises(BatchConflict):
+        await store.update(created.batch.id, {"template_ids": [9]}, if_match=created.etag)
+    with pytest.raises(BatchConflict):
+        await store.delete(created.batch.id, if_match=created.etag)
+    assert await store.get(created.batch.id) == current
+
+
+async def test_concurrent_creates_cannot_break_uniqueness(storage: Storage) -> None:
+    """Creates racing with the same name, or on the same General domain, store exactly one batch."""
+    stores = [make_store(storage) for _ in range(5)]
+    same_name = await asyncio.gather(
+        *(
+            store.create(spec("dup", input_path=f"s3://data/i{n}", result_path=f"s3://data/o{n}"))
+            for n, store in enumerate(stores)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(result, BaseException) for result in same_name) == 1
+    losers = [result for result in same_name if isinstance(result, BaseException)]
+    assert all(isinstance(result, BatchRuleViolation) for result in losers), losers
+    general = await asyncio.gather(
+        *(store.create(spec(f"g{n}", domain="gen", template_ids=None)) for n, store in enumerate(stores)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(result, BaseException) for result in general) == 1
+    refused = [result for result in general if isinstance(result, BaseException)]
+    assert all(isinstance(result, BatchRuleViolation) for result in refused), refused
+    assert len(await stores[0].list_batches()) == 2
+
+
+async def test_delete_removes_the_definition(storage: Storage) -> None:
+    """Deleting a batch removes its document; it can then not be found, and its name is free again."""
+    store = make_store(storage)
+    created = await store.create(spec())
+    deleted = await store.delete("forms")
+    assert deleted.id == created.batch.id
+    with pytest.raises(BatchNotFound):
+        await store.get(created.batch.id)
+    assert await keys(storage) == []
+    await store.create(spec())
+
+
+async def test_set_status_records_transitions(storage: Storage) -> None:
+    """The worker's status changes are stored with their reason, after an operator's concurrent edit too."""
+    store = make_store(storage)
+    created = await store.create(spec())
+    await store.update(created.batch.id, {"file_format": "xls"})
+    errored = await store.set_status(created.batch.id, "error", "0002 Secret key validate failed")
+    assert (errored.status, errored.status_reason, errored.file_format) == (
+        "error",
+        "0002 Secret key validate failed",
+        "xls",
+    )
+    resumed = await store.update(created.batch.id, {}, status="available")
+    assert (resumed.batch.status, resumed.batch.status_reason) == ("available", None)
+
+
+async def test_a_corrupt_document_is_a_clear_error(storage: Storage) -> None:
+    """A hand-damaged batch document makes listing fail loudly, naming the document."""
+    store = make_store(storage)
+    await storage.write("batches/0123456789abcdef.json", b'{"name": 1}')
+    with pytest.raises(StorageError, match=r"batches/0123456789abcdef.json: batch document is not valid"):
+        await store.list_batches()
+
+
+async def test_apply_is_idempotent_and_checks_the_whole_file_first(storage: Storage) -> None:
+    """apply creates, then reports unchanged; an edit updates; a bad file writes nothing; prune deletes."""
+    store = make_store(storage)
+    declared = [spec("a"), spec("b", domain="gen", template_ids=None)]
+    assert [(c.action, c.name) for c in await store.apply(declared)] == [("create", "a"), ("create", "b")]
+    assert [c.action for c in await store.apply(declared)] == ["unchanged", "unchanged"]
+    before = {item.batch.name: item for item in await store.list_batches()}
+
+    changed = [spec("a", file_format="xls"), declared[1]]
+    assert [c.action for c in await store.apply(changed, dry_run=True)] == ["update", "unchanged"]
+    assert {item.batch.name: item for item in await store.list_batches()} == before
+    assert [c.action for c in await store.apply(changed)] == ["update", "unchanged"]
+    assert (await store.get("a")).batch.id == before["a"].batch.id
+
+    snapshot = await keys(storage), await store.list_batches()
+    bad = [*changed, spec("c", domain="gen", template_ids=None)]
+    with pytest.raises(BatchRuleViolation, match="batch 'c': domain: only one batch per General domain"):
+        await store.apply(bad)
+    with pytest.raises(BatchRuleViolation, match="declared more than once"):
+        await store.apply([spec("a"), spec("A")])
+    assert (await keys(storage), await store.list_batches()) == snapshot
+
+    assert [c.action for c in await store.apply([changed[0]])] == ["unchanged", "unchanged"]
+    assert [c.action for c in await store.apply([changed[0]], prune=True)] == ["unchanged", "delete"]
+    assert [item.batch.name for item in await store.list_batches()] == ["a"]
+
+
+async def test_catalog_lease_blocks_then_times_out(storage: Storage) -> None:
+    """While another writer holds a live lease, a change waits and then fails with a clear conflict."""
+    clock = FakeClock()
+    store = make_store(storage, clock)
+    await storage.write(LOCK_KEY, json.dumps({"owner": "other", "expires_at": clock.now + 3600}).encode())
+    with pytest.raises(BatchConflict, match="being changed by another writer"):
+        await store.create(spec())
+    assert clock.slept  # it waited (on the injected clock) before giving up
+    assert [item async for item in storage.list("batches/")] == []
+
+
+async def test_expired_lease_is_taken_over(storage: Storage) -> None:
+    """A lease left by a crashed writer is taken over once it expires, and released afterwards."""
+    clock = FakeClock()
+    store = make_store(storage, clock)
+    await storage.write(LOCK_KEY, json.dumps({"owner": "crashed", "expires_at": clock.now - 1}).encode())
+    created = await store.create(spec())
+    assert (await store.get(created.batch.id)).batch.name == "forms"
+    assert await keys(storage) == [f"batches/{created.batch.id}.json"]
