@@ -7,6 +7,7 @@ console's rules refusing bad definitions. Every step checks its exit code, so a 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -175,12 +176,32 @@ def run_demo(workdir: Path | None) -> int:
     """Run every step in `workdir` (a temporary directory if None); returns the exit code."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        return _run_steps(workdir)
+        code = _run_steps(workdir)
+        if code == 0:
+            click.secho(f"batch documents are kept in {workdir / 'control'}", bold=True)
+        return code
     with tempfile.TemporaryDirectory(prefix="ocrbatch-demo-") as tmp:
-        return _run_steps(Path(tmp))
+        code = _run_steps(Path(tmp))
+    if code == 0:
+        click.secho(
+            "the demo's files were removed; run `ocrbatch demo --workdir DIR` to keep them", bold=True
+        )
+    return code
+
+
+def _prepare(workdir: Path) -> None:
+    """Start from a clean demo directory; never touch a directory the demo did not make."""
+    config = workdir / "ocrbatch.toml"
+    made_by_demo = config.is_file() and config.read_text(encoding="utf-8") == DEMO_CONFIG
+    if any(workdir.iterdir()) and not made_by_demo:
+        raise click.UsageError(
+            f"{workdir} is not empty and was not made by the demo; choose an empty directory"
+        )
+    shutil.rmtree(workdir / "control", ignore_errors=True)
 
 
 def _run_steps(workdir: Path) -> int:
+    _prepare(workdir)
     (workdir / "ocrbatch.toml").write_text(DEMO_CONFIG, encoding="utf-8")
     (workdir / "batches.yaml").write_text(APPLY_FILE, encoding="utf-8")
     for folder in ("inbox/receipts", "inbox/forms", "results"):
@@ -205,7 +226,5 @@ def _run_steps(workdir: Path) -> int:
                 f"demo failed: exit code {result.returncode}, expected {expected}", fg="red", err=True
             )
             return 1
-    click.secho(
-        f"\ndemo finished: {len(STEPS)} steps; batch documents are in {workdir / 'control'}", bold=True
-    )
+    click.secho(f"\ndemo finished: all {len(STEPS)} steps behaved as expected", bold=True)
     return 0
