@@ -42,6 +42,7 @@ from ocrbatch.errors import (
     ObjectNotFound,
     PreconditionFailed,
     StorageError,
+    validation_problems,
 )
 from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings, Settings
@@ -135,10 +136,9 @@ class BatchStore:
         try:
             batch = Batch.model_validate_json(stored.data)
         except ValidationError as exc:
-            first = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
+            field, rule = validation_problems(exc, unknown_key="is not a batch field")[0]
             raise StorageError(
-                f"batch document is not valid ({where}: {first['msg']}); fix or delete it",
+                f"batch document is not valid ({field}: {rule}); fix or delete it",
                 location=str(self.control),
                 key=key,
             ) from None

@@ -26,9 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-from ocrbatch.errors import BatchRuleViolation
+from ocrbatch.errors import BatchRuleViolation, validation_problems
 from ocrbatch.locations import Location
-from ocrbatch.settings import DomainSettings, Language, read_secret_files
+from ocrbatch.settings import DomainSettings, Language, check_http_url, read_secret_files
 
 BatchStatus = Literal["available", "running", "paused", "error"]
 FileFormat = Literal["json", "xls"]
@@ -63,12 +63,6 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+\S*$", value):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
 class Webhook(BaseModel):
     """Where finished items are POSTed, in chunks (SPEC §6)."""
 
@@ -87,7 +81,7 @@ class Webhook(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _http_url(value)
+        return check_http_url(value)
 
     @field_serializer("secret", when_used="json")
     def _dump_secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
@@ -184,17 +178,9 @@ def parse_spec(data: Mapping[str, Any]) -> BatchSpec:
 
 
 def violation_from(error: ValidationError) -> BatchRuleViolation:
-    """A pydantic error as a `BatchRuleViolation`, without echoing input values."""
-    violations = []
-    for item in error.errors(include_input=False, include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "batch"
-        rule = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
-            rule = "is required"
-        elif item["type"] == "extra_forbidden":
-            rule = "is not a batch field"
-        violations.append((field, rule))
-    return BatchRuleViolation(violations)
+    """A pydantic error as a `BatchRuleViolation` (fields named, input values left out)."""
+    problems = validation_problems(error, unknown_key="is not a batch field")
+    return BatchRuleViolation([(field or "batch", rule) for field, rule in problems])
 
 
 def resolve_defaults(spec: BatchSpec, domain: DomainSettings) -> BatchSpec:

@@ -6,6 +6,25 @@ secret. Callers at the edges (CLI, HTTP API) turn these into exit codes and stat
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
+
+def validation_problems(error: ValidationError, *, unknown_key: str) -> list[tuple[str, str]]:
+    """Each (dotted key, rule) of a pydantic error, worded for operators.
+
+    Input values are left out on purpose: the value under a bad key may be a secret.
+    `unknown_key` is the rule shown for a key the model does not have.
+    """
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        rule = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            rule = "is required"
+        elif item["type"] == "extra_forbidden":
+            rule = unknown_key
+        problems.append((".".join(str(part) for part in item["loc"]), rule))
+    return problems
+
 
 class OcrBatchError(Exception):
     """Base class: the message is safe to show to an operator."""

@@ -26,11 +26,21 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ocrbatch.errors import ConfigError
+from ocrbatch.errors import ConfigError, validation_problems
 from ocrbatch.locations import Location
 
 Language = Literal["ko", "ja", "zh-TW"]
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+_HTTP_URL_RE = re.compile(r"^https?://[^/\s?#]+[^\s]*$")
+
+
+def check_http_url(value: str) -> str:
+    """The value if it is an absolute http:// or https:// URL; ValueError otherwise."""
+    if not _HTTP_URL_RE.fullmatch(value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
 
 
 def read_secret_files(cls: type[BaseModel], data: Any) -> Any:
@@ -79,9 +89,7 @@ class StorageSettings(_Section):
     @field_validator("endpoint_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL such as http://127.0.0.1:9000")
-        return value
+        return value if value is None else check_http_url(value)
 
     @field_validator("control_path")
     @classmethod
@@ -113,9 +121,7 @@ class DomainSettings(_Section):
     @field_validator("invoke_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL (the domain's full invoke URL)")
-        return value
+        return check_http_url(value)
 
     @field_validator("secret")
     @classmethod
@@ -237,20 +243,6 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
-def format_validation_error(error: ValidationError, *, prefix: str = "invalid setting") -> str:
-    """One message naming each bad key and its rule; input values are left out (they may be secrets)."""
-    parts = []
-    for item in error.errors(include_input=False, include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "(settings)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
-            message = "is required"
-        elif item["type"] == "extra_forbidden":
-            message = "is not a known setting"
-        parts.append(f"{key}: {message}")
-    return f"{prefix}: " + "; ".join(parts)
-
-
 def load_settings(config_path: Path | None = None) -> Settings:
     """Read the TOML file (if any), overlay the environment, validate; `ConfigError` on any problem."""
     file_values: dict[str, Any] = {}
@@ -264,4 +256,6 @@ def load_settings(config_path: Path | None = None) -> Settings:
     try:
         return Settings(**file_values)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        problems = validation_problems(exc, unknown_key="is not a known setting")
+        message = "; ".join(f"{key or '(settings)'}: {rule}" for key, rule in problems)
+        raise ConfigError(f"invalid setting: {message}") from None

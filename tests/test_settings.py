@@ -84,7 +84,12 @@ def test_secrets_are_read_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (
             "[domains.t]\nkind='general'\ninvoke_url='ftp://x'\nsecret='s'\n",
             {},
-            "domains.t.invoke_url: must be an http(s) URL",
+            "domains.t.invoke_url: must be an http:// or https:// URL",
+        ),
+        (
+            "[storage]\nendpoint_url='127.0.0.1:9000'\n",
+            {},
+            "storage.endpoint_url: must be an http:// or https:// URL",
         ),
         ("[domains.t]\nkind='general'\ninvoke_url='http://x'\n", {}, "domains.t.secret: is required"),
         ("[storage]\naccess_key_id='a'\n", {}, "storage: set both access_key_id and secret_access_key"),
