@@ -169,19 +169,31 @@ class BatchStore:
         """
         base = await self.get(ref)
         etag = if_match or base.etag
-        merged = base.batch.spec().model_dump(mode="json", context={"reveal_secrets": True})
+        spec = parse_spec(self._merge(base.batch, changes))
+        async with self._catalog_lock():
+            others = [item.batch for item in await self.list_batches() if item.batch.id != base.batch.id]
+            batch = self._updated_batch(base.batch, spec, status=status)
+            # A status-only change (pause, resume) must work even for a batch that no longer
+            # passes the rules (say, its domain was removed), so only changed specs are checked.
+            if _spec_dump(batch.spec()) != _spec_dump(base.batch.spec()):
+                self._check(batch, others)
+            return await self._write(batch, etag=etag)
+
+    def _merge(self, base: Batch, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch's spec fields with `changes` applied, as plain data for validation."""
+        merged = base.spec().model_dump(mode="json", context={"reveal_secrets": True})
+        old_domain, new_domain = self._domains.get(base.domain), self._domains.get(changes.get("domain", ""))
+        if old_domain and new_domain and old_domain.kind != new_domain.kind:
+            # Moving to a domain of the other kind: the old kind's options do not carry over.
+            for field in ("language", "table_extraction", "long_image", "template_ids"):
+                merged.pop(field, None)
         for field, value in changes.items():
             # A partial webhook (say, only a new URL) keeps the rest of the current webhook.
             if field == "webhook" and isinstance(value, Mapping) and isinstance(merged.get("webhook"), dict):
                 merged["webhook"] = {**merged["webhook"], **value}
             else:
                 merged[field] = value
-        spec = parse_spec(merged)
-        async with self._catalog_lock():
-            others = [item.batch for item in await self.list_batches() if item.batch.id != base.batch.id]
-            batch = self._updated_batch(base.batch, spec, status=status)
-            self._check(batch, others)
-            return await self._write(batch, etag=etag)
+        return merged
 
     async def delete(self, ref: str, *, if_match: str | None = None) -> Batch:
         """Remove the batch's definition (its results are never touched)."""

@@ -124,6 +124,26 @@ async def test_update_changes_only_the_given_fields(storage: Storage) -> None:
     assert removed.batch.webhook is None
 
 
+async def test_moving_to_a_domain_of_the_other_kind_drops_the_old_options(storage: Storage) -> None:
+    """An edit onto a General domain drops the template ids; back onto Template, the language goes."""
+    store = make_store(storage)
+    created = await store.create(spec())
+    general = (await store.update(created.batch.id, {"domain": "gen"})).batch
+    assert (general.template_ids, general.language, general.table_extraction) == (None, "ko", False)
+    template = (await store.update(created.batch.id, {"domain": "tpl", "template_ids": [4]})).batch
+    assert (template.template_ids, template.language, template.long_image) == ([4], None, None)
+
+
+async def test_status_change_works_for_a_batch_that_no_longer_passes(storage: Storage) -> None:
+    """Pausing a batch whose domain was removed from the settings still works; editing it is refused."""
+    created = await make_store(storage).create(spec())
+    without_domain = BatchStore(storage, domains={"gen": DOMAINS["gen"]})
+    paused = await without_domain.update(created.batch.id, {}, status="paused")
+    assert paused.batch.status == "paused"
+    with pytest.raises(BatchRuleViolation, match="no OCR domain named 'tpl'"):
+        await without_domain.update(created.batch.id, {"file_format": "xls"})
+
+
 async def test_refused_update_writes_nothing(storage: Storage) -> None:
     """An edit that breaks a rule is refused; the stored batch is unchanged."""
     store = make_store(storage)
