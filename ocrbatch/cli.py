@@ -60,10 +60,6 @@ class CliState:
         return self._settings
 
 
-def run(coroutine_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return asyncio.run(coroutine_fn())
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -82,7 +78,8 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps ocrbatch errors to a one-line message and an exit code."""
     try:
-        cli.main(args=argv, prog_name="ocrbatch", standalone_mode=False)
+        # Without standalone mode click returns the code of ctx.exit(n) instead of exiting.
+        code = cli.main(args=argv, prog_name="ocrbatch", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(EXIT_FAILURE)
@@ -93,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc, EXIT_BAD_INPUT)
     except OcrBatchError as exc:
         _fail(exc, EXIT_FAILURE)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _fail(exc: Exception, code: int) -> None:
@@ -208,7 +205,7 @@ def _with_store(state: CliState, action: Callable[[BatchStore], Coroutine[Any, A
         async with open_batch_store(settings) as store:
             return await action(store)
 
-    return run(go)
+    return asyncio.run(go())
 
 
 @batch.command("create")
