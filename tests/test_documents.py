@@ -1,0 +1,96 @@
+"""Reading documents: page sizes from the bytes, and a clear reason when they cannot be read."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import re
+
+import pytest
+from pypdf import PdfWriter
+from samples import jpeg, pdf, png, tiff
+
+from ocrbatch.clova import MAX_PDF_PAGES_PER_CALL
+from ocrbatch.documents import UnreadableDocument, is_long_image, page_sizes
+
+
+def test_raster_sizes_are_read_from_the_content() -> None:
+    """PNG and JPEG give one page of their pixel size; a TIFF gives each frame, at most 10."""
+    assert page_sizes(png(640, 480), "png") == [(640, 480)]
+    assert page_sizes(png(640, 480), "PNG") == [(640, 480)]
+    assert page_sizes(jpeg(320, 200), "jpg") == [(320, 200)]
+    assert page_sizes(jpeg(200, 320), "jpeg") == [(200, 320)]
+    frames = [(100 + 10 * index, 200) for index in range(12)]
+    assert page_sizes(tiff(frames[:3]), "tif") == frames[:3]
+    assert page_sizes(tiff(frames), "tiff") == frames
+    assert page_sizes(tiff(frames), "tiff", max_pages=10) == frames[:10]
+
+
+def test_pdf_pages_are_read_at_144_dpi_up_to_the_call_limit() -> None:
+    """A 23-page A4 PDF gives its first 10 pages at 1190 x 1684 px when limited to one call's pages."""
+    sizes = page_sizes(pdf(23), "pdf", max_pages=MAX_PDF_PAGES_PER_CALL)
+    assert sizes == [(1190, 1684)] * MAX_PDF_PAGES_PER_CALL
+
+
+def test_rotated_pdf_pages_swap_width_and_height() -> None:
+    """A page turned by /Rotate 90 is recognised as it is displayed: landscape."""
+    writer = PdfWriter()
+    writer.add_blank_page(width=595, height=842).rotate(90)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    assert page_sizes(buffer.getvalue(), "pdf") == [(1684, 1190)]
+
+
+@pytest.mark.parametrize(
+    ("data", "image_format", "reason"),
+    [
+        pytest.param(
+            random.Random(7).randbytes(2000), "png", "not a valid PNG image", id="random-bytes-as-png"
+        ),
+        pytest.param(png()[:20], "png", "not a valid PNG image", id="truncated-png-header"),
+        pytest.param(png(mode="RGB")[:-30], "png", "truncated PNG image", id="png-cut-before-its-end"),
+        pytest.param(png(), "pdf", "not a PDF document", id="png-declared-as-pdf"),
+        pytest.param(png(), "jpg", "not a valid JPEG image", id="png-declared-as-jpg"),
+        pytest.param(jpeg(64, 64), "tiff", "not a valid TIFF image", id="jpeg-declared-as-tiff"),
+        pytest.param(pdf(2, password="pw"), "pdf", "encrypted PDF", id="encrypted-pdf"),
+        pytest.param(pdf(0), "pdf", "PDF has no pages", id="pdf-without-pages"),
+        pytest.param(pdf(3)[:-200], "pdf", "not a valid PDF document", id="truncated-pdf"),
+        pytest.param(png(), "gif", "unsupported format 'gif'", id="unsupported-format"),
+        pytest.param(b"", "png", "not a valid PNG image", id="zero-bytes-as-png"),
+        pytest.param(b"", "jpg", "not a valid JPEG image", id="zero-bytes-as-jpg"),
+        pytest.param(b"", "tif", "not a valid TIFF image", id="zero-bytes-as-tif"),
+        pytest.param(b"", "pdf", "not a PDF document", id="zero-bytes-as-pdf"),
+    ],
+)
+def test_unreadable_inputs_are_refused_with_a_reason(data: bytes, image_format: str, reason: str) -> None:
+    """Bytes the declared format's reader rejects raise UnreadableDocument saying why."""
+    with pytest.raises(UnreadableDocument, match=re.escape(reason)):
+        page_sizes(data, image_format)
+
+
+def test_a_broken_pdf_logs_nothing_and_leaves_pypdf_logging_as_it_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pypdf's repair warnings for a truncated PDF are not logged; its logger level is restored after."""
+    caplog.set_level(logging.DEBUG)
+    level = logging.getLogger("pypdf").level
+    with pytest.raises(UnreadableDocument):
+        page_sizes(pdf(3)[: len(pdf(3)) // 2], "pdf")
+    assert [record for record in caplog.records if record.name.startswith("pypdf")] == []
+    assert logging.getLogger("pypdf").level == level
+
+
+def test_all_pages_are_read_without_a_limit() -> None:
+    """Without max_pages every page is read (the worker splits long PDFs by this count)."""
+    assert len(page_sizes(pdf(23), "pdf")) == 23
+    assert len(page_sizes(pdf(23), "pdf", max_pages=MAX_PDF_PAGES_PER_CALL)) == 10
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "long_image"),
+    [(2000, 8000, False), (1600, 8000, True), (8000, 1000, True), (1000, 7999, False), (2000, 9000, False)],
+)
+def test_long_image_rule(width: int, height: int, long_image: bool) -> None:
+    """A long image has a long side of at least 8,000 px and an aspect ratio of at least 5."""
+    assert is_long_image(width, height) is long_image
