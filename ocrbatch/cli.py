@@ -23,6 +23,7 @@ from ocrbatch import cli_output
 from ocrbatch.batch_store import BatchStore, open_batch_store
 from ocrbatch.batches import BatchStatus, parse_spec
 from ocrbatch.demo import run_demo
+from ocrbatch.emulator_cli import emulator_command
 from ocrbatch.errors import (
     BatchNotFound,
     BatchRuleViolation,
@@ -349,3 +350,6 @@ def read_batch_file(path: Path) -> list[dict[str, Any]]:
 def demo_command(workdir: Path | None) -> None:
     """Run the embedded demo: no cloud account, no Docker."""
     sys.exit(run_demo(workdir))
+
+
+cli.add_command(emulator_command)

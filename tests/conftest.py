@@ -6,12 +6,17 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from emulator_fixtures import StartEmulator
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
+from ocrbatch.emulator import Emulator, EmulatorSettings
 from ocrbatch.locations import Location
+from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage import Storage
 from ocrbatch.storage_factory import StorageFactory
@@ -131,3 +136,26 @@ async def s3_storage(s3_settings: StorageSettings, s3_bucket: str) -> AsyncItera
     """An opened, empty `Storage` on `s3://<fresh bucket>/some/prefix/`."""
     async with _open_storage(s3_settings, Location.parse(f"s3://{s3_bucket}/some/prefix/")) as opened:
         yield opened
+
+
+# ---------------------------------------------------------------------------------------------
+# OCR: the emulator as a real server on loopback, and one shared client session.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def start_emulator() -> AsyncIterator[StartEmulator]:
+    """Start emulators with given settings (`await start_emulator(max_concurrent_calls=2)`); stopped after."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**settings: Any) -> Emulator:
+            return await stack.enter_async_context(Emulator(EmulatorSettings(**settings)))
+
+        yield start
+
+
+@pytest.fixture
+async def ocr_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The shared HTTP session an OCR client uses."""
+    async with open_ocr_session() as session:
+        yield session

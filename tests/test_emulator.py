@@ -1,0 +1,290 @@
+"""The emulator: its limits, statistics, fault plan, transfer modes and command line."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+from emulator_fixtures import StartEmulator, client_for, png_bytes
+from pypdf import PdfWriter
+
+from ocrbatch.clova import OcrError
+from ocrbatch.emulator_cli import emulator_command
+from ocrbatch.emulator_faults import FaultPlan, FaultSettings, ScriptedFault
+from ocrbatch.emulator_limits import DomainMeter
+from ocrbatch.ocr_client import OcrCall, TransferMode
+from ocrbatch.storage import Storage
+
+
+async def test_fifty_concurrent_calls_against_a_cap_of_five(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """50 concurrent calls, cap 5: peak in-flight is 5, the other 45 get 0025, and the counts add up."""
+    emulator = await start_emulator(max_concurrent_calls=5)
+    client = client_for(ocr_session, emulator)
+    image = png_bytes()
+    emulator.hold()
+    tasks = [
+        asyncio.create_task(client.recognize(OcrCall(name=f"img-{n:02}.png", image_format="png", data=image)))
+        for n in range(50)
+    ]
+    refused = []
+    for finished in asyncio.as_completed(tasks):
+        try:
+            await finished
+        except OcrError as error:
+            refused.append(error)
+        if len(refused) == 45:
+            break
+    await emulator.wait_for_in_flight(5)
+    emulator.release()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    answered = [result for result in results if not isinstance(result, BaseException)]
+    stats = emulator.stats()
+    assert {error.code for error in refused} == {"0025"}
+    assert len(answered) == 5
+    assert stats["peak_in_flight"] == 5
+    assert stats["domains"]["general"]["peak_in_flight"] == 5
+    assert stats["calls"] == 50
+    assert stats["answers"] == {"200": 5, "0025": 45}
+    assert stats["successes"] == 5
+    assert stats["in_flight"] == 0
+
+
+@pytest.mark.parametrize("mode", ["data", "multipart"])
+async def test_transfer_modes_round_trip_an_image(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession, mode: TransferMode
+) -> None:
+    """Base64 data and multipart both deliver the bytes: the size in the answer is read from the image."""
+    emulator = await start_emulator()
+    client = client_for(ocr_session, emulator, mode=mode)
+    response = await client.recognize(
+        OcrCall(name="in/영수증 1.png", image_format="png", data=png_bytes(640, 480))
+    )
+    (image,) = response.images
+    assert image.name == "in/영수증 1.png"
+    assert image.converted_image_info is not None
+    assert (image.converted_image_info.width, image.converted_image_info.height) == (640, 480)
+    assert emulator.stats()["recognitions"] == {"in/영수증 1.png": 1}
+
+
+async def test_url_mode_fetches_a_presigned_url(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession, s3_storage: Storage
+) -> None:
+    """In url mode the emulator fetches the image from a presigned S3 URL (moto's server)."""
+    await s3_storage.write("scans/page.png", png_bytes(300, 900))
+    url = await s3_storage.presigned_get_url("scans/page.png", expires_s=300)
+    emulator = await start_emulator()
+    client = client_for(ocr_session, emulator, mode="url")
+    response = await client.recognize(OcrCall(name="scans/page.png", image_format="png", url=url))
+    info = response.images[0].converted_image_info
+    assert info is not None
+    assert (info.width, info.height) == (300, 900)
+    missing = await s3_storage.presigned_get_url("scans/missing.png", expires_s=300)
+    broken = await client.recognize(OcrCall(name="gone.png", image_format="png", url=missing))
+    assert broken.images[0].infer_result == "FAILURE"
+    assert "image download failed" in (broken.images[0].message or "")
+
+
+def pdf_bytes(pages: int) -> bytes:
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(width=595, height=842)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+async def test_pdf_gets_one_image_per_page_up_to_ten(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """A 12-page PDF is answered with its first 10 pages, pageIndex 0-9, as the service does."""
+    emulator = await start_emulator()
+    response = await client_for(ocr_session, emulator, mode="multipart").recognize(
+        OcrCall(name="contract.pdf", image_format="pdf", data=pdf_bytes(12))
+    )
+    assert [
+        image.converted_image_info.page_index for image in response.images if image.converted_image_info
+    ] == list(range(10))
+
+
+async def test_unreadable_image_is_a_failure_result(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """Bytes that are not the declared format are answered FAILURE with the reason, and not counted."""
+    emulator = await start_emulator()
+    response = await client_for(ocr_session, emulator).recognize(
+        OcrCall(name="corrupt.pdf", image_format="pdf", data=b"%PDF-1.7 not really")
+    )
+    assert response.images[0].infer_result == "FAILURE"
+    assert "could not be read" in (response.images[0].message or "")
+    assert emulator.stats()["recognitions"] == {}
+
+
+async def test_template_and_general_answers_through_the_client(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """Template answers name the matched template; General answers with tables carry cells."""
+    emulator = await start_emulator(template_ids=(101, 102))
+    template = await client_for(ocr_session, emulator, kind="template").recognize(
+        OcrCall(name="form.png", image_format="png", data=png_bytes(), template_ids=(102,))
+    )
+    image = template.images[0]
+    assert image.matched_template is not None
+    assert image.matched_template.id == 102
+    assert image.title is not None
+    assert image.fields
+    assert all(field.name and field.sub_fields is not None for field in image.fields)
+    general = await client_for(ocr_session, emulator).recognize(
+        OcrCall(name="table.png", image_format="png", data=png_bytes(), lang="ko", table_detection=True)
+    )
+    assert general.images[0].tables
+    assert general.images[0].tables[0].cells
+
+
+async def test_double_recognition_shows_in_the_stats(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """Recognising the same image twice is visible per name (the double-billing detector)."""
+    emulator = await start_emulator()
+    client = client_for(ocr_session, emulator)
+    for _ in range(2):
+        await client.recognize(OcrCall(name="twice.png", image_format="png", data=png_bytes()))
+    await client.recognize(OcrCall(name="once.png", image_format="png", data=png_bytes()))
+    stats = emulator.stats()
+    assert stats["recognitions"] == {"once.png": 1, "twice.png": 2}
+    assert stats["recognised_more_than_once"] == {"twice.png": 2}
+
+
+async def test_admin_endpoints(start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession) -> None:
+    """Stats, reset, scripted faults, fault rates and hold are reachable over HTTP."""
+    emulator = await start_emulator()
+    client = client_for(ocr_session, emulator)
+
+    async def post(path: str, payload: Any) -> Any:
+        async with ocr_session.post(emulator.url + path, json=payload) as response:
+            return response.status, await response.json()
+
+    assert (await post("/_emulator/script", [{"code": "0501"}, {"infer_result": "ERROR", "name": "x.png"}]))[
+        1
+    ] == {"scripted_faults_left": 2}
+    with pytest.raises(OcrError) as caught:
+        await client.recognize(OcrCall(name="a.png", image_format="png", data=png_bytes()))
+    assert caught.value.code == "0501"
+    status, body = await post("/_emulator/script", [{"code": "7777"}])
+    assert status == 400
+    assert "unknown error code" in body["error"]
+    assert (await post("/_emulator/faults", {"failure_rate": 1.0}))[1]["failure_rate"] == 1.0
+    assert (await post("/_emulator/faults", {"failure_rate": 2}))[0] == 400
+    async with ocr_session.get(emulator.url + "/_emulator/stats") as response:
+        stats = await response.json()
+    assert stats["calls"] == 1
+    assert stats["rejections"] == {"0501": 1}
+    assert stats["scripted_faults_left"] == 1
+    assert (await post("/_emulator/hold", {"hold": True}))[1] == {"hold": True}
+    assert (await post("/_emulator/hold", {"hold": False}))[1] == {"hold": False}
+    status, body = await post("/_emulator/reset", None)
+    assert (status, body["calls"], body["answers"], body["scripted_faults_left"]) == (200, 0, {}, 0)
+
+
+def test_fault_plan_is_deterministic_and_honours_rates() -> None:
+    """The same seed gives the same faults; rates are met over many calls; scripted faults come first."""
+    settings = FaultSettings(
+        error_rate=0.1, drop_rate=0.05, failure_rate=0.05, latency_ms=300, latency_jitter_ms=100, seed=7
+    )
+    first, second = FaultPlan(settings), FaultPlan(settings)
+    decisions = [first.decide("x") for _ in range(4000)]
+    assert decisions == [second.decide("x") for _ in range(4000)]
+    errors = sum(decision.code is not None for decision in decisions) / 4000
+    drops = sum(decision.drop for decision in decisions) / 4000
+    assert 0.08 < errors < 0.12
+    assert 0.035 < drops < 0.065
+    assert all(0.2 <= decision.latency_s <= 0.4 for decision in decisions)
+    first.script([ScriptedFault(code="0500", name="only-me.png", times=2)])
+    assert first.decide("other.png").code is None or first.scripted_left == 2  # not consumed by others
+    assert first.decide("only-me.png").code == "0500"
+    assert first.decide("only-me.png").code == "0500"
+    assert first.scripted_left == 0
+
+
+def test_scripted_fault_needs_one_outcome() -> None:
+    """A scripted fault with two outcomes, or none, or an unknown code is refused."""
+    for fields in ({"code": "0500", "drop": True}, {}, {"code": "1234"}):
+        with pytest.raises(ValueError, match=r"scripted fault|unknown error code"):
+            ScriptedFault.model_validate(fields)
+
+
+def test_slot_utilisation_and_limits_on_an_injected_clock() -> None:
+    """Utilisation is busy slot-time over cap x elapsed; the rate window and quota refuse with their codes."""
+    meter = DomainMeter(max_concurrent_calls=2, calls_per_second=3, quota=6)
+    assert meter.try_admit(0.0) is None
+    assert meter.try_admit(0.0) is None
+    assert meter.try_admit(0.0) == "0025"  # cap
+    meter.release(0.0, 1.0)
+    assert meter.utilisation(1.0) == pytest.approx(1.0)  # one slot finished, one still busy
+    meter.release(0.0, 2.0)
+    assert meter.utilisation(4.0) == pytest.approx(0.75)  # 3 slot-seconds of 2 x 2
+    for start_s in (2.0, 2.1, 2.2):
+        assert meter.try_admit(start_s) is None
+        meter.release(start_s, start_s + 0.05)
+    assert meter.try_admit(2.3) == "0025"  # three admitted within the last second
+    assert meter.try_admit(3.05) is None
+    assert meter.try_admit(3.15) == "0023"  # quota of 6 used up
+
+
+def test_help_documents_every_limit_and_fault_flag() -> None:
+    """`ocrbatch emulator --help` lists each limit and fault option with its help text."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ocrbatch", "emulator", "--help"], capture_output=True, text=True, check=True
+    )
+    for option in emulator_command.params:
+        for flag in option.opts:
+            assert flag in result.stdout, flag
+    for flag in (
+        "--max-concurrent-calls",
+        "--calls-per-second",
+        "--quota",
+        "--latency-ms",
+        "--latency-jitter-ms",
+        "--error-rate",
+        "--http-error-rate",
+        "--drop-rate",
+        "--failure-rate",
+        "--error-result-rate",
+    ):
+        assert re.search(re.escape(flag) + r"[^\n]*\n?[^\n]*(Limit|Fault)", result.stdout), flag
+
+
+async def test_emulator_command_prints_its_url_and_stops_on_sigterm() -> None:
+    """`ocrbatch emulator --port 0` prints the URL it listens on, serves, and exits 0 on SIGTERM."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocrbatch",
+        "emulator",
+        "--port",
+        "0",
+        "--max-concurrent-calls",
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    url = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        async with aiohttp.ClientSession() as session, session.get(url + "/_emulator/stats") as response:
+            stats = await response.json()
+        assert stats["domains"]["general"]["max_concurrent_calls"] == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
