@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from ocrbatch.clova import ErrorClass, OcrError, classify, parse_retry_after
 from ocrbatch.emulator_faults import ScriptedFault
 from ocrbatch.ocr_client import OcrCall, OcrClient
+from ocrbatch.settings import DomainSettings
 
 IMAGE = png_bytes()
 DATA = Path(__file__).parent / "data"
@@ -297,3 +298,22 @@ async def test_error_answers_have_the_service_body(
         "Secret key validate failed.",
         "/general",
     )
+
+
+async def test_client_for_a_configured_domain(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """A client built from a domain's settings uses its URL, secret, transfer mode and language."""
+    emulator = await start_emulator()
+    domain = DomainSettings(
+        kind="general",
+        invoke_url=emulator.url + "/general",
+        secret="emulator-general-secret",
+        transfer_mode="multipart",
+    )
+    client = OcrClient.for_domain(ocr_session, domain)
+    assert client.transfer_mode == "multipart"
+    response = await client.recognize(call(lang="ja"))
+    assert response.images[0].infer_result == "SUCCESS"
+    wrong = OcrClient.for_domain(ocr_session, domain.model_copy(update={"secret": SecretStr("nope")}))
+    assert (await failure(wrong.recognize(call()))).code == "0002"
