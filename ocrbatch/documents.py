@@ -28,7 +28,7 @@ LONG_IMAGE_MIN_RATIO = 5
 # while opening, but seeking to a later TIFF frame can raise them as they are; pypdf's own errors
 # derive from PyPdfError, and a mangled object tree surfaces as the others.
 _IMAGE_ERRORS = (SyntaxError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error)
-_PDF_ERRORS = (PyPdfError, *_IMAGE_ERRORS, AttributeError, RecursionError)
+PDF_ERRORS = (PyPdfError, *_IMAGE_ERRORS, AttributeError, RecursionError)
 _RASTER_READERS: dict[str, tuple[type[ImageFile.ImageFile], str]] = {
     "jpg": (JpegImagePlugin.JpegImageFile, "JPEG"),
     "jpeg": (JpegImagePlugin.JpegImageFile, "JPEG"),
@@ -88,7 +88,7 @@ def _tiff_frame_sizes(image: ImageFile.ImageFile, max_pages: int | None) -> list
 def _pdf_page_sizes(data: bytes, max_pages: int | None) -> list[tuple[int, int]]:
     if b"%PDF-" not in data[:_PDF_HEADER_WINDOW_BYTES]:
         raise UnreadableDocument("not a PDF document")
-    with _quiet_pypdf():
+    with quiet_pypdf():
         try:
             reader = PdfReader(BytesIO(data), strict=False)
             if reader.is_encrypted:
@@ -96,7 +96,7 @@ def _pdf_page_sizes(data: bytes, max_pages: int | None) -> list[tuple[int, int]]
             pages = reader.pages
             count = len(pages) if max_pages is None else min(len(pages), max_pages)
             sizes = [_pdf_page_size(pages[index]) for index in range(count)]
-        except _PDF_ERRORS as exc:
+        except PDF_ERRORS as exc:
             raise UnreadableDocument("not a valid PDF document") from exc
     if not sizes:
         raise UnreadableDocument("PDF has no pages")
@@ -116,7 +116,7 @@ _PYPDF_LOCK = threading.Lock()
 
 
 @contextmanager
-def _quiet_pypdf() -> Iterator[None]:
+def quiet_pypdf() -> Iterator[None]:
     """pypdf logs each repair it makes to a broken file as a warning (to stderr when logging is
     unconfigured): noise for an emulator that answers such files with an error anyway. The lock
     keeps concurrent readers from restoring each other's level."""
