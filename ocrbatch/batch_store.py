@@ -384,6 +384,12 @@ def _conflict_message(batch: Batch) -> str:
 
 @asynccontextmanager
 async def open_batch_store(settings: Settings) -> AsyncIterator[BatchStore]:
+    """The batch store at the configured control path, with storage of its own."""
+    async with StorageFactory(settings.storage) as storages:
+        yield await batch_store_in(settings, storages)
+
+
+async def batch_store_in(settings: Settings, storages: StorageFactory) -> BatchStore:
     """The batch store at the configured control path (a local control directory is created)."""
     control = Location.parse(settings.storage.control_path)
     if not control.is_s3:
@@ -393,5 +399,4 @@ async def open_batch_store(settings: Settings) -> AsyncIterator[BatchStore]:
             raise StorageError(
                 f"cannot create the control directory: {exc.strerror}", location=str(control)
             ) from None
-    async with StorageFactory(settings.storage) as storages:
-        yield BatchStore(await storages.open(control), domains=settings.domains)
+    return BatchStore(await storages.open(control), domains=settings.domains)

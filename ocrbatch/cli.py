@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 import structlog
@@ -32,6 +32,7 @@ from ocrbatch.errors import (
 )
 from ocrbatch.logs import configure_logging
 from ocrbatch.settings import Settings, load_settings
+from ocrbatch.worker_cli import run_worker
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
@@ -46,6 +47,7 @@ class CliState:
     """Per-invocation state: settings are loaded once, on first use, and passed down."""
 
     config_path: Path | None
+    log_stream: TextIO | None = None  # stderr when None (resolved at use); the worker logs to stdout
     _settings: Settings | None = field(default=None, init=False)
 
     @property
@@ -55,7 +57,7 @@ class CliState:
             configure_logging(
                 level=settings.logging.level,
                 output_format=settings.logging.format,
-                stream=sys.stderr,
+                stream=self.log_stream or sys.stderr,
             ).add(settings.secret_values())
             self._settings = settings
         return self._settings
@@ -340,6 +342,20 @@ def read_batch_file(path: Path) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ConfigError(f"{path}: expected {shape} and nothing else")
     return entries
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+@cli.command("run")
+@click.option(
+    "--once", is_flag=True, help="Process what is pending now and exit (1 if a batch ended in error)."
+)
+@click.pass_obj
+def run_command(state: CliState, once: bool) -> None:
+    """Run the worker: OCR every pending input of every batch, re-discovering every poll interval."""
+    state.log_stream = sys.stdout
+    sys.exit(asyncio.run(run_worker(state.settings, once=once)))
 
 
 # -- demo -----------------------------------------------------------------------------------

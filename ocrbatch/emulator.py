@@ -18,6 +18,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -132,6 +133,7 @@ class Emulator:
         self.calls = 0
         self.answers: Counter[str] = Counter()
         self.recognitions: Counter[str] = Counter()
+        self.names_in_flight: Counter[str] = Counter()
         self.faults.clear_script()
 
     def hold(self) -> None:
@@ -143,10 +145,12 @@ class Emulator:
 
     async def wait_for_in_flight(self, count: int) -> None:
         """Return once `count` calls are in flight across both domains (for tests, with `hold`)."""
+        await self.wait_until(lambda: sum(meter.in_flight for meter in self.meters.values()) >= count)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds; it is checked whenever a call is admitted or finishes."""
         async with self._in_flight_changed:
-            await self._in_flight_changed.wait_for(
-                lambda: sum(meter.in_flight for meter in self.meters.values()) >= count
-            )
+            await self._in_flight_changed.wait_for(predicate)
 
     async def _notify_in_flight(self) -> None:
         async with self._in_flight_changed:
@@ -248,10 +252,16 @@ class Emulator:
         try:
             await self._released.wait()
             call = await self._parse(request, kind)
-            decision = self.faults.decide(call.name)
-            if decision.latency_s > 0:
-                await asyncio.sleep(decision.latency_s)
-            return await self._answer(request, kind, call, decision)
+            self.names_in_flight[call.name] += 1
+            try:
+                decision = self.faults.decide(call.name)
+                if decision.latency_s > 0:
+                    await asyncio.sleep(decision.latency_s)
+                return await self._answer(request, kind, call, decision)
+            finally:
+                self.names_in_flight[call.name] -= 1
+                if not self.names_in_flight[call.name]:
+                    del self.names_in_flight[call.name]
         finally:
             meter.release(admitted_at_s, self._clock())
             await self._notify_in_flight()

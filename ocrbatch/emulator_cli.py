@@ -88,6 +88,13 @@ def _template_ids(ctx: click.Context, param: click.Parameter, value: str) -> tup
     help="Fault: share of calls answered 0500/0501.",
 )
 @click.option(
+    "--rate-limit-rate",
+    default=0.0,
+    show_default=True,
+    type=_RATE,
+    help="Fault: share of admitted calls answered 0025 anyway (as if another client used the cap).",
+)
+@click.option(
     "--http-error-rate",
     default=0.0,
     show_default=True,
@@ -136,6 +143,7 @@ def emulator_command(
     latency_ms: float,
     latency_jitter_ms: float,
     error_rate: float,
+    rate_limit_rate: float,
     http_error_rate: float,
     drop_rate: float,
     failure_rate: float,
@@ -155,6 +163,7 @@ def emulator_command(
             latency_ms=latency_ms,
             latency_jitter_ms=latency_jitter_ms,
             error_rate=error_rate,
+            rate_limit_rate=rate_limit_rate,
             http_error_rate=http_error_rate,
             drop_rate=drop_rate,
             failure_rate=failure_rate,
@@ -163,7 +172,7 @@ def emulator_command(
         )
     except ValueError as exc:
         raise click.UsageError(" ".join(str(exc).split())) from None
-    if sum((error_rate, http_error_rate, drop_rate, failure_rate, error_result_rate)) > 1:
+    if sum((error_rate, rate_limit_rate, http_error_rate, drop_rate, failure_rate, error_result_rate)) > 1:
         raise click.UsageError("the fault rates add up to more than 1")
     settings = EmulatorSettings(
         host=host,

@@ -25,6 +25,7 @@ class FaultSettings(BaseModel):
     latency_ms: float = Field(default=0.0, ge=0)
     latency_jitter_ms: float = Field(default=0.0, ge=0)
     error_rate: float = Field(default=0.0, ge=0, le=1)
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
     http_error_rate: float = Field(default=0.0, ge=0, le=1)
     drop_rate: float = Field(default=0.0, ge=0, le=1)
     failure_rate: float = Field(default=0.0, ge=0, le=1)
@@ -122,6 +123,7 @@ class FaultPlan:
         # One draw split into bands, so the rates add up exactly and stay independent of order.
         bands: list[tuple[float, Decision]] = [
             (settings.error_rate, Decision(latency_s, code=rng.choice(("0500", "0501")))),
+            (settings.rate_limit_rate, Decision(0.0, code="0025")),
             (settings.http_error_rate, Decision(latency_s, http_status=rng.choice((502, 503, 504)))),
             (settings.drop_rate, Decision(latency_s, drop=True)),
             (settings.failure_rate, Decision(latency_s, infer_result="FAILURE")),

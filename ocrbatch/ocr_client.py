@@ -40,7 +40,8 @@ _CONTENT_TYPES = {
 
 @dataclass(frozen=True)
 class OcrCall:
-    """One image to recognise: its bytes (data, multipart) or a URL the service fetches (url)."""
+    """One image to recognise: its bytes (sent as the domain's mode says: base64 `data`, or
+    `multipart`, which url-mode domains use for bytes too) or a URL the service fetches."""
 
     name: str
     image_format: str
@@ -115,12 +116,11 @@ class OcrClient:
             "table_detection": call.table_detection,
             "timestamp_ms": timestamp_ms,
         }
-        if self.transfer_mode == "url":
-            if call.url is None:
-                raise ValueError("transfer mode url needs OcrCall.url")
+        if call.url is not None and call.data is None:
             return {"json": request_message(url=call.url, **common), "timeout": self._timeout}
         if call.data is None:
-            raise ValueError(f"transfer mode {self.transfer_mode} needs OcrCall.data")
+            raise ValueError("an OcrCall needs data or a url")
+        # In url mode, parts of a split PDF have no URL of their own: they travel as multipart.
         if self.transfer_mode == "data":
             data_b64 = base64.b64encode(call.data).decode("ascii")
             return {"json": request_message(data_b64=data_b64, **common), "timeout": self._timeout}

@@ -13,6 +13,7 @@ import pytest
 from emulator_fixtures import StartEmulator
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
+from worker_fixtures import WorkerSetup
 
 from ocrbatch.emulator import Emulator, EmulatorSettings
 from ocrbatch.locations import Location
@@ -159,3 +160,27 @@ async def ocr_session() -> AsyncIterator[aiohttp.ClientSession]:
     """The shared HTTP session an OCR client uses."""
     async with open_ocr_session() as session:
         yield session
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: a bucket with input/result prefixes, an emulator, and settings pointing at both.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def make_worker_setup(
+    start_emulator: StartEmulator,
+    make_bucket: BucketMaker,
+    s3_settings: StorageSettings,
+    storage_factory: StorageFactory,
+) -> Callable[..., Awaitable[WorkerSetup]]:
+    """`await make_worker_setup(max_concurrent_calls=5, faults={...})`: emulator settings as keywords."""
+
+    async def make(**emulator_settings: Any) -> WorkerSetup:
+        bucket = await make_bucket()
+        emulator = await start_emulator(**emulator_settings)
+        inputs = await storage_factory.open(Location.parse(f"s3://{bucket}/in"))
+        results = await storage_factory.open(Location.parse(f"s3://{bucket}/out"))
+        return WorkerSetup(bucket, emulator, s3_settings, inputs, results)
+
+    return make

@@ -1,0 +1,98 @@
+"""What a batch has done: the counters behind `_report.json` and the progress log lines."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ocrbatch.clova import OcrImage
+from ocrbatch.documents import is_long_image
+
+LONG_IMAGE_BILLING_PX = 2000  # long images are billed per 2,000 px of their long side
+
+
+def billable_units(images: list[OcrImage]) -> int:
+    """What the service bills for these recognised pages: one per page, a long image per 2,000 px."""
+    units = 0
+    for image in images:
+        info = image.converted_image_info
+        if info is not None and (info.long_image or is_long_image(info.width, info.height)):
+            units += math.ceil(max(info.width, info.height) / LONG_IMAGE_BILLING_PX)
+        else:
+            units += 1
+    return units
+
+
+@dataclass
+class BatchReport:
+    """Counts of one batch over a pass: what discovery found, then what this pass did."""
+
+    batch_id: str
+    batch_name: str
+    started_at: datetime
+    started_monotonic_s: float
+    discovered: int = 0
+    skipped: int = 0
+    done_before: int = 0
+    failed_before: int = 0
+    pending_found: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    left_pending: int = 0  # not finished this pass (fatal domain error, shutdown): still pending
+    calls: int = 0
+    retries_by_code: Counter[str] = field(default_factory=Counter)
+    billable_units: int = 0
+    updated_at: datetime | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.pending_found - self.finished)
+
+    def rate_per_s(self, now_monotonic_s: float) -> float:
+        elapsed_s = now_monotonic_s - self.started_monotonic_s
+        return self.finished / elapsed_s if elapsed_s > 0 else 0.0
+
+    def eta_s(self, now_monotonic_s: float) -> float | None:
+        rate = self.rate_per_s(now_monotonic_s)
+        return self.pending / rate if rate > 0 else None
+
+    def progress(self, now_monotonic_s: float) -> dict[str, Any]:
+        """The fields of a progress log line."""
+        eta = self.eta_s(now_monotonic_s)
+        return {
+            "batch_id": self.batch_id,
+            "batch": self.batch_name,
+            "done": self.finished,
+            "total": self.pending_found,
+            "rate_per_s": round(self.rate_per_s(now_monotonic_s), 2),
+            "eta_s": None if eta is None else round(eta, 1),
+        }
+
+    def to_json(self, now: datetime | None = None) -> dict[str, Any]:
+        """The content of `_report.json`: totals over the whole result location, and this pass."""
+        self.updated_at = now or datetime.now(UTC)
+        return {
+            "batch_id": self.batch_id,
+            "batch": self.batch_name,
+            "succeeded": self.done_before + self.succeeded,
+            "failed": self.failed_before + self.failed,
+            "skipped": self.skipped,
+            "pending": self.pending,
+            "inputs": self.discovered,
+            "this_pass": {
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "calls": self.calls,
+                "retries_by_code": dict(sorted(self.retries_by_code.items())),
+                "billable_units": self.billable_units,
+            },
+            "started_at": self.started_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }

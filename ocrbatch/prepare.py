@@ -1,0 +1,111 @@
+"""Getting one input ready to send: read it (unless the service will fetch it), refuse what the
+API would refuse without calling it, and cut PDFs of more than 10 pages into parts.
+
+Reads happen ahead of free OCR slots, within a memory budget, so a slot never waits on storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from ocrbatch.clova import MAX_IMAGE_BYTES, MAX_PDF_PAGES_PER_CALL
+from ocrbatch.discovery import DiscoveredItem
+from ocrbatch.documents import LONG_IMAGE_MAX_SIDE_PX, UnreadableDocument, is_long_image, page_sizes
+from ocrbatch.result_files import split_pdf
+from ocrbatch.storage import Storage
+
+PRESIGNED_URL_EXPIRES_S = 3600
+
+
+@dataclass(frozen=True)
+class Part:
+    """One API call's worth of a document: its bytes, or a URL the service fetches."""
+
+    data: bytes | None
+    url: str | None
+    first_page: int
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    item: DiscoveredItem
+    image_format: str
+    etag: str  # of the bytes actually read (the object may have changed since discovery)
+    parts: list[Part]
+
+
+class ItemRefused(Exception):
+    """The input cannot be recognised; the reason goes into its failure record."""
+
+
+class MemoryBudget:
+    """Bytes that may be held by prefetched inputs at once; a larger input waits until it is alone."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def reserve(self, size_bytes: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self.held_bytes == 0 or self.held_bytes + size_bytes <= self.limit_bytes
+            )
+            self.held_bytes += size_bytes
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.held_bytes -= size_bytes
+                self._changed.notify_all()
+
+
+def needs_bytes(image_format: str, transfer_mode: str) -> bool:
+    """In url mode images go by URL unread; PDFs are read anyway, to count and cut their pages."""
+    return transfer_mode != "url" or image_format == "pdf"
+
+
+async def prepare_item(
+    item: DiscoveredItem,
+    *,
+    image_format: str,
+    inputs: Storage,
+    transfer_mode: str,
+    long_image: bool,
+) -> PreparedItem:
+    """The item's parts, or `ItemRefused` with a reason an operator can act on."""
+    if item.size == 0:
+        raise ItemRefused("the file is empty (0 bytes)")
+    if item.size > MAX_IMAGE_BYTES:
+        raise ItemRefused(f"the file is {item.size / 1024 / 1024:.1f} MB; the API accepts at most 50 MB")
+    if not needs_bytes(image_format, transfer_mode):
+        url = await inputs.presigned_get_url(item.key, expires_s=PRESIGNED_URL_EXPIRES_S)
+        return PreparedItem(item, image_format, item.etag, [Part(None, url, 0)])
+    stored = await inputs.read(item.key)
+    data = stored.data
+    if not data:
+        raise ItemRefused("the file is empty (0 bytes)")
+    try:
+        sizes = await asyncio.to_thread(page_sizes, data, image_format)
+    except UnreadableDocument as exc:
+        raise ItemRefused(f"the file cannot be read as {image_format.upper()}: {exc}") from None
+    for width, height in sizes:
+        if is_long_image(width, height) and not long_image:
+            raise ItemRefused(
+                f"long image ({width} x {height} px): enable the batch's long image option to recognise it"
+            )
+        if max(width, height) > LONG_IMAGE_MAX_SIDE_PX:
+            raise ItemRefused(f"the image is {width} x {height} px; the API accepts at most 25,000 px")
+    if image_format == "pdf" and len(sizes) > MAX_PDF_PAGES_PER_CALL:
+        chunks = await asyncio.to_thread(split_pdf, data)
+        parts = [Part(chunk, None, index * MAX_PDF_PAGES_PER_CALL) for index, chunk in enumerate(chunks)]
+    elif transfer_mode == "url":
+        url = await inputs.presigned_get_url(item.key, expires_s=PRESIGNED_URL_EXPIRES_S)
+        parts = [Part(None, url, 0)]
+    else:
+        parts = [Part(data, None, 0)]
+    return PreparedItem(item, image_format, stored.info.etag, parts)

@@ -1,0 +1,78 @@
+"""`ocrbatch run`: the worker as a process, with two-phase shutdown.
+
+The first SIGTERM/SIGINT stops discovery and new items; items in flight finish within
+`shutdown_grace_s`, results and reports are flushed, and the process exits 0. A second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import structlog
+
+from ocrbatch.batch_store import batch_store_in
+from ocrbatch.ocr_client import open_ocr_session
+from ocrbatch.settings import Settings
+from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.worker import Worker
+
+log = structlog.get_logger("ocrbatch.run")
+EXIT_FORCED = 130
+
+
+async def run_worker(settings: Settings, *, once: bool) -> int:
+    """Run until done (`once`) or until a signal; returns the process exit code."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop_requested.is_set():
+            log.warning("worker.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        log.info(
+            "worker.stopping", signal=signal.Signals(signum).name, grace_s=settings.worker.shutdown_grace_s
+        )
+        stop_requested.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await _run(settings, once=once, stop_requested=stop_requested)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _run(settings: Settings, *, once: bool, stop_requested: asyncio.Event) -> int:
+    max_connections = sum(domain.max_concurrent_calls for domain in settings.domains.values()) * 2 + 8
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session(max_connections=max_connections) as session,
+    ):
+        store = await batch_store_in(settings, storages)
+        worker = Worker(settings, store=store, storages=storages, session=session)
+        log.info("worker.started", once=once, domains=sorted(settings.domains))
+        work = asyncio.create_task(worker.run_pass() if once else worker.run_forever())
+        stopper = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            worker.stop()
+            done, _ = await asyncio.wait({work}, timeout=settings.worker.shutdown_grace_s)
+            if not done:
+                log.warning("worker.grace_expired", grace_s=settings.worker.shutdown_grace_s)
+                work.cancel()
+        stopper.cancel()
+        await asyncio.gather(stopper, return_exceptions=True)
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            return 0
+        if once and outcome is not None and outcome.errors:
+            for batch_id, reason in outcome.errors.items():
+                log.error("worker.batch_in_error", batch_id=batch_id, reason=reason)
+            return 1
+    log.info("worker.stopped")
+    return 0

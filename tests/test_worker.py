@@ -1,0 +1,257 @@
+"""The worker end to end, on moto's S3 server and the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+
+import pytest
+from openpyxl import load_workbook
+from samples import jpeg, pdf, png, tiff
+from worker_fixtures import WorkerSetup, keys, read_json, with_domain
+
+from ocrbatch.batch_store import batch_store_in
+from ocrbatch.batches import parse_spec
+from ocrbatch.ocr_client import open_ocr_session
+from ocrbatch.settings import Settings
+from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.worker import Worker
+from ocrbatch.worker_cli import run_worker
+
+MakeSetup = Callable[..., Awaitable[WorkerSetup]]
+
+
+async def create_batch(setup: WorkerSetup, settings: Settings, **fields: object) -> str:
+    spec = {
+        "name": "receipts",
+        "domain": "receipts",
+        "input_path": f"s3://{setup.bucket}/in",
+        "result_path": f"s3://{setup.bucket}/out",
+        **fields,
+    }
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        return (await store.create(parse_spec(spec))).batch.id
+
+
+async def batch_status(settings: Settings, batch_id: str) -> tuple[str, str | None]:
+    async with StorageFactory(settings.storage) as storages:
+        batch = (await (await batch_store_in(settings, storages)).get(batch_id)).batch
+    return batch.status, batch.status_reason
+
+
+def good_inputs(count: int) -> dict[str, bytes]:
+    """`count` valid inputs cycling through every supported format, each with distinct content."""
+    makers: list[tuple[str, Callable[[int], bytes]]] = [
+        ("png", lambda n: png(200 + n, 100, colour=n % 250)),
+        ("jpg", lambda n: jpeg(120 + n, 90)),
+        ("jpeg", lambda n: jpeg(90, 120 + n)),
+        ("tif", lambda n: tiff([(100 + n, 80)])),
+        ("tiff", lambda n: tiff([(80, 100 + n), (60, 60)])),
+        ("pdf", lambda n: pdf(1 + n % 3, width_pt=300 + n)),
+    ]
+    return {
+        f"docs/{index:03}.{ext}": make(index)
+        for index, (ext, make) in ((index, makers[index % len(makers)]) for index in range(count))
+    }
+
+
+BAD_INPUTS = {
+    "bad/empty.png": (b"", "the file is empty"),
+    "bad/corrupt.jpg": (b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10, "cannot be read as JPG"),
+    "bad/huge.png": (b"\x89PNG" + b"\0" * (50 * 1024 * 1024 + 10), "at most 50 MB"),
+    "bad/long.png": (png(200, 30000, mode="1"), "long image (200 x 30000 px)"),
+    "bad/locked.pdf": (pdf(2, password="secret"), "encrypted PDF"),
+}
+
+
+async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
+    """300 good inputs of every format and bad ones, under 0500/0025 faults: every good input gets one
+    result, every bad one a failure record with its reason, the .gif is skipped, the cap is never
+    exceeded and nothing is recognised twice."""
+    setup = await make_worker_setup(
+        max_concurrent_calls=5,
+        faults={
+            "error_rate": 0.10,
+            "rate_limit_rate": 0.05,
+            "latency_ms": 8,
+            "latency_jitter_ms": 6,
+            "seed": 3,
+        },
+    )
+    settings = setup.settings()
+    good = good_inputs(300)
+    for key, data in good.items():
+        await setup.inputs.write(key, data)
+    for key, (data, _) in BAD_INPUTS.items():
+        await setup.inputs.write(key, data)
+    await setup.inputs.write("bad/animation.gif", b"GIF89a....")
+    batch_id = await create_batch(setup, settings)
+
+    assert await run_worker(settings, once=True) == 0
+
+    result_keys = set(await keys(setup.results))
+    assert {key + ".json" for key in good} <= result_keys
+    for key, (_, reason) in BAD_INPUTS.items():
+        record = await read_json(setup.results, f"_failed/{key}.json")
+        assert reason in record["message"], (key, record)
+        assert record["retryable"] is False
+        assert key + ".json" not in result_keys
+    assert "bad/animation.gif.json" not in result_keys
+    assert not any(key.startswith("_failed/docs/") for key in result_keys)
+    report = await read_json(setup.results, "_report.json")
+    assert (report["succeeded"], report["failed"], report["skipped"], report["pending"]) == (300, 5, 1, 0)
+    stats = setup.emulator.stats()
+    assert stats["domains"]["general"]["peak_in_flight"] <= 5
+    assert stats["recognised_more_than_once"] == {}
+    assert await batch_status(settings, batch_id) == ("available", None)
+
+
+async def test_long_pdf_is_split_and_merged_and_xls_results_open(make_worker_setup: MakeSetup) -> None:
+    """A 23-page PDF takes 3 calls and gives one result with pageIndex 0-22; an xls batch's workbook
+    opens with openpyxl and holds the text sheet and a table sheet with merged cells."""
+    setup = await make_worker_setup()
+    settings = setup.settings()
+    await setup.inputs.write("contract.pdf", pdf(23))
+    await create_batch(setup, settings)
+    assert await run_worker(settings, once=True) == 0
+    result = await read_json(setup.results, "contract.pdf.json")
+    assert [image["convertedImageInfo"]["pageIndex"] for image in result["images"]] == list(range(23))
+    assert setup.emulator.stats()["calls"] == 3
+
+    # One batch per General domain: the json batch makes way for an xls batch with tables.
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        await store.delete("receipts")
+    await setup.inputs.write("tables/receipt.png", png(800, 600))
+    await create_batch(
+        setup,
+        settings,
+        name="tables",
+        table_extraction=True,
+        file_format="xls",
+        input_path=f"s3://{setup.bucket}/in/tables",
+        result_path=f"s3://{setup.bucket}/tables-out",
+    )
+    assert await run_worker(settings, once=True) == 0
+    async with StorageFactory(settings.storage) as storages:
+        out = await storages.open(setup.location("tables-out"))
+        stored = await out.read("receipt.png.xlsx")
+    workbook = load_workbook(io.BytesIO(stored.data))
+    assert "Text" in workbook.sheetnames
+    table_sheets = [name for name in workbook.sheetnames if name.startswith("Table")]
+    assert table_sheets
+    assert workbook[table_sheets[0]].merged_cells.ranges
+    assert stored.info.metadata["source-key"] == "receipt.png"
+
+
+async def test_wrong_secret_stops_only_its_domain(make_worker_setup: MakeSetup) -> None:
+    """A wrong secret puts the batch on that domain in error with 0002 and writes no failure records,
+    while a batch on another domain completes; run --once exits 1."""
+    setup = await make_worker_setup()
+    settings = setup.settings()
+    broken = with_domain(settings, "receipts", secret="not-the-secret")
+    for index in range(6):
+        await setup.inputs.write(f"{index}.png", png(100 + index, 100))
+        await setup.inputs.write(f"forms/{index}.png", png(100, 100 + index))
+    general_id = await create_batch(setup, broken, input_path=f"s3://{setup.bucket}/in/general")
+    for index in range(6):
+        await setup.inputs.write(f"general/{index}.png", png(120 + index, 100))
+    forms_id = await create_batch(
+        setup,
+        broken,
+        name="forms",
+        domain="forms",
+        template_ids=[101],
+        input_path=f"s3://{setup.bucket}/in/forms",
+        result_path=f"s3://{setup.bucket}/forms-out",
+    )
+    assert await run_worker(broken, once=True) == 1
+    status, reason = await batch_status(broken, general_id)
+    assert status == "error"
+    assert reason is not None
+    assert reason.startswith("0002")
+    assert not [key for key in await keys(setup.results) if key.startswith("_failed/")]
+    assert await batch_status(broken, forms_id) == ("available", None)
+    async with StorageFactory(settings.storage) as storages:
+        forms_out = await storages.open(setup.location("forms-out"))
+        assert len([key for key in await keys(forms_out) if key.endswith(".png.json")]) == 6
+
+
+async def test_cap_configured_too_high_settles_at_the_real_limit(make_worker_setup: MakeSetup) -> None:
+    """Configured for 10 against a service capped at 3: under 5 % of calls get 0025 and the limiter's
+    cap settles at or below 3."""
+    # Calls must dominate the time, as real OCR calls do, or 5 "in flight" never overlap at the service.
+    faults = {"latency_ms": 40, "latency_jitter_ms": 10}
+    setup = await make_worker_setup(max_concurrent_calls=3, faults=faults)
+    base = setup.settings()
+    settings = with_domain(base, "receipts", max_concurrent_calls=10)
+    for index in range(300):
+        await setup.inputs.write(f"{index:03}.png", png(100 + index, 80))
+    await create_batch(setup, settings)
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+    ):
+        worker = Worker(
+            settings, store=await batch_store_in(settings, storages), storages=storages, session=session
+        )
+        outcome = await worker.run_pass()
+        limiter = worker.limiters["receipts"]
+        cap, settled_cap = limiter.cap, limiter.settled_cap
+    assert outcome.errors == {}
+    stats = setup.emulator.stats()
+    assert stats["calls"] >= 300
+    assert stats["rejections"].get("0025", 0) < 0.05 * stats["calls"], stats
+    assert settled_cap <= 3  # a probe one above may be in progress: cap <= settled + 1
+    assert cap <= settled_cap + 1
+    assert len([key for key in await keys(setup.results) if key.endswith(".png.json")]) == 300
+
+
+async def test_results_layout_metadata_and_a_second_run_calls_nothing(make_worker_setup: MakeSetup) -> None:
+    """Results sit at {result}/{key}.json with their metadata; a second run --once on a finished batch
+    makes zero API calls; a changed input is recognised again."""
+    setup = await make_worker_setup()
+    settings = setup.settings()
+    await setup.inputs.write("a/영수증 1.png", png(300, 200))
+    await setup.inputs.write("b.jpg", jpeg(100, 100))
+    batch_id = await create_batch(setup, settings)
+    assert await run_worker(settings, once=True) == 0
+    assert await keys(setup.results) == ["_report.json", "a/영수증 1.png.json", "b.jpg.json"]
+    head = await setup.results.head("a/영수증 1.png.json")
+    source = await setup.inputs.head("a/영수증 1.png")
+    assert head.metadata == {
+        "source-key": "a/영수증 1.png",
+        "source-etag": source.etag,
+        "batch-id": batch_id,
+        "domain": "receipts",
+        "attempts": "1",
+    }
+    assert head.content_type == "application/json"
+    result = await read_json(setup.results, "a/영수증 1.png.json")
+    assert result["images"][0]["convertedImageInfo"]["width"] == 300
+    calls = setup.emulator.stats()["calls"]
+    assert await run_worker(settings, once=True) == 0
+    assert setup.emulator.stats()["calls"] == calls
+    report = await read_json(setup.results, "_report.json")
+    assert (report["succeeded"], report["pending"], report["this_pass"]["calls"]) == (2, 0, 0)
+    await asyncio.sleep(0)
+    await setup.inputs.write("b.jpg", jpeg(140, 100))
+    assert await run_worker(settings, once=True) == 0
+    assert setup.emulator.stats()["calls"] == calls + 1
+    assert (await read_json(setup.results, "b.jpg.json"))["images"][0]["convertedImageInfo"]["width"] == 140
+
+
+@pytest.mark.parametrize("mode", ["multipart", "url"])
+async def test_transfer_modes(make_worker_setup: MakeSetup, mode: str) -> None:
+    """Multipart and url (presigned S3 URL) domains produce the same results as data."""
+    setup = await make_worker_setup()
+    base = setup.settings()
+    settings = with_domain(base, "receipts", transfer_mode=mode)
+    await setup.inputs.write("x.png", png(321, 123))
+    await setup.inputs.write("long.pdf", pdf(12))
+    await create_batch(setup, settings)
+    assert await run_worker(settings, once=True) == 0
+    assert (await read_json(setup.results, "x.png.json"))["images"][0]["convertedImageInfo"]["width"] == 321
+    assert len((await read_json(setup.results, "long.pdf.json"))["images"]) == 12

@@ -1,0 +1,111 @@
+"""The worker as a real process: killed and restarted, or stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from samples import png
+from worker_fixtures import WorkerSetup, keys, write_config
+
+from ocrbatch.batch_store import batch_store_in
+from ocrbatch.batches import parse_spec
+from ocrbatch.storage_factory import StorageFactory
+
+MakeSetup = Callable[..., Awaitable[WorkerSetup]]
+INPUTS = 60
+
+
+async def prepare(setup: WorkerSetup, tmp_path: Path) -> tuple[Path, list[str]]:
+    names = [f"scan-{index:03}.png" for index in range(INPUTS)]
+    for index, name in enumerate(names):
+        await setup.inputs.write(name, png(100 + index, 100))
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    settings = setup.settings()
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        spec = {
+            "name": "scans",
+            "domain": "receipts",
+            "input_path": f"s3://{setup.bucket}/in",
+            "result_path": f"s3://{setup.bucket}/out",
+        }
+        await store.create(parse_spec(spec))
+    return config, names
+
+
+async def start_worker(config: Path, log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as output:  # the child has its own copy of the descriptor
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocrbatch",
+            "--config",
+            str(config),
+            "run",
+            "--once",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+async def result_sources(setup: WorkerSetup) -> set[str]:
+    return {key.removesuffix(".json") for key in await keys(setup.results) if key.endswith(".png.json")}
+
+
+async def test_sigkill_halfway_then_restart_loses_nothing(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """A worker killed halfway and restarted completes every item; only items in flight at the kill
+    (sent, or answered but not yet stored) are recognised twice."""
+    setup = await make_worker_setup(
+        max_concurrent_calls=5, faults={"latency_ms": 60, "latency_jitter_ms": 20}
+    )
+    config, names = await prepare(setup, tmp_path)
+    emulator = setup.emulator
+    process = await start_worker(config, tmp_path / "worker.log")
+    await asyncio.wait_for(emulator.wait_until(lambda: len(emulator.recognitions) >= INPUTS // 2), timeout=60)
+    process.kill()
+    in_flight_at_kill = set(emulator.names_in_flight)
+    assert await process.wait() == -signal.SIGKILL
+    stored = await result_sources(setup)
+    unsettled = in_flight_at_kill | (set(emulator.recognitions) - stored)
+    assert 0 < len(stored) < INPUTS
+
+    restarted = await start_worker(config, tmp_path / "worker.log")
+    assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
+    assert await result_sources(setup) == set(names)
+    twice = set(emulator.stats()["recognised_more_than_once"])
+    assert twice <= unsettled, (twice, unsettled)
+    assert len(unsettled) <= 2 * emulator.settings.max_concurrent_calls
+
+
+async def test_sigterm_lets_in_flight_items_finish(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+    """SIGTERM stops taking items, lets the ones in flight finish, and exits 0 with no partial results."""
+    setup = await make_worker_setup(
+        max_concurrent_calls=5, faults={"latency_ms": 150, "latency_jitter_ms": 50}
+    )
+    config, names = await prepare(setup, tmp_path)
+    emulator = setup.emulator
+    process = await start_worker(config, tmp_path / "worker.log")
+    await asyncio.wait_for(emulator.wait_until(lambda: len(emulator.recognitions) >= 10), timeout=60)
+    await emulator.wait_for_in_flight(1)
+    in_flight = set(emulator.names_in_flight)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+    stored = await result_sources(setup)
+    assert in_flight <= stored
+    assert len(stored) < len(names)
+    assert emulator.stats()["in_flight"] == 0
+    for key in await keys(setup.results):
+        if key.endswith(".json"):
+            json.loads((await setup.results.read(key)).data)  # every object is whole
+    log = (tmp_path / "worker.log").read_text(encoding="utf-8")
+    assert '"event": "worker.stopping"' in log
