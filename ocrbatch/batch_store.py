@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -392,11 +391,4 @@ async def open_batch_store(settings: Settings) -> AsyncIterator[BatchStore]:
 async def batch_store_in(settings: Settings, storages: StorageFactory) -> BatchStore:
     """The batch store at the configured control path (a local control directory is created)."""
     control = Location.parse(settings.storage.control_path)
-    if not control.is_s3:
-        try:
-            await asyncio.to_thread(Path(control.prefix).mkdir, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot create the control directory: {exc.strerror}", location=str(control)
-            ) from None
-    return BatchStore(await storages.open(control), domains=settings.domains)
+    return BatchStore(await storages.open(control, create=True), domains=settings.domains)

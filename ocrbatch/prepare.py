@@ -26,7 +26,15 @@ class Part:
 
     data: bytes | None
     url: str | None
-    first_page: int
+    first_page: int = 0
+    page_count: int | None = None  # set for the parts of a split PDF
+
+    def image_name(self, key: str) -> str:
+        """The name sent to the service: the key, or for a part of a split PDF, which pages it holds
+        (so each part is one recognition of its own, for the service's records and ours)."""
+        if self.page_count is None:
+            return key
+        return f"{key}#pages={self.first_page + 1}-{self.first_page + self.page_count}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ async def prepare_item(
         raise ItemRefused(f"the file is {item.size / 1024 / 1024:.1f} MB; the API accepts at most 50 MB")
     if not needs_bytes(image_format, transfer_mode):
         url = await inputs.presigned_get_url(item.key, expires_s=PRESIGNED_URL_EXPIRES_S)
-        return PreparedItem(item, image_format, item.etag, [Part(None, url, 0)])
+        return PreparedItem(item, image_format, item.etag, [Part(None, url)])
     stored = await inputs.read(item.key)
     data = stored.data
     if not data:
@@ -102,10 +110,18 @@ async def prepare_item(
             raise ItemRefused(f"the image is {width} x {height} px; the API accepts at most 25,000 px")
     if image_format == "pdf" and len(sizes) > MAX_PDF_PAGES_PER_CALL:
         chunks = await asyncio.to_thread(split_pdf, data)
-        parts = [Part(chunk, None, index * MAX_PDF_PAGES_PER_CALL) for index, chunk in enumerate(chunks)]
+        parts = [
+            Part(
+                chunk,
+                None,
+                first_page=index * MAX_PDF_PAGES_PER_CALL,
+                page_count=min(MAX_PDF_PAGES_PER_CALL, len(sizes) - index * MAX_PDF_PAGES_PER_CALL),
+            )
+            for index, chunk in enumerate(chunks)
+        ]
     elif transfer_mode == "url":
         url = await inputs.presigned_get_url(item.key, expires_s=PRESIGNED_URL_EXPIRES_S)
-        parts = [Part(None, url, 0)]
+        parts = [Part(None, url)]
     else:
-        parts = [Part(data, None, 0)]
+        parts = [Part(data, None)]
     return PreparedItem(item, image_format, stored.info.etag, parts)

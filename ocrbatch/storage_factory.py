@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ocrbatch.errors import StorageError
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage import Storage
@@ -39,9 +42,17 @@ class StorageFactory:
         self._s3_client = None
         await self._stack.aclose()
 
-    async def open(self, location: Location) -> Storage:
-        """A storage view on `location`."""
+    async def open(self, location: Location, *, create: bool = False) -> Storage:
+        """A storage view on `location`; with `create`, a local directory is made if missing (a
+        location ocrbatch writes to: results, control). Buckets are never created."""
         if not location.is_s3:
+            if create:
+                try:
+                    await asyncio.to_thread(Path(location.prefix).mkdir, parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(
+                        f"cannot create the directory: {exc.strerror}", location=str(location)
+                    ) from None
             return LocalStorage(location)
         if self._s3_client is None:
             self._s3_client = await open_s3_client(self._settings, self._stack)

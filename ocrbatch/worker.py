@@ -119,7 +119,7 @@ class Worker:
                 continue
             try:
                 inputs = await self._storages.open(batch.input_location)
-                results = await self._storages.open(batch.result_location)
+                results = await self._storages.open(batch.result_location, create=True)
             except StorageError as exc:
                 await self._set_status(batch, "error", str(exc))
                 result.errors[batch.id] = str(exc)
@@ -340,7 +340,7 @@ class _BatchRun:
         """One part through the limiter with retries; returns the response and the attempts it took."""
         settings = self.worker.settings.worker
         call = OcrCall(
-            name=item.key,
+            name=part.image_name(item.key),
             image_format=fmt,
             data=part.data,
             url=part.url,

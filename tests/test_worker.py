@@ -119,6 +119,11 @@ async def test_long_pdf_is_split_and_merged_and_xls_results_open(make_worker_set
     result = await read_json(setup.results, "contract.pdf.json")
     assert [image["convertedImageInfo"]["pageIndex"] for image in result["images"]] == list(range(23))
     assert setup.emulator.stats()["calls"] == 3
+    assert setup.emulator.stats()["recognitions"] == {
+        "contract.pdf#pages=1-10": 1,
+        "contract.pdf#pages=11-20": 1,
+        "contract.pdf#pages=21-23": 1,
+    }
 
     # One batch per General domain: the json batch makes way for an xls batch with tables.
     async with StorageFactory(settings.storage) as storages:
