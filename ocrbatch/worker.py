@@ -49,6 +49,15 @@ class PassResult:
     errors: dict[str, str] = field(default_factory=dict)  # batch id -> reason
 
 
+class _CallFailed(Exception):
+    """A call that failed for good, with the attempts it took (tenacity's error alone loses them)."""
+
+    def __init__(self, error: OcrError, attempts: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+
+
 class _BatchStopped(Exception):
     """The batch was stopped (fatal error on its domain, or shutdown): leave the item pending."""
 
@@ -281,8 +290,8 @@ class _BatchRun:
         except _BatchStopped:
             self.report.left_pending += 1
             return None
-        except OcrError as error:
-            attempts += 1
+        except _CallFailed as failed_call:
+            error, attempts = failed_call.error, attempts + failed_call.attempts
             if error.error_class.fatal:
                 await self._stop_batch(error)
                 self.report.left_pending += 1
@@ -349,18 +358,21 @@ class _BatchRun:
             table_detection=bool(self.batch.table_extraction),
         )
         attempts = 0
-        async for attempt in ocr_retrying(
-            max_attempts=settings.max_attempts,
-            backoff_initial_s=settings.backoff_initial_s,
-            backoff_max_s=settings.backoff_max_s,
-            sleep=self.worker._sleep,
-        ):
-            with attempt:
-                if self.stopped:
-                    raise _BatchStopped
-                attempts += 1
-                response = await self._one_call(call)
-                return response, attempts
+        try:
+            async for attempt in ocr_retrying(
+                max_attempts=settings.max_attempts,
+                backoff_initial_s=settings.backoff_initial_s,
+                backoff_max_s=settings.backoff_max_s,
+                sleep=self.worker._sleep,
+            ):
+                with attempt:
+                    if self.stopped:
+                        raise _BatchStopped
+                    attempts += 1
+                    response = await self._one_call(call)
+                    return response, attempts
+        except OcrError as error:
+            raise _CallFailed(error, attempts) from error
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _one_call(self, call: OcrCall) -> OcrResponse:
