@@ -41,6 +41,12 @@ log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
 
 
+def item_tasks_per_batch(max_concurrent_calls: int) -> int:
+    """Items a batch works on at once: enough to read ahead of every slot and to store results
+    while the slots are busy again. Also the most items a killed worker can have had in flight."""
+    return max_concurrent_calls * 2 + 2
+
+
 @dataclass
 class PassResult:
     """What one pass did: per batch its report, and the batches that ended in error."""
@@ -206,7 +212,9 @@ class _BatchRun:
         queue: asyncio.Queue[DiscoveredItem | None] = asyncio.Queue(
             maxsize=self.limiter.max_cap * QUEUE_ITEMS_PER_SLOT
         )
-        workers = [asyncio.create_task(self._work(queue)) for _ in range(self.limiter.max_cap * 2 + 2)]
+        workers = [
+            asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
+        ]
         try:
             await self._discover(queue)
         finally:
