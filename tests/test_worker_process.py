@@ -82,7 +82,8 @@ async def test_sigkill_halfway_then_restart_loses_nothing(
 
     restarted = await start_worker(config, tmp_path / "worker.log")
     assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
-    assert await result_sources(setup) == set(names), "missing: " + ", ".join(set(names) - stored)
+    final = await result_sources(setup)
+    assert final == set(names), f"missing after the restart: {sorted(set(names) - final)}"
     twice = set(emulator.stats()["recognised_more_than_once"])
     assert twice <= unsettled, (twice, unsettled)
     limit = item_tasks_per_batch(emulator.settings.max_concurrent_calls)
