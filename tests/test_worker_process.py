@@ -13,10 +13,10 @@ from pathlib import Path
 from samples import png
 from worker_fixtures import WorkerSetup, keys, write_config
 
+from ocrbatch.batch_run import item_tasks_per_batch
 from ocrbatch.batch_store import batch_store_in
 from ocrbatch.batches import parse_spec
 from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.worker import item_tasks_per_batch
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 INPUTS = 60
@@ -76,6 +76,8 @@ async def test_sigkill_halfway_then_restart_loses_nothing(
     process.kill()
     in_flight_at_kill = set(emulator.names_in_flight)
     assert await process.wait() == -signal.SIGKILL
+    # Calls the dead worker had sent still finish at the service (and count); wait for them.
+    await asyncio.wait_for(emulator.wait_until(lambda: emulator.stats()["in_flight"] == 0), timeout=30)
     stored = await result_sources(setup)
     unsettled = in_flight_at_kill | (set(emulator.recognitions) - stored)
     assert 0 < len(stored) < INPUTS, f"{len(stored)} results stored at the kill"
