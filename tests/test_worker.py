@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from openpyxl import load_workbook
 from samples import jpeg, pdf, png, tiff
+from structlog.testing import capture_logs
 from worker_fixtures import WorkerSetup, keys, read_json, with_domain
 
 from ocrbatch.batch_store import batch_store_in
@@ -89,7 +90,8 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
     await setup.inputs.write("bad/animation.gif", b"GIF89a....")
     batch_id = await create_batch(setup, settings)
 
-    assert await run_worker(settings, once=True) == 0
+    with capture_logs() as logs:
+        assert await run_worker(settings, once=True) == 0
 
     result_keys = set(await keys(setup.results))
     assert {key + ".json" for key in good} <= result_keys
@@ -106,6 +108,12 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
     assert stats["domains"]["general"]["peak_in_flight"] <= 5
     assert stats["recognised_more_than_once"] == {}
     assert await batch_status(settings, batch_id) == ("available", None)
+    progress = [entry for entry in logs if entry["event"] == "batch.progress"]
+    assert progress, "no progress line while 300 items were processed"
+    assert {"done", "total", "rate_per_s", "eta_s", "batch_id"} <= set(progress[-1])
+    assert progress[-1]["total"] == 305
+    done = [entry for entry in logs if entry["event"] == "item.done"]
+    assert len(done) == 305  # every processed item ends in exactly one event
 
 
 async def test_long_pdf_is_split_and_merged_and_xls_results_open(make_worker_setup: MakeSetup) -> None:

@@ -114,3 +114,39 @@ async def test_sigterm_lets_in_flight_items_finish(make_worker_setup: MakeSetup,
             json.loads((await setup.results.read(key)).data)  # every object is whole
     log = (tmp_path / "worker.log").read_text(encoding="utf-8")
     assert '"event": "worker.stopping"' in log
+
+
+async def test_a_second_signal_exits_at_once(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+    """A second SIGTERM during the grace period ends the process at once with exit code 130."""
+    setup = await make_worker_setup(max_concurrent_calls=5)
+    config, _ = await prepare(setup, tmp_path)
+    emulator = setup.emulator
+    emulator.hold()  # calls stay in flight, so the first signal has something to wait for
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocrbatch",
+        "--config",
+        str(config),
+        "run",
+        "--once",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    await asyncio.wait_for(emulator.wait_for_in_flight(1), timeout=60)
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(_line_containing(process.stdout, b'"event": "worker.stopping"'), timeout=30)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=30) == 130
+    emulator.release()
+
+
+async def _line_containing(stream: asyncio.StreamReader, text: bytes) -> None:
+    """Read the worker's log lines until one holds `text`."""
+    while line := await stream.readline():
+        if text in line:
+            return
+    raise AssertionError(f"the worker's log ended without {text!r}")

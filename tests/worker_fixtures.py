@@ -18,7 +18,7 @@ FAST_WORKER = {
     "backoff_initial_s": 0.005,
     "backoff_max_s": 0.05,
     "quota_pause_s": 0.05,
-    "progress_interval_s": 0.5,
+    "progress_interval_s": 0.2,
     "report_interval_s": 0.5,
     "shutdown_grace_s": 10,
     "poll_interval_s": 0.2,
