@@ -113,6 +113,11 @@ class BatchRun:
         dead = self.context.dead_domains.get(self.batch.domain)
         if dead is not None and self.report.pending_found:
             await self._stop_batch_with(dead)
+        if self.context.stopping.is_set():
+            # Interrupted: items are still pending and the listing was cut short, so neither the
+            # status nor a report built from part of the listing would be true.
+            log.info("batch.interrupted", **self.report.progress(self.context.clock()))
+            return
         if self.fatal_reason is None and self.report.pending_found:
             await self.context.set_status(self.batch, "available", None)
         await self.write_report()
@@ -121,6 +126,8 @@ class BatchRun:
     async def _discover(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
         report = self.report
         async for item in discover(self._inputs, self._results, result_suffix=self.suffix):
+            if self.context.stopping.is_set():
+                return  # shutting down: no need to list the rest (a fatal error still counts it)
             report.discovered += 1
             if item.state == "skipped":
                 report.skipped += 1

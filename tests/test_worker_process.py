@@ -114,6 +114,11 @@ async def test_sigterm_lets_in_flight_items_finish(make_worker_setup: MakeSetup,
             json.loads((await setup.results.read(key)).data)  # every object is whole
     log = (tmp_path / "worker.log").read_text(encoding="utf-8")
     assert '"event": "worker.stopping"' in log
+    assert '"event": "batch.interrupted"' in log
+    settings = setup.settings()
+    async with StorageFactory(settings.storage) as storages:
+        batch = (await (await batch_store_in(settings, storages)).get("scans")).batch
+    assert batch.status == "running"  # items are still pending: not "available"
 
 
 async def test_a_second_signal_exits_at_once(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
