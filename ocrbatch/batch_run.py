@@ -30,6 +30,7 @@ from ocrbatch.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses,
 from ocrbatch.retries import Sleep, ocr_retrying
 from ocrbatch.settings import Settings
 from ocrbatch.storage import Storage
+from ocrbatch.webhooks import WebhookService, item_payload
 
 log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
@@ -53,6 +54,7 @@ class PassContext:
     clock: Callable[[], float]
     stopping: asyncio.Event
     set_status: Callable[[Batch, Any, str | None], Awaitable[None]]
+    webhooks: WebhookService | None = None
     dead_domains: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> reason
 
 
@@ -100,6 +102,8 @@ class BatchRun:
         workers = [
             asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
         ]
+        if self.context.webhooks is not None:
+            await self.context.webhooks.attach(self.batch, self._results)
         try:
             await self._discover(queue)
         finally:
@@ -216,6 +220,7 @@ class BatchRun:
         changed = await self._changed_since_read(prepared)
         if changed is None:
             self.report.succeeded += 1
+            await self._notify(item.key, self.suffix, succeeded=True, message="SUCCESS", response=response)
             log.info(
                 "item.done",
                 batch_id=self.batch.id,
@@ -347,6 +352,7 @@ class BatchRun:
             )
         )
         self.report.failed += 1
+        await self._notify(failure_record_key(item.key), "", succeeded=False, message=message, response=None)
         log.info(
             "item.done",
             batch_id=self.batch.id,
@@ -357,6 +363,24 @@ class BatchRun:
             retryable=retryable,
             attempts=attempts,
         )
+
+    async def _notify(
+        self, key: str, suffix: str, *, succeeded: bool, message: str, response: OcrResponse | None
+    ) -> None:
+        """Hand the finished item to the webhook buffer (a no-op for batches without a webhook)."""
+        webhooks, webhook = self.context.webhooks, self.batch.webhook
+        if webhooks is None or webhook is None:
+            return
+        source_key = key.removeprefix("_failed/").removesuffix(".json") if not succeeded else key
+        payload = item_payload(
+            key=source_key,
+            result_location=self.batch.result_location.join(key + suffix),
+            succeeded=succeeded,
+            message=message,
+            response=response,
+            locations_only=webhook.locations_only,
+        )
+        await webhooks.item_finished(self.batch.id, payload)
 
     async def _stop_batch(self, error: OcrError) -> None:
         reason = f"{error.code or error.error_class.value}: {error.detail}"

@@ -69,6 +69,10 @@ class Location:
         """True when either location lies inside the other."""
         return self.contains(other) or other.contains(self)
 
+    def join(self, key: str) -> str:
+        """The location of object `key` (relative to this location) as a string."""
+        return f"{self}{key}" if self.is_s3 else f"{self}/{key}".replace("//", "/")
+
     def __str__(self) -> str:
         if self.is_s3:
             return f"s3://{self.bucket}/{self.prefix}"

@@ -28,6 +28,7 @@ from ocrbatch.prepare import MemoryBudget
 from ocrbatch.retries import Sleep
 from ocrbatch.settings import Settings
 from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.webhooks import WebhookService
 
 log = structlog.get_logger("ocrbatch.worker")
 
@@ -81,7 +82,28 @@ class Worker:
             stopping=self.stopping,
             set_status=self._set_status,
         )
+        self.webhooks = WebhookService(
+            settings.webhook,
+            session,
+            set_status=self._set_status,
+            domain_secrets={
+                name: domain.webhook_secret.get_secret_value()
+                for name, domain in settings.domains.items()
+                if domain.webhook_secret is not None
+            },
+            clock=clock,
+            sleep=sleep,
+        )
+        self.context.webhooks = self.webhooks
         self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
+
+    async def finish(self, timeout_s: float) -> None:
+        """Make chunks of what is buffered and give deliveries `timeout_s` to complete; whatever
+        is not delivered by then stays in the outboxes and is sent by the next run."""
+        await self.webhooks.flush()
+        if not await self.webhooks.drain(timeout_s):
+            log.warning("webhook.undelivered_at_exit", chunks=self.webhooks.outbox_size)
+        await self.webhooks.close()
 
     def stop(self) -> None:
         """Stop taking new items; items already being processed finish."""

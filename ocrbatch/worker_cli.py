@@ -69,7 +69,11 @@ async def _run(settings: Settings, *, once: bool, stop_requested: asyncio.Event)
         try:
             outcome = await work
         except asyncio.CancelledError:
-            return 0
+            outcome = None
+        finally:
+            # After a signal the grace period went to the items: chunks are only made durable.
+            deliver_s = 0.0 if stop_requested.is_set() else settings.worker.shutdown_grace_s
+            await asyncio.shield(worker.finish(deliver_s))
         if once and outcome is not None and outcome.errors:
             for batch_id, reason in outcome.errors.items():
                 log.error("worker.batch_in_error", batch_id=batch_id, reason=reason)

@@ -1,0 +1,315 @@
+"""Webhook delivery: finished items in chunks of up to 1,000, durable until a receiver takes them.
+
+Per batch, finished items are buffered and a chunk is made when `chunk_size` have accumulated,
+when no item of the batch has finished for `idle_flush_s`, and on shutdown. A chunk is written to
+the batch's outbox (`_outbox/` in its result location) before the first attempt and removed after
+a 2xx, so it survives restarts and is resent with the same id (`webhook-id`); receivers
+de-duplicate by it. Delivery runs in the background, one chunk at a time per batch, in order:
+429/5xx/transport failures are retried with backoff and jitter (honouring `Retry-After`) until
+they succeed; 410 stops deliveries for the batch and flags it; other 4xx are retried
+`max_attempts` times, then the chunk is parked under `_outbox/dead/` as a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from ocrbatch.batches import Batch, Webhook
+from ocrbatch.clova import OcrResponse, parse_retry_after
+from ocrbatch.errors import ObjectNotFound, PreconditionFailed
+from ocrbatch.settings import WebhookSettings
+from ocrbatch.storage import Storage
+from ocrbatch.webhook_signing import signed_headers
+
+log = structlog.get_logger("ocrbatch.webhooks")
+OUTBOX_PREFIX = "_outbox/"
+DEAD_PREFIX = "_outbox/dead/"
+SEQUENCE_KEY = "_outbox/sequence.json"
+Sleep = Callable[[float], Awaitable[None]]
+SetStatus = Callable[[Batch, Any, str | None], Awaitable[None]]
+
+
+def item_payload(
+    *,
+    key: str,
+    result_location: str,
+    succeeded: bool,
+    message: str,
+    response: OcrResponse | None,
+    locations_only: bool,
+) -> dict[str, Any]:
+    """One item of a chunk: where its result is, how it ended, and (unless asked not to) the result."""
+    infer_result = response.images[0].infer_result if response and response.images else None
+    item: dict[str, Any] = {
+        "key": key,
+        "resultLocation": result_location,
+        "status": "succeeded" if succeeded else "failed",
+        "inferResult": infer_result,
+        "message": message,
+    }
+    if not locations_only and response is not None:
+        item["result"] = response.to_wire()
+    return item
+
+
+@dataclass
+class _BatchHook:
+    """One batch's buffer and delivery queue."""
+
+    batch: Batch
+    webhook: Webhook
+    results: Storage
+    items: list[dict[str, Any]] = field(default_factory=list)
+    last_item_s: float = 0.0
+    sequence: int | None = None
+    stopped_reason: str | None = None
+    item_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class WebhookService:
+    """Buffers, persists and delivers the chunks of every batch that has a webhook."""
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        session: aiohttp.ClientSession,
+        *,
+        set_status: SetStatus,
+        domain_secrets: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        idle_sleep: Sleep | None = None,
+    ) -> None:
+        self._settings = settings
+        self._idle_sleep = idle_sleep or sleep  # the idle timer; backoffs use `sleep`
+        self._session = session
+        self._set_status = set_status
+        self._domain_secrets = domain_secrets or {}
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._hooks: dict[str, _BatchHook] = {}
+        self.sent = 0
+        self.retried = 0
+        self.dead_lettered = 0
+
+    # -- feeding --------------------------------------------------------------------------------
+
+    async def attach(self, batch: Batch, results: Storage) -> None:
+        """Start serving a batch: resend what its outbox still holds (after a restart, same ids)."""
+        if batch.webhook is None or batch.id in self._hooks:
+            return
+        hook = _BatchHook(batch, batch.webhook, results)
+        self._hooks[batch.id] = hook
+        pending = [info.key async for info in results.list(OUTBOX_PREFIX) if self._is_chunk(info.key)]
+        for key in pending:
+            hook.outbox.put_nowait(key)
+        if pending:
+            log.info("webhook.resending", batch_id=batch.id, chunks=len(pending))
+        hook.tasks = [
+            asyncio.create_task(self._deliver_loop(hook), name=f"webhook-deliver-{batch.id}"),
+            asyncio.create_task(self._idle_loop(hook), name=f"webhook-idle-{batch.id}"),
+        ]
+
+    async def item_finished(self, batch_id: str, item: dict[str, Any]) -> None:
+        """Add one finished item; makes a chunk when `chunk_size` have accumulated."""
+        hook = self._hooks.get(batch_id)
+        if hook is None:
+            return
+        hook.items.append(item)
+        hook.last_item_s = self._clock()
+        hook.item_arrived.set()
+        if len(hook.items) >= self._settings.chunk_size:
+            await self._flush(hook)
+
+    @property
+    def outbox_size(self) -> int:
+        """Chunks written and not yet delivered, across batches (for metrics and logs)."""
+        return sum(hook.outbox.qsize() for hook in self._hooks.values())
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Make chunks of everything buffered (on shutdown, and at the end of `run --once`)."""
+        for hook in self._hooks.values():
+            await self._flush(hook)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for every outbox to empty; True if it did. Chunks left stay durable."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(hook.outbox.join() for hook in self._hooks.values())), timeout=timeout_s
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the background tasks (undelivered chunks stay in the outboxes)."""
+        tasks = [task for hook in self._hooks.values() for task in hook.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- chunks ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_chunk(key: str) -> bool:
+        return key.endswith(".json") and not key.startswith(DEAD_PREFIX) and key != SEQUENCE_KEY
+
+    async def _flush(self, hook: _BatchHook) -> None:
+        while hook.items:
+            items, hook.items = (
+                hook.items[: self._settings.chunk_size],
+                hook.items[self._settings.chunk_size :],
+            )
+            if not hook.items:
+                hook.item_arrived.clear()
+            sequence = await self._next_sequence(hook)
+            chunk_id = f"msg_{uuid.uuid4().hex}"
+            body = json.dumps(
+                {
+                    "batchId": hook.batch.id,
+                    "batchName": hook.batch.name,
+                    "chunkId": chunk_id,
+                    "sequence": sequence,
+                    "count": len(items),
+                    "items": items,
+                },
+                ensure_ascii=False,
+            ).encode()
+            key = f"{OUTBOX_PREFIX}{sequence:012d}-{chunk_id}.json"
+            await asyncio.shield(
+                hook.results.write(
+                    key, body, metadata={"chunk-id": chunk_id}, content_type="application/json"
+                )
+            )
+            log.info(
+                "webhook.chunk_made",
+                made_at_s=self._clock(),
+                batch_id=hook.batch.id,
+                chunk_id=chunk_id,
+                sequence=sequence,
+                count=len(items),
+            )
+            hook.outbox.put_nowait(key)
+
+    async def _next_sequence(self, hook: _BatchHook) -> int:
+        """The batch's next chunk number, persisted so numbers keep rising across restarts."""
+        if hook.sequence is None:
+            try:
+                hook.sequence = int(json.loads((await hook.results.read(SEQUENCE_KEY)).data)["last"])
+            except (ObjectNotFound, ValueError, KeyError, TypeError):
+                hook.sequence = 0
+        hook.sequence += 1
+        await hook.results.write(SEQUENCE_KEY, json.dumps({"last": hook.sequence}).encode())
+        return hook.sequence
+
+    async def _idle_loop(self, hook: _BatchHook) -> None:
+        """Make a smaller chunk once no item of the batch has finished for `idle_flush_s`."""
+        while True:
+            await hook.item_arrived.wait()
+            wait_s = hook.last_item_s + self._settings.idle_flush_s - self._clock()
+            if wait_s > 0:
+                await self._idle_sleep(wait_s)
+                continue
+            await self._flush(hook)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def _deliver_loop(self, hook: _BatchHook) -> None:
+        while True:
+            key = await hook.outbox.get()
+            try:
+                if hook.stopped_reason is None:
+                    await self._deliver(hook, key)
+            except Exception as exc:  # a delivery must never end the loop; the chunk stays in the outbox
+                log.error("webhook.delivery_error", batch_id=hook.batch.id, key=key, error=str(exc))
+            finally:
+                hook.outbox.task_done()
+
+    async def _deliver(self, hook: _BatchHook, key: str) -> None:
+        try:
+            stored = await hook.results.read(key)
+        except ObjectNotFound:
+            return  # delivered by another replica meanwhile
+        chunk_id = stored.info.metadata.get("chunk-id") or key.rsplit("-", 1)[-1].removesuffix(".json")
+        webhook = hook.webhook
+        secret = (
+            webhook.secret.get_secret_value()
+            if webhook.secret
+            else self._domain_secrets.get(hook.batch.domain)
+        )
+        settings = self._settings
+        delay_s, client_errors = settings.backoff_initial_s, 0
+        while True:
+            headers = {
+                "Content-Type": "application/json",
+                **signed_headers(
+                    secret, message_id=chunk_id, timestamp_s=int(self._wall_clock()), body=stored.data
+                ),
+            }
+            status, retry_after = await self._post(webhook.url, stored.data, headers)
+            if status is not None and 200 <= status < 300:
+                await hook.results.delete(key)
+                self.sent += 1
+                log.info("webhook.sent", batch_id=hook.batch.id, chunk_id=chunk_id, status=status)
+                return
+            if status == 410:
+                reason = f"webhook: {webhook.url} answered 410 Gone; deliveries stopped, chunks kept"
+                hook.stopped_reason = reason
+                log.error("webhook.gone", batch_id=hook.batch.id, chunk_id=chunk_id)
+                await self._set_status(hook.batch, "error", reason)
+                return
+            if status is not None and 400 <= status < 500 and status != 429:
+                client_errors += 1
+                if client_errors >= settings.max_attempts:
+                    await self._dead_letter(hook, key, stored.data, chunk_id, f"HTTP {status}")
+                    return
+            self.retried += 1
+            wait_s = retry_after if retry_after is not None else random.uniform(0, delay_s)
+            log.info(
+                "webhook.retry",
+                batch_id=hook.batch.id,
+                chunk_id=chunk_id,
+                status=status,
+                wait_s=round(wait_s, 3),
+            )
+            await self._sleep(min(wait_s, settings.backoff_max_s))
+            delay_s = min(delay_s * 2, settings.backoff_max_s)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, float | None]:
+        """The receiver's status and Retry-After; (None, None) when it could not be reached."""
+        timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout_s)
+        try:
+            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
+                await response.read()
+                return response.status, parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError):
+            return None, None
+
+    async def _dead_letter(self, hook: _BatchHook, key: str, body: bytes, chunk_id: str, reason: str) -> None:
+        dead_key = DEAD_PREFIX + key.removeprefix(OUTBOX_PREFIX)
+        with contextlib.suppress(PreconditionFailed):  # already parked by another replica
+            await hook.results.write(
+                dead_key, body, metadata={"chunk-id": chunk_id, "reason": reason}, if_none_match=True
+            )
+        await hook.results.delete(key)
+        self.dead_lettered += 1
+        log.error(
+            "webhook.dead_letter", batch_id=hook.batch.id, chunk_id=chunk_id, reason=reason, key=dead_key
+        )
