@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from samples import png
+from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup, keys, write_config
 
 from ocrbatch.batch_run import item_tasks_per_batch
@@ -22,7 +23,7 @@ MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 INPUTS = 60
 
 
-async def prepare(setup: WorkerSetup, tmp_path: Path) -> tuple[Path, list[str]]:
+async def prepare(setup: WorkerSetup, tmp_path: Path, **batch: object) -> tuple[Path, list[str]]:
     names = [f"scan-{index:03}.png" for index in range(INPUTS)]
     for index, name in enumerate(names):
         await setup.inputs.write(name, png(100 + index, 100))
@@ -35,6 +36,7 @@ async def prepare(setup: WorkerSetup, tmp_path: Path) -> tuple[Path, list[str]]:
             "domain": "receipts",
             "input_path": f"s3://{setup.bucket}/in",
             "result_path": f"s3://{setup.bucket}/out",
+            **batch,
         }
         await store.create(parse_spec(spec))
     return config, names
@@ -155,3 +157,27 @@ async def _line_containing(stream: asyncio.StreamReader, text: bytes) -> None:
         if text in line:
             return
     raise AssertionError(f"the worker's log ended without {text!r}")
+
+
+async def test_chunks_in_the_outbox_survive_a_sigkill(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+    """A worker killed while its webhook chunk waits in the outbox: after a restart the chunk is
+    delivered with its original webhook-id."""
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        setup = await make_worker_setup(max_concurrent_calls=5)
+        config, names = await prepare(setup, tmp_path, webhook={"url": receiver.url})
+        receiver.gate.clear()  # the receiver takes the request and never answers
+        process = await start_worker(config, tmp_path / "worker.log")
+        await asyncio.wait_for(receiver.wait_for_held(1), timeout=60)
+        process.kill()
+        assert await process.wait() == -signal.SIGKILL
+        held_id = receiver.held[0].headers["webhook-id"]
+        receiver.gate.set()
+        restarted = await start_worker(config, tmp_path / "worker.log")
+        assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
+        delivered = [request for request in receiver.accepted if request.headers["webhook-id"] == held_id]
+        assert delivered, "the chunk from the outbox was not delivered after the restart"
+        assert sorted(entry["key"] for entry in delivered[0].payload["items"]) == names
+    finally:
+        await receiver.stop()

@@ -60,9 +60,19 @@ class Receiver:
         ]
 
     _statuses: list[int] = field(default_factory=list)
+    held: list[Received] = field(default_factory=list)
+
+    async def wait_for_held(self, count: int) -> None:
+        """Until `count` requests have arrived while the gate was closed (they are not answered yet)."""
+        async with self.arrived:
+            await self.arrived.wait_for(lambda: len(self.held) >= count)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if not self.gate.is_set():
+            async with self.arrived:
+                self.held.append(Received(dict(request.headers), body))
+                self.arrived.notify_all()
         await self.gate.wait()
         status, headers = self.answers.pop(0) if self.answers else (200, {})
         async with self.arrived:
