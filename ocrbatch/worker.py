@@ -167,6 +167,14 @@ class Worker:
             for run in runs:
                 if run.active:
                     log.info("batch.progress", **run.report.progress(self._clock()))
+            if self.webhooks.outbox_size:
+                log.info(
+                    "webhook.outbox",
+                    chunks=self.webhooks.outbox_size,
+                    sent=self.webhooks.sent,
+                    retried=self.webhooks.retried,
+                    dead_lettered=self.webhooks.dead_lettered,
+                )
             if self._clock() - last_report_s >= worker.report_interval_s:
                 last_report_s = self._clock()
                 await asyncio.gather(
