@@ -122,8 +122,10 @@ class BatchRun:
             # status nor a report built from part of the listing would be true.
             log.info("batch.interrupted", **self.report.progress(self.context.clock()))
             return
-        if self.fatal_reason is None and self.report.pending_found:
-            await self.context.set_status(self.batch, "available", None)
+        webhooks = self.context.webhooks
+        note = webhooks.status_note(self.batch.id) if webhooks is not None else None
+        if self.fatal_reason is None and (self.report.pending_found or note):
+            await self.context.set_status(self.batch, "available", note)
         await self.write_report()
         log.info("batch.pass_done", **self.report.progress(self.context.clock()), failed=self.report.failed)
 

@@ -74,6 +74,7 @@ class _BatchHook:
     last_item_s: float = 0.0
     sequence: int | None = None
     stopped_reason: str | None = None
+    dead_letters: int = 0
     item_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -116,6 +117,7 @@ class WebhookService:
         hook = _BatchHook(batch, batch.webhook, results)
         self._hooks[batch.id] = hook
         pending = [info.key async for info in results.list(OUTBOX_PREFIX) if self._is_chunk(info.key)]
+        hook.dead_letters = len([info async for info in results.list(DEAD_PREFIX)])
         for key in pending:
             hook.outbox.put_nowait(key)
         if pending:
@@ -135,6 +137,13 @@ class WebhookService:
         hook.item_arrived.set()
         if len(hook.items) >= self._settings.chunk_size:
             await self._flush(hook)
+
+    def status_note(self, batch_id: str) -> str | None:
+        """What the batch's status should say about its webhook (dead letters), if anything."""
+        hook = self._hooks.get(batch_id)
+        if hook is None or not hook.dead_letters:
+            return None
+        return f"webhook: {hook.dead_letters} chunk(s) refused by the receiver, parked under {DEAD_PREFIX}"
 
     @property
     def outbox_size(self) -> int:
@@ -310,6 +319,7 @@ class WebhookService:
             )
         await hook.results.delete(key)
         self.dead_lettered += 1
+        hook.dead_letters += 1
         log.error(
             "webhook.dead_letter", batch_id=hook.batch.id, chunk_id=chunk_id, reason=reason, key=dead_key
         )

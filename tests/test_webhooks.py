@@ -250,6 +250,14 @@ async def test_other_client_errors_become_dead_letters(receiver: Receiver, resul
     keys = await outbox_keys(results)
     assert len([key for key in keys if key.startswith(DEAD_PREFIX)]) == 1
     assert len(keys) == 2  # the dead letter and the sequence document
+    assert webhooks.status_note("b0000000000000001") == (
+        "webhook: 1 chunk(s) refused by the receiver, parked under _outbox/dead/"
+    )
+    async with aiohttp.ClientSession() as session:  # after a restart the note is still there
+        restarted = service(session, time, statuses, chunk_size=1)
+        await restarted.attach(batch(receiver.url), results)
+        assert restarted.status_note("b0000000000000001") is not None
+        await restarted.close()
 
 
 async def test_chunks_survive_a_restart_with_their_id(receiver: Receiver, results: Storage) -> None:
