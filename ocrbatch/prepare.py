@@ -72,6 +72,25 @@ class MemoryBudget:
                 self._changed.notify_all()
 
 
+def size_refusal(size_bytes: int) -> str | None:
+    """Why an input of this size cannot be sent, or None (decided from the listing, unread)."""
+    if size_bytes == 0:
+        return "the file is empty (0 bytes)"
+    if size_bytes > MAX_IMAGE_BYTES:
+        return f"the file is {size_bytes / 1024 / 1024:.1f} MB; the API accepts at most 50 MB"
+    return None
+
+
+def page_refusal(sizes: list[tuple[int, int]], *, long_image: bool) -> str | None:
+    """Why pages of these sizes cannot be sent (a long image without the option, over 25,000 px)."""
+    for width, height in sizes:
+        if is_long_image(width, height) and not long_image:
+            return f"long image ({width} x {height} px): enable the batch's long image option to recognise it"
+        if max(width, height) > LONG_IMAGE_MAX_SIDE_PX:
+            return f"the image is {width} x {height} px; the API accepts at most 25,000 px"
+    return None
+
+
 def needs_bytes(image_format: str, transfer_mode: str) -> bool:
     """In url mode images go by URL unread; PDFs are read anyway, to count and cut their pages."""
     return transfer_mode != "url" or image_format == "pdf"
@@ -86,10 +105,8 @@ async def prepare_item(
     long_image: bool,
 ) -> PreparedItem:
     """The item's parts, or `ItemRefused` with a reason an operator can act on."""
-    if item.size == 0:
-        raise ItemRefused("the file is empty (0 bytes)")
-    if item.size > MAX_IMAGE_BYTES:
-        raise ItemRefused(f"the file is {item.size / 1024 / 1024:.1f} MB; the API accepts at most 50 MB")
+    if (reason := size_refusal(item.size)) is not None:
+        raise ItemRefused(reason)
     if not needs_bytes(image_format, transfer_mode):
         url = await inputs.presigned_get_url(item.key, expires_s=PRESIGNED_URL_EXPIRES_S)
         return PreparedItem(item, image_format, item.etag, [Part(None, url)])
@@ -101,13 +118,8 @@ async def prepare_item(
         sizes = await asyncio.to_thread(page_sizes, data, image_format)
     except UnreadableDocument as exc:
         raise ItemRefused(f"the file cannot be read as {image_format.upper()}: {exc}") from None
-    for width, height in sizes:
-        if is_long_image(width, height) and not long_image:
-            raise ItemRefused(
-                f"long image ({width} x {height} px): enable the batch's long image option to recognise it"
-            )
-        if max(width, height) > LONG_IMAGE_MAX_SIDE_PX:
-            raise ItemRefused(f"the image is {width} x {height} px; the API accepts at most 25,000 px")
+    if (reason := page_refusal(sizes, long_image=long_image)) is not None:
+        raise ItemRefused(reason)
     if image_format == "pdf" and len(sizes) > MAX_PDF_PAGES_PER_CALL:
         chunks = await asyncio.to_thread(split_pdf, data)
         parts = [

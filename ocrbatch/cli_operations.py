@@ -1,0 +1,94 @@
+"""Commands about a batch's work rather than its definition: `estimate` and `retry-failed`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ocrbatch import cli_output
+from ocrbatch.batch_store import batch_store_in
+from ocrbatch.discovery import FAILED_PREFIX
+from ocrbatch.estimate import estimate_batch
+from ocrbatch.storage_factory import StorageFactory
+
+if TYPE_CHECKING:
+    from ocrbatch.cli import CliState
+
+
+@click.command("estimate")
+@click.argument("ref")
+@click.option(
+    "--call-latency-s",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Assumed seconds per API call, for the expected duration.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def estimate_command(state: CliState, ref: str, call_latency_s: float, as_json: bool) -> None:
+    """Dry run: what a run of the batch would send, cost and take. Nothing is sent or written."""
+    settings = state.settings
+
+    async def go() -> dict[str, Any]:
+        async with StorageFactory(settings.storage) as storages:
+            batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
+            domain = settings.domains.get(batch.domain)
+            if domain is None:
+                raise click.UsageError(
+                    f"batch {batch.name!r} uses domain {batch.domain!r}, which is not configured"
+                )
+            estimate = await estimate_batch(
+                batch,
+                domain,
+                inputs=await storages.open(batch.input_location),
+                results=await storages.open(batch.result_location, create=True),
+                call_latency_s=call_latency_s,
+            )
+            return {"batch": batch.name, **estimate.to_json()}
+
+    figures = asyncio.run(go())
+    if as_json:
+        cli_output.print_json(figures)
+        return
+    click.echo(
+        f"batch {figures['batch']!r}: {figures['inputs']} inputs "
+        f"({figures['done']} done, {figures['failed']} failed, {figures['skipped']} skipped, "
+        f"{figures['pending']} pending)"
+    )
+    click.echo(
+        f"  to send: {figures['items']} items, {figures['pages']} pages, "
+        f"{figures['billable_units']} billable units, {figures['calls']} API calls"
+    )
+    if figures["refused"]:
+        click.echo(f"  refused without a call: {figures['refused']} (failure records would say why)")
+    click.echo(
+        f"  expected duration: {figures['expected_duration_s']:.0f} s at {figures['max_concurrent_calls']} "
+        f"calls in flight of {figures['call_latency_s']:g} s each"
+    )
+
+
+@click.command("retry-failed")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
+    """Remove the batch's failure records, so the next run sends those items again."""
+    settings = state.settings
+
+    async def go() -> tuple[str, list[str]]:
+        async with StorageFactory(settings.storage) as storages:
+            batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
+            results = await storages.open(batch.result_location, create=True)
+            keys = [info.key async for info in results.list(FAILED_PREFIX)]
+            for key in keys:
+                await results.delete(key)
+            return batch.name, [key.removeprefix(FAILED_PREFIX).removesuffix(".json") for key in keys]
+
+    name, items = asyncio.run(go())
+    if as_json:
+        cli_output.print_json({"batch": name, "retrying": items})
+    else:
+        click.echo(f"batch {name!r}: {len(items)} failed item(s) will be sent again by the next run")
