@@ -79,9 +79,12 @@ class BatchReport:
             "eta_s": None if eta is None else round(eta, 1),
         }
 
-    def to_json(self, now: datetime | None = None) -> dict[str, Any]:
-        """The content of `_report.json`: totals over the whole result location, and this pass."""
+    def to_json(self, now: datetime | None = None, *, now_monotonic_s: float | None = None) -> dict[str, Any]:
+        """The content of `_report.json`: totals over the whole result location, and this pass
+        (with its rate and ETA when `now_monotonic_s` is given)."""
         self.updated_at = now or datetime.now(UTC)
+        rate = self.rate_per_s(now_monotonic_s) if now_monotonic_s is not None else None
+        eta = self.eta_s(now_monotonic_s) if now_monotonic_s is not None else None
         return {
             "batch_id": self.batch_id,
             "batch": self.batch_name,
@@ -96,6 +99,8 @@ class BatchReport:
                 "calls": self.calls,
                 "retries_by_code": dict(sorted(self.retries_by_code.items())),
                 "billable_units": self.billable_units,
+                "rate_per_s": None if rate is None else round(rate, 2),
+                "eta_s": None if eta is None else round(eta, 1),
             },
             "started_at": self.started_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),

@@ -400,7 +400,8 @@ class BatchRun:
 
     async def write_report(self) -> None:
         try:
-            body = json.dumps(self.report.to_json(), ensure_ascii=False, indent=1).encode()
+            report = self.report.to_json(now_monotonic_s=self.context.clock())
+            body = json.dumps(report, ensure_ascii=False, indent=1).encode()
             await self._results.write(REPORT_KEY, body, content_type="application/json")
         except StorageError as exc:
             log.warning("batch.report_not_saved", batch_id=self.batch.id, error=str(exc))

@@ -22,7 +22,7 @@ import yaml
 from ocrbatch import cli_output
 from ocrbatch.batch_store import BatchStore, open_batch_store
 from ocrbatch.batches import BatchStatus, parse_spec
-from ocrbatch.cli_operations import estimate_command, retry_failed_command
+from ocrbatch.cli_operations import estimate_command, retry_failed_command, status_command
 from ocrbatch.demo import run_demo
 from ocrbatch.emulator_cli import emulator_command
 from ocrbatch.errors import (
@@ -372,3 +372,4 @@ def demo_command(workdir: Path | None) -> None:
 cli.add_command(emulator_command)
 cli.add_command(estimate_command)
 cli.add_command(retry_failed_command)
+cli.add_command(status_command)

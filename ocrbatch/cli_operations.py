@@ -1,16 +1,23 @@
-"""Commands about a batch's work rather than its definition: `estimate` and `retry-failed`."""
+"""Commands about batches' work rather than their definitions: `status`, `estimate`, `retry-failed`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 
 from ocrbatch import cli_output
 from ocrbatch.batch_store import batch_store_in
-from ocrbatch.discovery import FAILED_PREFIX
+from ocrbatch.discovery import FAILED_PREFIX, REPORT_KEY
+from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.estimate import estimate_batch
+from ocrbatch.settings import Settings
 from ocrbatch.storage_factory import StorageFactory
 
 if TYPE_CHECKING:
@@ -92,3 +99,80 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
         cli_output.print_json({"batch": name, "retrying": items})
     else:
         click.echo(f"batch {name!r}: {len(items)} failed item(s) will be sent again by the next run")
+
+
+async def batch_statuses(settings: Settings) -> list[dict[str, Any]]:
+    """Each batch with its status and the figures of its `_report.json` (None before a first run)."""
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        entries = []
+        for stored in await store.list_batches():
+            batch = stored.batch
+            report: dict[str, Any] | None = None
+            try:
+                results = await storages.open(batch.result_location)
+                report = json.loads((await results.read(REPORT_KEY)).data)
+            except (ObjectNotFound, StorageError, ValueError):
+                report = None  # no run has written one yet (or it is unreadable): shown as such
+            entries.append(
+                {
+                    "id": batch.id,
+                    "name": batch.name,
+                    "status": batch.status,
+                    "reason": batch.status_reason,
+                    "report": report,
+                }
+            )
+        return entries
+
+
+def _status_table(entries: list[dict[str, Any]]) -> Table:
+    table = Table("Batch", "Status", "Progress", "Done", "Failed", "Skipped", "Rate", "ETA")
+    for entry in entries:
+        report = entry["report"]
+        status = entry["status"] + (f": {entry['reason']}" if entry["reason"] else "")
+        if report is None:
+            table.add_row(entry["name"], status, "-", "-", "-", "-", "-", "-")
+            continue
+        total = report["inputs"] - report["skipped"]
+        done = report["succeeded"] + report["failed"]
+        this_pass = report.get("this_pass", {})
+        rate, eta = this_pass.get("rate_per_s"), this_pass.get("eta_s")
+        table.add_row(
+            entry["name"],
+            status,
+            ProgressBar(total=max(total, 1), completed=done if total else 1, width=30),
+            f"{done}/{total}",
+            str(report["failed"]),
+            str(report["skipped"]),
+            f"{rate:.1f}/s" if rate else "-",
+            f"{eta:.0f} s" if eta and report["pending"] else "-",
+        )
+    return table
+
+
+@click.command("status")
+@click.option("--watch", is_flag=True, help="Keep the view up to date until interrupted.")
+@click.option(
+    "--interval-s", default=2.0, show_default=True, type=click.FloatRange(min=0.2), help="Refresh period."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status_command(state: CliState, watch: bool, interval_s: float, as_json: bool) -> None:
+    """Progress of every batch: done/total, failures, rate and ETA, from their reports."""
+    settings = state.settings
+    entries = asyncio.run(batch_statuses(settings))
+    if as_json:
+        cli_output.print_json(entries)
+        return
+    console = cli_output.console()
+    if not watch:
+        console.print(_status_table(entries) if entries else "no batches")
+        return
+    with Live(_status_table(entries), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(interval_s)
+                live.update(_status_table(asyncio.run(batch_statuses(settings))))
+        except KeyboardInterrupt:
+            pass

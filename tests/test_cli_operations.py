@@ -89,3 +89,25 @@ async def test_retry_failed_sends_failed_items_again(make_worker_setup: MakeSetu
     assert json.loads(out) == {"batch": "receipts", "retrying": ["blank.png"]}
     assert (await ocrbatch(config, "run", "--once"))[0] == 0
     assert await keys(setup.results) == ["_report.json", "blank.png.json"]
+
+
+async def test_status_shows_each_batch_from_its_report(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+    """status lists every batch with its status and report figures; before a run there is no report."""
+    setup = await make_worker_setup()
+    for index in range(3):
+        await setup.inputs.write(f"{index}.png", png(100 + index, 100))
+    await setup.inputs.write("empty.png", b"")
+    await create_batch(setup, setup.settings())
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    code, out = await ocrbatch(config, "status", "--json")
+    assert code == 0
+    [before] = json.loads(out)
+    assert (before["name"], before["status"], before["report"]) == ("receipts", "available", None)
+    assert (await ocrbatch(config, "run", "--once"))[0] == 0
+    [after] = json.loads((await ocrbatch(config, "status", "--json"))[1])
+    report = after["report"]
+    assert (report["succeeded"], report["failed"], report["pending"]) == (3, 1, 0)
+    code, text = await ocrbatch(config, "status")
+    assert code == 0
+    assert "receipts" in text
+    assert "4/4" in text
