@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ocrbatch.batches import Batch
 from ocrbatch.clova import OcrImage
+from ocrbatch.discovery import REPORT_KEY
 from ocrbatch.documents import is_long_image
+from ocrbatch.errors import ObjectNotFound, StorageError
+from ocrbatch.storage_factory import StorageFactory
 
 LONG_IMAGE_BILLING_PX = 2000  # long images are billed per 2,000 px of their long side
 
@@ -105,3 +110,13 @@ class BatchReport:
             "started_at": self.started_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+async def read_report(storages: StorageFactory, batch: Batch) -> dict[str, Any] | None:
+    """The batch's `_report.json`, or None before a first run (or when it cannot be read)."""
+    try:
+        results = await storages.open(batch.result_location)
+        data: dict[str, Any] = json.loads((await results.read(REPORT_KEY)).data)
+    except (ObjectNotFound, StorageError, ValueError):
+        return None
+    return data

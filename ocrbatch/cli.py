@@ -359,6 +359,14 @@ def run_command(state: CliState, once: bool) -> None:
     sys.exit(asyncio.run(run_worker(state.settings, once=once)))
 
 
+@cli.command("serve")
+@click.pass_obj
+def serve_command(state: CliState) -> None:
+    """Run the worker and the HTTP API (batches, status, health) until stopped."""
+    state.log_stream = sys.stdout
+    sys.exit(asyncio.run(run_worker(state.settings, once=False, serve=True)))
+
+
 # -- demo -----------------------------------------------------------------------------------
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +12,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from ocrbatch import cli_output
+from ocrbatch.batch_report import read_report
 from ocrbatch.batch_store import batch_store_in
-from ocrbatch.discovery import FAILED_PREFIX, REPORT_KEY
-from ocrbatch.errors import ObjectNotFound, StorageError
+from ocrbatch.discovery import FAILED_PREFIX
 from ocrbatch.estimate import estimate_batch
 from ocrbatch.settings import Settings
 from ocrbatch.storage_factory import StorageFactory
@@ -105,25 +104,16 @@ async def batch_statuses(settings: Settings) -> list[dict[str, Any]]:
     """Each batch with its status and the figures of its `_report.json` (None before a first run)."""
     async with StorageFactory(settings.storage) as storages:
         store = await batch_store_in(settings, storages)
-        entries = []
-        for stored in await store.list_batches():
-            batch = stored.batch
-            report: dict[str, Any] | None = None
-            try:
-                results = await storages.open(batch.result_location)
-                report = json.loads((await results.read(REPORT_KEY)).data)
-            except (ObjectNotFound, StorageError, ValueError):
-                report = None  # no run has written one yet (or it is unreadable): shown as such
-            entries.append(
-                {
-                    "id": batch.id,
-                    "name": batch.name,
-                    "status": batch.status,
-                    "reason": batch.status_reason,
-                    "report": report,
-                }
-            )
-        return entries
+        return [
+            {
+                "id": stored.batch.id,
+                "name": stored.batch.name,
+                "status": stored.batch.status,
+                "reason": stored.batch.status_reason,
+                "report": await read_report(storages, stored.batch),
+            }
+            for stored in await store.list_batches()
+        ]
 
 
 def _status_table(entries: list[dict[str, Any]]) -> Table:

@@ -1,4 +1,5 @@
-"""`ocrbatch run`: the worker as a process, with two-phase shutdown.
+"""`ocrbatch run` and `ocrbatch serve`: the worker as a process (with the HTTP API for `serve`),
+with two-phase shutdown.
 
 The first SIGTERM/SIGINT stops discovery and new items; items in flight finish within
 `shutdown_grace_s`, results and reports are flushed, and the process exits 0. A second signal
@@ -10,10 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 import structlog
+from aiohttp import web
 
-from ocrbatch.batch_store import batch_store_in
+from ocrbatch.api import check_bind, create_app
+from ocrbatch.batch_report import read_report
+from ocrbatch.batch_store import BatchStore, batch_store_in
+from ocrbatch.batches import Batch
 from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import Settings
 from ocrbatch.storage_factory import StorageFactory
@@ -23,8 +29,11 @@ log = structlog.get_logger("ocrbatch.run")
 EXIT_FORCED = 130
 
 
-async def run_worker(settings: Settings, *, once: bool) -> int:
-    """Run until done (`once`) or until a signal; returns the process exit code."""
+async def run_worker(settings: Settings, *, once: bool, serve: bool = False) -> int:
+    """Run until done (`once`) or until a signal; with `serve`, the HTTP API runs beside the worker.
+    Returns the process exit code."""
+    if serve:
+        check_bind(settings.api.host, settings.api.token)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -40,13 +49,13 @@ async def run_worker(settings: Settings, *, once: bool) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await _run(settings, once=once, stop_requested=stop_requested)
+        return await _run(settings, once=once, serve=serve, stop_requested=stop_requested)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
 
-async def _run(settings: Settings, *, once: bool, stop_requested: asyncio.Event) -> int:
+async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: asyncio.Event) -> int:
     max_connections = sum(domain.max_concurrent_calls for domain in settings.domains.values()) * 2 + 8
     async with (
         StorageFactory(settings.storage) as storages,
@@ -54,6 +63,7 @@ async def _run(settings: Settings, *, once: bool, stop_requested: asyncio.Event)
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(settings, store=store, storages=storages, session=session)
+        api = await _start_api(settings, store, storages) if serve else None
         log.info("worker.started", once=once, domains=sorted(settings.domains))
         work = asyncio.create_task(worker.run_pass() if once else worker.run_forever())
         stopper = asyncio.create_task(stop_requested.wait())
@@ -74,9 +84,29 @@ async def _run(settings: Settings, *, once: bool, stop_requested: asyncio.Event)
             # After a signal the grace period went to the items: chunks are only made durable.
             deliver_s = 0.0 if stop_requested.is_set() else settings.worker.shutdown_grace_s
             await asyncio.shield(worker.finish(deliver_s))
+            if api is not None:
+                await api.cleanup()
         if once and outcome is not None and outcome.errors:
             for batch_id, reason in outcome.errors.items():
                 log.error("worker.batch_in_error", batch_id=batch_id, reason=reason)
             return 1
     log.info("worker.stopped")
     return 0
+
+
+async def _start_api(settings: Settings, store: BatchStore, storages: StorageFactory) -> web.AppRunner:
+    """The HTTP API on the configured address; logs the URL it listens on (port 0 picks one)."""
+
+    async def report(batch: Batch) -> dict[str, Any] | None:
+        return await read_report(storages, batch)
+
+    async def ready() -> None:
+        await store.list_batches()  # the control storage answers and every document parses
+
+    app = create_app(store, token=settings.api.token, read_report=report, ready=ready)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.api.host, settings.api.port).start()
+    host, port = runner.addresses[0][:2]
+    log.info("api.listening", url=f"http://{host}:{port}")
+    return runner

@@ -1,0 +1,104 @@
+"""`ocrbatch serve` as a real process: the HTTP API beside the worker, and its start-up checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from samples import png
+from webhook_receiver import Receiver
+from worker_fixtures import WorkerSetup, write_config
+
+MakeSetup = Callable[..., Awaitable[WorkerSetup]]
+TOKEN = "api-token-for-tests-0123456789"
+
+
+async def _url_from_log(stream: asyncio.StreamReader) -> str:
+    while line := await stream.readline():
+        if b'"event": "api.listening"' in line:
+            url: str = json.loads(line)["url"]
+            return url
+    raise AssertionError("serve ended without listening")
+
+
+async def test_serve_runs_the_api_beside_the_worker(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+    """A batch created through the API gets its upload recognised by the same process; health,
+    status and auth work; SIGTERM stops it with exit code 0."""
+    receiver = Receiver()
+    await receiver.start()
+    setup = await make_worker_setup()
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    with config.open("a", encoding="utf-8") as file:
+        file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\n[webhook]\nidle_flush_s = 0.1\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocrbatch",
+        "--config",
+        str(config),
+        "serve",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        url = await asyncio.wait_for(_url_from_log(process.stdout), timeout=60)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/healthz") as response:
+                assert response.status == 200
+            async with session.get(url + "/api/v1/batches") as response:
+                assert response.status == 401
+            spec = {
+                "name": "receipts",
+                "domain": "receipts",
+                "input_path": f"s3://{setup.bucket}/in",
+                "result_path": f"s3://{setup.bucket}/out",
+                "webhook": {"url": receiver.url},
+            }
+            async with session.post(url + "/api/v1/batches", json=spec, headers=auth) as response:
+                assert response.status == 201, await response.text()
+                batch_id = (await response.json())["id"]
+            await setup.inputs.write("upload.png", png(321, 100))
+            await asyncio.wait_for(receiver.wait_for(1), timeout=60)  # recognised and delivered
+            assert receiver.received[0].payload["items"][0]["key"] == "upload.png"
+            async with session.get(f"{url}/api/v1/batches/{batch_id}/status", headers=auth) as response:
+                status = await response.json()
+            assert status["report"]["succeeded"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+        await receiver.stop()
+
+
+async def test_serve_refuses_a_public_address_without_a_token(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """Bound to a non-loopback address without an API token, serve does not start: exit 2, one line."""
+    setup = await make_worker_setup()
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    with config.open("a", encoding="utf-8") as file:
+        file.write('[api]\nhost = "0.0.0.0"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocrbatch",
+        "--config",
+        str(config),
+        "serve",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    assert err.decode().startswith("error: ")
+    assert "token" in err.decode()
