@@ -38,7 +38,7 @@ Ready = Callable[[], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIX = "/api/v1"
-UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _SETTABLE_STATUSES: tuple[BatchStatus, ...] = ("paused", "available")
 _HTTP_CODES = {
     400: "bad_request",
@@ -105,12 +105,20 @@ def create_app(
     token: SecretStr | None,
     read_report: ReadReport | None = None,
     ready: Ready | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> web.Application:
     """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`)."""
     app = web.Application(middlewares=[_error_middleware, _auth_middleware(token)])
     handlers = _Handlers(store, read_report, ready)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    if metrics is not None:
+        render = metrics
+
+        async def metrics_handler(request: web.Request) -> web.Response:
+            return web.Response(body=render(), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics_handler)
     app.router.add_get(f"{API_PREFIX}/batches", handlers.list_batches)
     app.router.add_post(f"{API_PREFIX}/batches", handlers.create_batch)
     app.router.add_get(f"{API_PREFIX}/batches/{{ref}}", handlers.get_batch)

@@ -24,6 +24,7 @@ from ocrbatch.clova import ErrorClass, OcrError, OcrResponse
 from ocrbatch.discovery import REPORT_KEY, DiscoveredItem, discover, failure_record_key, image_format
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.limiter import DomainLimiter
+from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.ocr_client import OcrCall, OcrClient
 from ocrbatch.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, needs_bytes, prepare_item
 from ocrbatch.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses, render_json, render_xlsx
@@ -54,6 +55,7 @@ class PassContext:
     clock: Callable[[], float]
     stopping: asyncio.Event
     set_status: Callable[[Batch, Any, str | None], Awaitable[None]]
+    metrics: WorkerMetrics
     webhooks: WebhookService | None = None
     dead_domains: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> reason
 
@@ -84,8 +86,16 @@ class BatchRun:
         self.report = BatchReport(batch.id, batch.name, datetime.now(UTC), context.clock())
         self.fatal_reason: str | None = None
         self.active = False
+        self.queue: asyncio.Queue[DiscoveredItem | None] = asyncio.Queue(
+            maxsize=self.limiter.max_cap * QUEUE_ITEMS_PER_SLOT
+        )
         self._inputs = inputs
         self._results = results
+
+    @property
+    def queue_depth(self) -> int:
+        """Discovered items waiting for an item task."""
+        return self.queue.qsize()
 
     @property
     def stopped(self) -> bool:
@@ -96,9 +106,7 @@ class BatchRun:
         )
 
     async def run(self) -> None:
-        queue: asyncio.Queue[DiscoveredItem | None] = asyncio.Queue(
-            maxsize=self.limiter.max_cap * QUEUE_ITEMS_PER_SLOT
-        )
+        queue = self.queue
         workers = [
             asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
         ]
@@ -222,6 +230,7 @@ class BatchRun:
         changed = await self._changed_since_read(prepared)
         if changed is None:
             self.report.succeeded += 1
+            self.context.metrics.items.labels(batch=self.batch.name, outcome="succeeded").inc()
             await self._notify(item.key, self.suffix, succeeded=True, message="SUCCESS", response=response)
             log.info(
                 "item.done",
@@ -285,6 +294,7 @@ class BatchRun:
     async def _one_call(self, call: OcrCall) -> OcrResponse:
         async with self.limiter.slot(self.batch.id) as permit:
             self.report.calls += 1
+            started_s = self.context.clock()
             try:
                 response = await self.client.recognize(call)
             except OcrError as error:
@@ -295,8 +305,14 @@ class BatchRun:
                 elif error.error_class is not ErrorClass.TRANSPORT:
                     permit.succeeded()  # the service answered: the concurrency was fine
                 if error.error_class.retryable:
-                    self.report.retries_by_code[error.code or error.error_class.value] += 1
+                    code = error.code or error.error_class.value
+                    self.report.retries_by_code[code] += 1
+                    self.context.metrics.retries.labels(domain=self.batch.domain, code=code).inc()
                 raise
+            finally:
+                self.context.metrics.call_seconds.labels(domain=self.batch.domain).observe(
+                    self.context.clock() - started_s
+                )
             permit.succeeded()
         errors = [image for image in response.images if image.infer_result == "ERROR"]
         if errors:
@@ -354,6 +370,7 @@ class BatchRun:
             )
         )
         self.report.failed += 1
+        self.context.metrics.items.labels(batch=self.batch.name, outcome="failed").inc()
         await self._notify(failure_record_key(item.key), "", succeeded=False, message=message, response=None)
         log.info(
             "item.done",

@@ -28,6 +28,7 @@ import structlog
 from ocrbatch.batches import Batch, Webhook
 from ocrbatch.clova import OcrResponse, parse_retry_after
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed
+from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage import Storage
 from ocrbatch.webhook_signing import signed_headers
@@ -94,7 +95,9 @@ class WebhookService:
         wall_clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         idle_sleep: Sleep | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self._chunks = (metrics or WorkerMetrics()).webhook_chunks
         self._settings = settings
         self._idle_sleep = idle_sleep or sleep  # the idle timer; backoffs use `sleep`
         self._session = session
@@ -216,6 +219,7 @@ class WebhookService:
                 count=len(items),
             )
             hook.outbox.put_nowait(key)
+            self._chunks.labels(outcome="made").inc()
 
     async def _next_sequence(self, hook: _BatchHook) -> int:
         """The batch's next chunk number, persisted so numbers keep rising across restarts."""
@@ -276,6 +280,7 @@ class WebhookService:
             if status is not None and 200 <= status < 300:
                 await hook.results.delete(key)
                 self.sent += 1
+                self._chunks.labels(outcome="sent").inc()
                 log.info("webhook.sent", batch_id=hook.batch.id, chunk_id=chunk_id, status=status)
                 return
             if status == 410:
@@ -290,6 +295,7 @@ class WebhookService:
                     await self._dead_letter(hook, key, stored.data, chunk_id, f"HTTP {status}")
                     return
             self.retried += 1
+            self._chunks.labels(outcome="retried").inc()
             wait_s = retry_after if retry_after is not None else random.uniform(0, delay_s)
             log.info(
                 "webhook.retry",
@@ -319,6 +325,7 @@ class WebhookService:
             )
         await hook.results.delete(key)
         self.dead_lettered += 1
+        self._chunks.labels(outcome="dead_lettered").inc()
         hook.dead_letters += 1
         log.error(
             "webhook.dead_letter", batch_id=hook.batch.id, chunk_id=chunk_id, reason=reason, key=dead_key

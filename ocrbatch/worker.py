@@ -23,6 +23,7 @@ from ocrbatch.batch_store import BatchStore
 from ocrbatch.batches import Batch
 from ocrbatch.errors import StorageError
 from ocrbatch.limiter import DomainLimiter
+from ocrbatch.metrics import LiveState, WorkerMetrics
 from ocrbatch.ocr_client import OcrClient
 from ocrbatch.prepare import MemoryBudget
 from ocrbatch.retries import Sleep
@@ -70,6 +71,9 @@ class Worker:
             for name, domain in settings.domains.items()
         }
         self.stopping = asyncio.Event()
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(self._live_state)
+        self._runs: list[BatchRun] = []
         self.context = PassContext(
             settings=settings,
             limiters=self.limiters,
@@ -81,6 +85,7 @@ class Worker:
             clock=clock,
             stopping=self.stopping,
             set_status=self._set_status,
+            metrics=self.metrics,
         )
         self.webhooks = WebhookService(
             settings.webhook,
@@ -93,6 +98,7 @@ class Worker:
             },
             clock=clock,
             sleep=sleep,
+            metrics=self.metrics,
         )
         self.context.webhooks = self.webhooks
         self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
@@ -141,6 +147,7 @@ class Worker:
                 result.errors[batch.id] = str(exc)
                 continue
             runs.append(BatchRun(self.context, batch, inputs, results))
+        self._runs = runs
         ticker = asyncio.create_task(self._tick(runs))
         try:
             outcomes = await asyncio.gather(*(run.run() for run in runs), return_exceptions=True)
@@ -157,6 +164,14 @@ class Worker:
             elif run.fatal_reason is not None:
                 result.errors[run.batch.id] = run.fatal_reason
         return result
+
+    def _live_state(self) -> LiveState:
+        """What the metrics' gauges show now."""
+        return LiveState(
+            domains={name: limiter.snapshot() for name, limiter in self.limiters.items()},
+            queue_depths={run.batch.name: run.queue_depth for run in self._runs},
+            outbox_chunks=self.webhooks.outbox_size,
+        )
 
     async def _tick(self, runs: list[BatchRun]) -> None:
         """Progress lines every few seconds, `_report.json` refreshed every report interval."""

@@ -63,7 +63,7 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(settings, store=store, storages=storages, session=session)
-        api = await _start_api(settings, store, storages) if serve else None
+        api = await _start_api(settings, store, storages, worker) if serve else None
         log.info("worker.started", once=once, domains=sorted(settings.domains))
         work = asyncio.create_task(worker.run_pass() if once else worker.run_forever())
         stopper = asyncio.create_task(stop_requested.wait())
@@ -94,7 +94,9 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
     return 0
 
 
-async def _start_api(settings: Settings, store: BatchStore, storages: StorageFactory) -> web.AppRunner:
+async def _start_api(
+    settings: Settings, store: BatchStore, storages: StorageFactory, worker: Worker
+) -> web.AppRunner:
     """The HTTP API on the configured address; logs the URL it listens on (port 0 picks one)."""
 
     async def report(batch: Batch) -> dict[str, Any] | None:
@@ -103,7 +105,9 @@ async def _start_api(settings: Settings, store: BatchStore, storages: StorageFac
     async def ready() -> None:
         await store.list_batches()  # the control storage answers and every document parses
 
-    app = create_app(store, token=settings.api.token, read_report=report, ready=ready)
+    app = create_app(
+        store, token=settings.api.token, read_report=report, ready=ready, metrics=worker.metrics.render
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.api.host, settings.api.port).start()

@@ -11,9 +11,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from samples import png
 from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup, write_config
+
+from ocrbatch.emulator_faults import ScriptedFault
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 TOKEN = "api-token-for-tests-0123456789"
@@ -67,16 +70,40 @@ async def test_serve_runs_the_api_beside_the_worker(make_worker_setup: MakeSetup
             async with session.post(url + "/api/v1/batches", json=spec, headers=auth) as response:
                 assert response.status == 201, await response.text()
                 batch_id = (await response.json())["id"]
+            setup.emulator.faults.script([ScriptedFault(code="0500", name="upload.png")])  # one retry
             await setup.inputs.write("upload.png", png(321, 100))
             await asyncio.wait_for(receiver.wait_for(1), timeout=60)  # recognised and delivered
             assert receiver.received[0].payload["items"][0]["key"] == "upload.png"
             async with session.get(f"{url}/api/v1/batches/{batch_id}/status", headers=auth) as response:
                 status = await response.json()
             assert status["report"]["succeeded"] == 1
+            async with session.get(url + "/metrics") as response:  # no token needed, like health
+                assert response.status == 200
+                samples = scrape(await response.text())
+        assert samples[("ocrbatch_items_total", (("batch", "receipts"), ("outcome", "succeeded")))] == 1
+        assert samples[("ocrbatch_ocr_call_seconds_count", (("domain", "receipts"),))] == 2
+        assert samples[("ocrbatch_retries_total", (("code", "0500"), ("domain", "receipts")))] == 1
+        assert samples[("ocrbatch_domain_cap", (("domain", "receipts"),))] == 5
+        assert samples[("ocrbatch_domain_max_cap", (("domain", "receipts"),))] == 5
+        assert samples[("ocrbatch_domain_in_flight", (("domain", "receipts"),))] == 0
+        assert ("ocrbatch_domain_waiting", (("domain", "receipts"),)) in samples
+        assert ("ocrbatch_queue_depth", (("batch", "receipts"),)) in samples
+        assert samples[("ocrbatch_webhook_chunks_total", (("outcome", "made"),))] == 1
+        assert samples[("ocrbatch_webhook_chunks_total", (("outcome", "sent"),))] == 1
+        assert samples[("ocrbatch_webhook_outbox_chunks", ())] == 0
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=60) == 0
         await receiver.stop()
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, keyed by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 async def test_serve_refuses_a_public_address_without_a_token(

@@ -1,0 +1,97 @@
+"""Prometheus metrics of one worker process (`/metrics` of `ocrbatch serve`).
+
+Counters and the call-latency histogram are fed where things happen; gauges (each domain's cap
+and calls in flight, queue depths, the webhook outbox) are read from the live state at scrape
+time. Each worker has its own registry, so nothing is global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CALL_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass
+class LiveState:
+    """What the gauges show, as the worker sees it at scrape time."""
+
+    domains: dict[str, dict[str, float | int | str]] = field(default_factory=dict)  # limiter snapshots
+    queue_depths: dict[str, int] = field(default_factory=dict)  # batch name -> items waiting
+    outbox_chunks: int = 0
+
+
+class _LiveCollector(Collector):
+    def __init__(self, state: Callable[[], LiveState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._state()
+        for name, description, key in _DOMAIN_GAUGES:
+            gauge = GaugeMetricFamily(name, description, labels=["domain"])
+            for domain, snapshot in state.domains.items():
+                gauge.add_metric([domain], float(snapshot[key]))
+            yield gauge
+        queue = GaugeMetricFamily(
+            "ocrbatch_queue_depth", "Discovered items queued, per batch", labels=["batch"]
+        )
+        for batch, depth in state.queue_depths.items():
+            queue.add_metric([batch], float(depth))
+        yield queue
+        outbox = GaugeMetricFamily("ocrbatch_webhook_outbox_chunks", "Webhook chunks waiting for delivery")
+        outbox.add_metric([], float(state.outbox_chunks))
+        yield outbox
+
+
+# (metric, help, key of the limiter's snapshot)
+_DOMAIN_GAUGES = (
+    ("ocrbatch_domain_cap", "Calls the limiter lets in flight now", "cap"),
+    ("ocrbatch_domain_max_cap", "Configured cap on calls in flight", "max_cap"),
+    ("ocrbatch_domain_in_flight", "OCR calls in flight", "in_flight"),
+    ("ocrbatch_domain_waiting", "Items waiting for a call slot", "waiting"),
+)
+
+
+class WorkerMetrics:
+    """The metrics registry of a worker and the instruments it feeds."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.items = Counter(
+            "ocrbatch_items",
+            "Items finished, by batch and outcome",
+            ["batch", "outcome"],
+            registry=self.registry,
+        )
+        self.call_seconds = Histogram(
+            "ocrbatch_ocr_call_seconds",
+            "Duration of OCR calls, by domain",
+            ["domain"],
+            buckets=CALL_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "ocrbatch_retries",
+            "Retryable OCR errors, by domain and code",
+            ["domain", "code"],
+            registry=self.registry,
+        )
+        self.webhook_chunks = Counter(
+            "ocrbatch_webhook_chunks",
+            "Webhook chunks by outcome (made, sent, retried, dead_lettered)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def watch(self, state: Callable[[], LiveState]) -> None:
+        """Read the gauges from `state` at every scrape."""
+        self.registry.register(_LiveCollector(state))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
