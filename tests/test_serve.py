@@ -129,3 +129,53 @@ async def test_serve_refuses_a_public_address_without_a_token(
     assert process.returncode == 2
     assert err.decode().startswith("error: ")
     assert "token" in err.decode()
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    """The JSON-array arguments of the Dockerfile's `name` instruction (its last line)."""
+    text = (Path(__file__).parent.parent / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    line = next(line for line in reversed(text.splitlines()) if line.startswith(name + " "))
+    arguments: list[str] = json.loads(line[line.index("[") :])
+    return arguments
+
+
+async def test_the_container_entrypoint_and_healthcheck_work_outside_docker(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """The Dockerfile's ENTRYPOINT starts the service and its HEALTHCHECK command passes against it,
+    then fails once it has stopped."""
+    entrypoint = dockerfile_instruction("ENTRYPOINT")
+    healthcheck = dockerfile_instruction("HEALTHCHECK")
+    assert entrypoint == ["ocrbatch", "serve"]
+    setup = await make_worker_setup()
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    with config.open("a", encoding="utf-8") as file:
+        file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\n')
+    script = str(Path(sys.executable).parent / entrypoint[0])
+    process = await asyncio.create_subprocess_exec(
+        script,
+        *entrypoint[1:],
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "OCRBATCH_CONFIG": str(config), "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    url = await asyncio.wait_for(_url_from_log(process.stdout), timeout=60)
+    port = url.rsplit(":", 1)[1]
+    assert healthcheck[0] == "python"
+    check = [sys.executable, *healthcheck[1:]]  # the image's python is this one here
+
+    async def healthy() -> bool:
+        probe = await asyncio.create_subprocess_exec(
+            *check,
+            env={**os.environ, "OCRBATCH_API__PORT": port},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await asyncio.wait_for(probe.wait(), timeout=30) == 0
+
+    assert await healthy()
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+    assert not await healthy()
