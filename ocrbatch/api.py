@@ -32,9 +32,13 @@ from ocrbatch.errors import (
     ConfigError,
     StorageError,
 )
+from ocrbatch.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
 
 ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
 Ready = Callable[[], Awaitable[None]]
+OnUploads = Callable[[list[Upload]], Awaitable[int]]  # returns how many uploads a batch wanted
+ConfirmSubscription = Callable[[str], Awaitable[None]]
+EVENTS_PATH = "/api/v1/events/s3"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIX = "/api/v1"
@@ -106,12 +110,16 @@ def create_app(
     read_report: ReadReport | None = None,
     ready: Ready | None = None,
     metrics: Callable[[], bytes] | None = None,
+    on_uploads: OnUploads | None = None,
+    confirm_subscription: ConfirmSubscription | None = None,
 ) -> web.Application:
     """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`)."""
     app = web.Application(middlewares=[_error_middleware, _auth_middleware(token)])
     handlers = _Handlers(store, read_report, ready)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    if on_uploads is not None:
+        app.router.add_post(EVENTS_PATH, _events_handler(on_uploads, confirm_subscription))
     if metrics is not None:
         render = metrics
 
@@ -178,6 +186,8 @@ def _auth_middleware(token: SecretStr | None) -> Middleware:
         if expected is None or request.path in UNAUTHENTICATED_PATHS:
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if request.path == EVENTS_PATH and "token" in request.query:
+            scheme, given = "bearer", request.query["token"]  # SNS cannot send headers: ?token=
         if scheme.casefold() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise ApiError(
                 401,
@@ -191,6 +201,30 @@ def _auth_middleware(token: SecretStr | None) -> Middleware:
 
 
 # -- handlers ---------------------------------------------------------------------------------
+
+
+def _events_handler(on_uploads: OnUploads, confirm: ConfirmSubscription | None) -> Handler:
+    """S3 event notifications (MinIO webhook target, SNS HTTP subscription) for the worker."""
+
+    async def events(request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        try:
+            parsed = parse_notification(body)
+        except NotAnEvent as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        if isinstance(parsed, SnsConfirmation):
+            if confirm is None:
+                raise ApiError(400, "bad_request", "SNS subscriptions are not accepted here")
+            try:
+                await confirm(parsed.subscribe_url)
+            except NotAnEvent as exc:
+                raise ApiError(400, "bad_request", str(exc)) from None
+            log.info("events.sns_subscription_confirmed", topic=parsed.topic_arn)
+            return _json({"confirmed": parsed.topic_arn})
+        wanted = await on_uploads(parsed)
+        return _json({"uploads": len(parsed), "for_batches": wanted})
+
+    return events
 
 
 class _Handlers:

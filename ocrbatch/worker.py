@@ -8,7 +8,6 @@ keeps `_report.json` current meanwhile. `run_forever` repeats passes every poll 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +70,7 @@ class Worker:
             for name, domain in settings.domains.items()
         }
         self.stopping = asyncio.Event()
+        self._triggered = asyncio.Event()
         self.metrics = WorkerMetrics()
         self.metrics.watch(self._live_state)
         self._runs: list[BatchRun] = []
@@ -115,12 +115,24 @@ class Worker:
         """Stop taking new items; items already being processed finish."""
         self.stopping.set()
 
+    def trigger(self) -> None:
+        """Start the next pass now (an upload was announced) rather than at the next poll."""
+        self._triggered.set()
+
     async def run_forever(self) -> None:
-        """Pass after pass, re-discovering every poll interval, until `stop()`."""
+        """Pass after pass, every poll interval or sooner when triggered, until `stop()`."""
         while not self.stopping.is_set():
+            self._triggered.clear()
             await self.run_pass()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=self.settings.worker.poll_interval_s)
+            wake = [asyncio.create_task(self.stopping.wait()), asyncio.create_task(self._triggered.wait())]
+            try:
+                await asyncio.wait(
+                    wake, timeout=self.settings.worker.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in wake:
+                    task.cancel()
+                await asyncio.gather(*wake, return_exceptions=True)
 
     async def run_pass(self) -> PassResult:
         """Discover and process every active batch once; returns when all their items are handled."""

@@ -14,12 +14,13 @@ import signal
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from ocrbatch.api import check_bind, create_app
 from ocrbatch.batch_report import read_report
 from ocrbatch.batch_store import BatchStore, batch_store_in
 from ocrbatch.batches import Batch
+from ocrbatch.events import Upload, batches_for, confirm_sns_subscription
 from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import Settings
 from ocrbatch.storage_factory import StorageFactory
@@ -63,7 +64,7 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(settings, store=store, storages=storages, session=session)
-        api = await _start_api(settings, store, storages, worker) if serve else None
+        api = await _start_api(settings, store, storages, worker, session) if serve else None
         log.info("worker.started", once=once, domains=sorted(settings.domains))
         work = asyncio.create_task(worker.run_pass() if once else worker.run_forever())
         stopper = asyncio.create_task(stop_requested.wait())
@@ -95,7 +96,7 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
 
 
 async def _start_api(
-    settings: Settings, store: BatchStore, storages: StorageFactory, worker: Worker
+    settings: Settings, store: BatchStore, storages: StorageFactory, worker: Worker, session: ClientSession
 ) -> web.AppRunner:
     """The HTTP API on the configured address; logs the URL it listens on (port 0 picks one)."""
 
@@ -105,8 +106,25 @@ async def _start_api(
     async def ready() -> None:
         await store.list_batches()  # the control storage answers and every document parses
 
+    async def on_uploads(uploads: list[Upload]) -> int:
+        batches = [stored.batch for stored in await store.list_batches()]
+        wanted = sum(1 for upload in uploads if batches_for(upload, batches))
+        if wanted:
+            worker.trigger()
+        log.info("events.received", uploads=len(uploads), for_batches=wanted)
+        return wanted
+
+    async def confirm(subscribe_url: str) -> None:
+        await confirm_sns_subscription(session, subscribe_url)
+
     app = create_app(
-        store, token=settings.api.token, read_report=report, ready=ready, metrics=worker.metrics.render
+        store,
+        token=settings.api.token,
+        read_report=report,
+        ready=ready,
+        metrics=worker.metrics.render,
+        on_uploads=on_uploads,
+        confirm_subscription=confirm,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -1,0 +1,181 @@
+"""S3 event notifications: parsing every accepted shape, and `serve` acting on them within seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+from samples import png
+from test_serve import TOKEN, _url_from_log
+from webhook_receiver import Receiver
+from worker_fixtures import WorkerSetup, write_config
+
+from ocrbatch.api import create_app
+from ocrbatch.batch_store import BatchStore
+from ocrbatch.events import NotAnEvent, SnsConfirmation, Upload, confirm_sns_subscription, parse_notification
+from ocrbatch.locations import Location
+from ocrbatch.storage_local import LocalStorage
+
+MakeSetup = Callable[..., Awaitable[WorkerSetup]]
+
+
+def record(bucket: str, key: str, event: str = "ObjectCreated:Put") -> dict[str, Any]:
+    return {"eventName": event, "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 10}}}
+
+
+@pytest.mark.parametrize(
+    ("body", "uploads"),
+    [
+        ({"Records": [record("scans", "in/a.png")]}, [Upload("scans", "in/a.png")]),
+        (
+            {"Records": [record("scans", "in/%EC%98%81%EC%88%98%EC%A6%9D+1.png")]},
+            [Upload("scans", "in/영수증 1.png")],
+        ),
+        (
+            {
+                "EventName": "s3:ObjectCreated:Put",
+                "Key": "scans/in/b.png",
+                "Records": [record("scans", "in/b.png")],
+            },
+            [Upload("scans", "in/b.png")],
+        ),
+        ({"Records": [record("scans", "in/c.png", "ObjectRemoved:Delete")]}, []),
+        ({"Event": "s3:TestEvent", "Bucket": "scans"}, []),
+        (
+            {"Type": "Notification", "Message": json.dumps({"Records": [record("scans", "x.pdf")]})},
+            [Upload("scans", "x.pdf")],
+        ),
+        ({"Type": "Notification", "Message": json.dumps({"Event": "s3:TestEvent"})}, []),
+    ],
+    ids=["aws", "url-encoded key", "minio", "deletion", "test event", "sns", "sns test event"],
+)
+def test_uploads_are_read_from_every_shape(body: dict[str, Any], uploads: list[Upload]) -> None:
+    """S3, MinIO and SNS-wrapped events give their created objects with decoded keys; others give none."""
+    assert parse_notification(body) == uploads
+
+
+def test_sns_confirmation_and_bad_bodies() -> None:
+    """A SubscriptionConfirmation asks for its URL to be fetched; anything else is refused with a reason."""
+    confirmation = {"Type": "SubscriptionConfirmation", "TopicArn": "arn:t", "SubscribeURL": "https://sns/x"}
+    assert parse_notification(confirmation) == SnsConfirmation("arn:t", "https://sns/x")
+    bad_bodies: list[Any] = [[], {"hello": 1}, {"Type": "Notification", "Message": "not json"}]
+    for bad in bad_bodies:
+        with pytest.raises(NotAnEvent):
+            parse_notification(bad)
+
+
+async def test_an_upload_event_gets_its_result_within_two_seconds(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """With polling far away, an event makes serve recognise the upload within 2 s; without an event,
+    the periodic reconcile pass still picks an upload up; unknown prefixes are ignored."""
+    receiver = Receiver()
+    await receiver.start()
+    setup = await make_worker_setup()
+    config = write_config(setup, tmp_path / "ocrbatch.toml", poll_interval_s=3.0)
+    with config.open("a", encoding="utf-8") as file:
+        file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\n[webhook]\nidle_flush_s = 0.05\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocrbatch",
+        "--config",
+        str(config),
+        "serve",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        url = await asyncio.wait_for(_url_from_log(process.stdout), timeout=60)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as session:
+            spec = {
+                "name": "scans",
+                "domain": "receipts",
+                "input_path": f"s3://{setup.bucket}/in",
+                "result_path": f"s3://{setup.bucket}/out",
+                "webhook": {"url": receiver.url},
+            }
+            async with session.post(url + "/api/v1/batches", json=spec, headers=auth) as response:
+                assert response.status == 201
+            await setup.inputs.write("fresh upload.png", png(123, 45))
+            event = {
+                "Records": [record(setup.bucket, "in/fresh+upload.png"), record("elsewhere", "in/x.png")]
+            }
+            started = asyncio.get_running_loop().time()
+            async with session.post(url + "/api/v1/events/s3", json=event, headers=auth) as response:
+                assert response.status == 200
+                assert await response.json() == {"uploads": 2, "for_batches": 1}
+            await asyncio.wait_for(receiver.wait_for(1), timeout=2.0)  # recognised, stored and delivered
+            assert asyncio.get_running_loop().time() - started < 2.0
+            assert receiver.received[0].payload["items"][0]["key"] == "fresh upload.png"
+            async with session.post(url + "/api/v1/events/s3", json=event) as response:
+                assert response.status == 401  # the event endpoint needs the token too
+            await setup.inputs.write("no event.png", png(67, 89))  # no notification for this one
+            await asyncio.wait_for(receiver.wait_for(2), timeout=30)  # the reconcile pass finds it
+            assert receiver.received[1].payload["items"][0]["key"] == "no event.png"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+        await receiver.stop()
+
+
+async def test_sns_subscription_is_confirmed_and_notifications_take_a_query_token(tmp_path: Path) -> None:
+    """The endpoint confirms an SNS subscription by GETting its SubscribeURL, and accepts SNS
+    notifications authenticated with ?token= (SNS cannot send headers)."""
+    confirmations: list[str] = []
+    announced: list[list[Upload]] = []
+
+    async def subscribe(request: web.Request) -> web.Response:
+        confirmations.append(request.query_string)
+        return web.Response(text="<ConfirmSubscriptionResponse/>")
+
+    sns = web.Application()
+    sns.router.add_get("/confirm", subscribe)
+    sns_runner = web.AppRunner(sns)
+    await sns_runner.setup()
+    await web.TCPSite(sns_runner, "127.0.0.1", 0).start()
+    sns_url = f"http://127.0.0.1:{sns_runner.addresses[0][1]}"
+
+    async def on_uploads(uploads: list[Upload]) -> int:
+        announced.append(uploads)
+        return len(uploads)
+
+    store = BatchStore(LocalStorage(Location.parse(str(tmp_path))), domains={})
+    async with aiohttp.ClientSession() as session:
+
+        async def confirm(url: str) -> None:
+            await confirm_sns_subscription(session, url)
+
+        app = create_app(store, token=SecretStr(TOKEN), on_uploads=on_uploads, confirm_subscription=confirm)
+        async with TestClient(TestServer(app)) as client:
+            confirmation = {
+                "Type": "SubscriptionConfirmation",
+                "TopicArn": "arn:aws:sns:t",
+                "SubscribeURL": f"{sns_url}/confirm?Token=abc",
+            }
+            response = await client.post(f"/api/v1/events/s3?token={TOKEN}", json=confirmation)
+            assert response.status == 200
+            assert confirmations == ["Token=abc"]
+            forged = {**confirmation, "SubscribeURL": "http://169.254.169.254/latest/meta-data"}
+            assert (await client.post(f"/api/v1/events/s3?token={TOKEN}", json=forged)).status == 400
+            note = {"Type": "Notification", "Message": json.dumps({"Records": [record("b", "k.png")]})}
+            assert (await client.post("/api/v1/events/s3?token=wrong", json=note)).status == 401
+            response = await client.post(f"/api/v1/events/s3?token={TOKEN}", json=note)
+            assert await response.json() == {"uploads": 1, "for_batches": 1}
+    assert announced == [[Upload("b", "k.png")]]
+    await sns_runner.cleanup()
