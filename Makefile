@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check ocrbatch tests
 	$(BIN)/ruff format --check ocrbatch tests
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -24,7 +24,7 @@ from ocrbatch.storage_factory import StorageFactory
 from ocrbatch.storage_local import LocalStorage
 
 TOKEN = "api-token-0123456789abcdef"
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the tests check that this bind is refused without a token
+ALL_INTERFACES = "0.0.0.0"
 DOMAINS = {
     "gen": DomainSettings(kind="general", invoke_url="http://ocr/general", secret="s1"),
     "tpl": DomainSettings(kind="template", invoke_url="http://ocr/infer", secret="s2"),
