@@ -51,6 +51,7 @@ class BatchReport:
     succeeded: int = 0
     failed: int = 0
     left_pending: int = 0  # not finished this pass (fatal domain error, shutdown): still pending
+    elsewhere: int = 0  # pending when listed, but held or settled by another worker meanwhile
     calls: int = 0
     retries_by_code: Counter[str] = field(default_factory=Counter)
     billable_units: int = 0
@@ -62,7 +63,7 @@ class BatchReport:
 
     @property
     def pending(self) -> int:
-        return max(0, self.pending_found - self.finished)
+        return max(0, self.pending_found - self.finished - self.elsewhere)
 
     def rate_per_s(self, now_monotonic_s: float) -> float:
         elapsed_s = now_monotonic_s - self.started_monotonic_s
@@ -101,6 +102,7 @@ class BatchReport:
             "this_pass": {
                 "succeeded": self.succeeded,
                 "failed": self.failed,
+                "handled_elsewhere": self.elsewhere,
                 "calls": self.calls,
                 "retries_by_code": dict(sorted(self.retries_by_code.items())),
                 "billable_units": self.billable_units,

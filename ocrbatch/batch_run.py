@@ -20,8 +20,18 @@ import structlog
 
 from ocrbatch.batch_report import BatchReport, billable_units
 from ocrbatch.batches import Batch
+from ocrbatch.claims import ItemClaims
 from ocrbatch.clova import ErrorClass, OcrError, OcrResponse
-from ocrbatch.discovery import REPORT_KEY, DiscoveredItem, discover, failure_record_key, image_format
+from ocrbatch.discovery import (
+    REASON_NEW,
+    REPORT_KEY,
+    DiscoveredItem,
+    discover,
+    failure_record_key,
+    image_format,
+    judge_item,
+    skip_reason,
+)
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.limiter import DomainLimiter
 from ocrbatch.metrics import WorkerMetrics
@@ -30,7 +40,7 @@ from ocrbatch.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, need
 from ocrbatch.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses, render_json, render_xlsx
 from ocrbatch.retries import Sleep, ocr_retrying
 from ocrbatch.settings import Settings
-from ocrbatch.storage import Storage
+from ocrbatch.storage import ObjectInfo, Storage
 from ocrbatch.webhooks import WebhookService, item_payload
 
 log = structlog.get_logger("ocrbatch.worker")
@@ -57,6 +67,7 @@ class PassContext:
     set_status: Callable[[Batch, Any, str | None], Awaitable[None]]
     metrics: WorkerMetrics
     webhooks: WebhookService | None = None
+    claims: ItemClaims | None = None  # None: this process is the only worker (tests, `run --once` alone)
     dead_domains: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> reason
 
 
@@ -74,9 +85,17 @@ class _BatchStopped(Exception):
 
 
 class BatchRun:
-    """One batch during one pass."""
+    """One batch during one pass, or (with `keys`) the inputs an event announced."""
 
-    def __init__(self, context: PassContext, batch: Batch, inputs: Storage, results: Storage) -> None:
+    def __init__(
+        self,
+        context: PassContext,
+        batch: Batch,
+        inputs: Storage,
+        results: Storage,
+        *,
+        keys: list[str] | None = None,
+    ) -> None:
         self.context = context
         self.batch = batch
         self.domain = context.settings.domains[batch.domain]
@@ -91,6 +110,9 @@ class BatchRun:
         )
         self._inputs = inputs
         self._results = results
+        self._keys = keys
+        # Announced keys not settled by this run (left pending, or held by another worker).
+        self.unsettled: set[str] = set()
 
     @property
     def queue_depth(self) -> int:
@@ -113,7 +135,10 @@ class BatchRun:
         if self.context.webhooks is not None:
             await self.context.webhooks.attach(self.batch, self._results)
         try:
-            await self._discover(queue)
+            if self._keys is None:
+                await self._discover(queue)
+            else:
+                await self._announced(queue, self._keys)
         finally:
             for _ in workers:
                 await queue.put(None)
@@ -125,6 +150,8 @@ class BatchRun:
         dead = self.context.dead_domains.get(self.batch.domain)
         if dead is not None and self.report.pending_found:
             await self._stop_batch_with(dead)
+        if self._keys is not None:
+            return  # the pass, not an event, keeps the status and `_report.json`
         if self.context.stopping.is_set():
             # Interrupted: items are still pending and the listing was cut short, so neither the
             # status nor a report built from part of the listing would be true.
@@ -159,12 +186,56 @@ class BatchRun:
                     continue  # counted, left pending
                 await queue.put(item)
 
+    async def _announced(self, queue: asyncio.Queue[DiscoveredItem | None], keys: list[str]) -> None:
+        """Queue the announced inputs that exist and are documents; their results are checked
+        once they are claimed."""
+        for key in keys:
+            try:
+                info = await self._inputs.head(key)
+            except ObjectNotFound:
+                continue  # deleted since: nothing to do
+            if reason := skip_reason(key):
+                log.debug("item.skipped", batch_id=self.batch.id, key=key, reason=reason)
+                continue
+            self.report.pending_found += 1
+            if self.stopped:
+                self._leave_pending(key)
+                continue
+            await queue.put(_pending(info))
+
     async def _work(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
         while (item := await queue.get()) is not None:
             if self.stopped:
-                self.report.left_pending += 1
+                self._leave_pending(item.key)
                 continue
+            await self._claimed(item)
+
+    async def _claimed(self, item: DiscoveredItem) -> None:
+        """Process the item under its claim, if it is still pending once claimed: another worker
+        may hold it, or have settled it since the listing was read."""
+        claims = self.context.claims
+        if claims is None:
             await self._process(item)
+            return
+        if not await claims.take(self.batch.id, item.key):
+            log.info("item.claimed_elsewhere", batch_id=self.batch.id, key=item.key)
+            self.report.elsewhere += 1
+            if self._keys is not None:
+                self.unsettled.add(item.key)
+            return
+        try:
+            current = await judge_item(self._results, _info(item), result_suffix=self.suffix)
+            if current.state == "pending":
+                await self._process(current)
+            else:
+                self.report.elsewhere += 1
+        finally:
+            await claims.release(self.batch.id, item.key)
+
+    def _leave_pending(self, key: str) -> None:
+        self.report.left_pending += 1
+        if self._keys is not None:
+            self.unsettled.add(key)
 
     async def _process(self, item: DiscoveredItem, *, again: bool = False) -> None:
         fmt = image_format(item.key) or ""
@@ -183,13 +254,13 @@ class BatchRun:
                 return
             except ObjectNotFound:
                 log.info("item.vanished", batch_id=self.batch.id, key=item.key)
-                self.report.left_pending += 1
+                self.report.left_pending += 1  # nothing left to do, but not finished either
                 return
             changed = await self._recognise(prepared)
         if changed is not None and not again:
             await self._process(changed, again=True)
         elif changed is not None:
-            self.report.left_pending += 1  # changing faster than it is recognised: next pass
+            self._leave_pending(item.key)  # changing faster than it is recognised: next pass
 
     async def _recognise(self, prepared: PreparedItem) -> DiscoveredItem | None:
         """Recognise and store the item; returns it again (newer version) if it changed meanwhile."""
@@ -202,13 +273,13 @@ class BatchRun:
                 attempts += part_attempts
                 responses.append(response)
         except _BatchStopped:
-            self.report.left_pending += 1
+            self._leave_pending(item.key)
             return None
         except _CallFailed as failed_call:
             error, attempts = failed_call.error, attempts + failed_call.attempts
             if error.error_class.fatal:
                 await self._stop_batch(error)
-                self.report.left_pending += 1
+                self._leave_pending(item.key)
                 return None
             await self._record_failure(
                 item,
@@ -422,3 +493,11 @@ class BatchRun:
             await self._results.write(REPORT_KEY, body, content_type="application/json")
         except StorageError as exc:
             log.warning("batch.report_not_saved", batch_id=self.batch.id, error=str(exc))
+
+
+def _pending(info: ObjectInfo) -> DiscoveredItem:
+    return DiscoveredItem(info.key, info.size, info.etag, info.last_modified, "pending", REASON_NEW)
+
+
+def _info(item: DiscoveredItem) -> ObjectInfo:
+    return ObjectInfo(item.key, item.size, item.etag, item.last_modified)

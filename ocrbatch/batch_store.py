@@ -11,8 +11,6 @@ Concurrency, without any database:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
 import secrets
 import time
@@ -43,6 +41,7 @@ from ocrbatch.errors import (
     StorageError,
     validation_problems,
 )
+from ocrbatch.leases import Leases, new_owner
 from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings, Settings
 from ocrbatch.storage import Storage
@@ -98,7 +97,7 @@ class BatchStore:
         self._sleep = sleep
         self._lease_s = lease_s
         self._lock_wait_s = lock_wait_s
-        self._owner = secrets.token_hex(8)
+        self._leases = Leases(storage, owner=new_owner(), clock=clock)
 
     @property
     def control(self) -> Location:
@@ -331,42 +330,19 @@ class BatchStore:
         try:
             yield
         finally:
-            # If our lease expired and another writer took it over, there is nothing to release.
-            with contextlib.suppress(PreconditionFailed, ObjectNotFound):
-                await self._storage.delete(LOCK_KEY, if_match=etag)
+            await self._leases.release(LOCK_KEY, etag)
 
     async def _acquire_lock(self) -> str:
         deadline = self._clock() + self._lock_wait_s
         delay_s = 0.02
-        while True:
-            lease = json.dumps({"owner": self._owner, "expires_at": self._clock() + self._lease_s}).encode()
-            try:
-                return (await self._storage.write(LOCK_KEY, lease, if_none_match=True)).etag
-            except PreconditionFailed:
-                pass
-            holder = await self._read_lock()
-            if holder is not None and holder[1] < self._clock():
-                try:
-                    return (await self._storage.write(LOCK_KEY, lease, if_match=holder[0])).etag
-                except PreconditionFailed:
-                    pass
+        while (etag := await self._leases.take(LOCK_KEY, self._lease_s)) is None:
             if self._clock() >= deadline:
                 raise BatchConflict(
                     "the batch catalog is being changed by another writer; try again in a moment"
                 )
             await self._sleep(random.uniform(0, delay_s))
             delay_s = min(delay_s * 2, 0.5)
-
-    async def _read_lock(self) -> tuple[str, float] | None:
-        try:
-            stored = await self._storage.read(LOCK_KEY)
-        except ObjectNotFound:
-            return None
-        try:
-            expires_at = float(json.loads(stored.data)["expires_at"])
-        except (ValueError, KeyError, TypeError):
-            expires_at = 0.0  # an unreadable lease is treated as expired
-        return stored.info.etag, expires_at
+        return etag
 
 
 def _doc_key(batch_id: str) -> str:

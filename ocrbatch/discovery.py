@@ -211,16 +211,39 @@ class _DerivedCursor:
         return derived_key[len(self._prefix) : len(derived_key) - len(self._suffix)]
 
 
+class _HeadCursor:
+    """Finds `prefix + K + suffix` with a HEAD: for one input, without listings."""
+
+    def __init__(self, storage: Storage, *, prefix: str, suffix: str, stats: DiscoveryStats) -> None:
+        self._storage = storage
+        self._prefix = prefix
+        self._suffix = suffix
+        self._stats = stats
+
+    async def find(self, key: str) -> _Found | None:
+        found = await _head(self._storage, self._prefix + key + self._suffix, self._stats)
+        return _Found(found, headed=True) if found else None
+
+    async def metadata(self, key: str, found: _Found) -> Mapping[str, str] | None:
+        return found.info.metadata
+
+
 class _Judge:
     """Decides each input's state from its result and failure record."""
 
-    def __init__(self, results: _DerivedCursor, failures: _DerivedCursor, *, trust_timestamps: bool) -> None:
+    def __init__(
+        self,
+        results: _DerivedCursor | _HeadCursor,
+        failures: _DerivedCursor | _HeadCursor,
+        *,
+        trust_timestamps: bool,
+    ) -> None:
         self._results = results
         self._failures = failures
         self._trust_timestamps = trust_timestamps
 
     async def item(self, info: ObjectInfo) -> DiscoveredItem:
-        if reason := _skip_reason(info.key):
+        if reason := skip_reason(info.key):
             return _item(info, "skipped", reason)
         result_current = await self._result_current(info)
         if result_current:
@@ -255,7 +278,7 @@ class _Judge:
         return _item(info, "pending", REASON_RETRY, retry_of_failure=True)
 
 
-def _skip_reason(key: str) -> str | None:
+def skip_reason(key: str) -> str | None:
     if is_reserved(key):
         return REASON_RESERVED
     if image_format(key) is None:
@@ -315,3 +338,20 @@ async def discover(
         )
         async for info in input_listing:
             yield await judge.item(info)
+
+
+async def judge_item(
+    results: Storage, info: ObjectInfo, *, result_suffix: str, stats: DiscoveryStats | None = None
+) -> DiscoveredItem:
+    """The state of one input object, from its result and failure record as they are now (HEADs).
+
+    Used for an item announced by an event, and to check an item again once it is claimed: another
+    worker may have finished it since the listing was read.
+    """
+    stats = DiscoveryStats() if stats is None else stats
+    judge = _Judge(
+        _HeadCursor(results, prefix="", suffix=result_suffix, stats=stats),
+        _HeadCursor(results, prefix=FAILED_PREFIX, suffix=FAILURE_SUFFIX, stats=stats),
+        trust_timestamps=False,
+    )
+    return await judge.item(info)

@@ -151,6 +151,7 @@ class WorkerSettings(_Section):
     backoff_max_s: float = Field(default=60.0, gt=0)
     quota_pause_s: float = Field(default=300.0, gt=0)
     prefetch_memory_mb: int = Field(default=256, ge=16)
+    claim_ttl_s: float = Field(default=120.0, ge=5)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> WorkerSettings:
@@ -168,6 +169,34 @@ class WebhookSettings(_Section):
     max_attempts: int = Field(default=10, ge=1, le=100)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
+
+
+class SqsSettings(_Section):
+    """The SQS queue receiving the input bucket's upload notifications (unset: no consumer).
+
+    Credentials and region default to the storage's; `endpoint_url` to AWS.
+    """
+
+    queue_url: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    wait_time_s: int = Field(default=20, ge=1, le=20)
+    visibility_timeout_s: int = Field(default=300, ge=10, le=43200)
+    max_messages_in_flight: int = Field(default=10, ge=1, le=100)
+    unsettled_retry_s: int = Field(default=30, ge=0, le=43200)
+
+    @field_validator("queue_url", "endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return value if value is None else check_http_url(value)
+
+    @model_validator(mode="after")
+    def _both_keys(self) -> SqsSettings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        return self
 
 
 class ApiSettings(_Section):
@@ -199,6 +228,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     webhook: WebhookSettings = WebhookSettings()
     api: ApiSettings = ApiSettings()
+    sqs: SqsSettings = SqsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("domains", mode="before")

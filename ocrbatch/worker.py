@@ -20,7 +20,9 @@ from ocrbatch.batch_report import BatchReport
 from ocrbatch.batch_run import BatchRun, PassContext
 from ocrbatch.batch_store import BatchStore
 from ocrbatch.batches import Batch
+from ocrbatch.claims import ItemClaims
 from ocrbatch.errors import StorageError
+from ocrbatch.events import Upload, batches_for
 from ocrbatch.limiter import DomainLimiter
 from ocrbatch.metrics import LiveState, WorkerMetrics
 from ocrbatch.ocr_client import OcrClient
@@ -53,6 +55,7 @@ class Worker:
         session: aiohttp.ClientSession,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        claims: ItemClaims | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
@@ -86,6 +89,7 @@ class Worker:
             stopping=self.stopping,
             set_status=self._set_status,
             metrics=self.metrics,
+            claims=claims,
         )
         self.webhooks = WebhookService(
             settings.webhook,
@@ -176,6 +180,30 @@ class Worker:
             elif run.fatal_reason is not None:
                 result.errors[run.batch.id] = run.fatal_reason
         return result
+
+    async def process_uploads(self, uploads: list[Upload]) -> bool:
+        """Process the announced inputs now, beside any pass; True once every one is settled
+        (result or failure record written, not a document, gone, or its batch is not running).
+        False when some are left pending (shutdown, a fatal error) or held by another worker."""
+        runs = []
+        for stored in await self._store.list_batches():
+            batch = stored.batch
+            prefix = batch.input_location.prefix
+            keys = sorted({upload.key[len(prefix) :] for upload in uploads if batches_for(upload, [batch])})
+            if not keys or batch.status in ("paused", "error") or batch.domain not in self.settings.domains:
+                continue  # the pass sets such batches' status; their inputs wait for it
+            inputs = await self._storages.open(batch.input_location)
+            results = await self._storages.open(batch.result_location, create=True)
+            runs.append(BatchRun(self.context, batch, inputs, results, keys=keys))
+        outcomes = await asyncio.gather(*(run.run() for run in runs), return_exceptions=True)
+        settled = True
+        for run, outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("batch.announced_failed", batch_id=run.batch.id, error=str(outcome))
+                settled = False
+            elif run.unsettled:
+                settled = False
+        return settled
 
     def _live_state(self) -> LiveState:
         """What the metrics' gauges show now."""

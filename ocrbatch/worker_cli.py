@@ -20,9 +20,11 @@ from ocrbatch.api import check_bind, create_app
 from ocrbatch.batch_report import read_report
 from ocrbatch.batch_store import BatchStore, batch_store_in
 from ocrbatch.batches import Batch
+from ocrbatch.claims import ItemClaims
 from ocrbatch.events import Upload, batches_for, confirm_sns_subscription
 from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import Settings
+from ocrbatch.sqs_consumer import SqsConsumer
 from ocrbatch.storage_factory import StorageFactory
 from ocrbatch.worker import Worker
 
@@ -63,20 +65,37 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
         open_ocr_session(max_connections=max_connections) as session,
     ):
         store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session)
+        claims = ItemClaims(await storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
+        worker = Worker(settings, store=store, storages=storages, session=session, claims=claims)
         api = await _start_api(settings, store, storages, worker, session) if serve else None
-        log.info("worker.started", once=once, domains=sorted(settings.domains))
-        work = asyncio.create_task(worker.run_pass() if once else worker.run_forever())
+        log.info("worker.started", once=once, domains=sorted(settings.domains), claims_owner=claims.owner)
+        work = asyncio.create_task(worker.run_pass() if once else worker.run_forever(), name="worker")
+        consumers: list[asyncio.Task[None]] = []
+        if settings.sqs.queue_url is not None and not once:
+            consumer = SqsConsumer(
+                settings.sqs, settings.storage, worker.process_uploads, stopping=worker.stopping
+            )
+            consumers.append(asyncio.create_task(consumer.run(), name="sqs-consumer"))
+        tasks: set[asyncio.Task[Any]] = {work, *consumers}
+        keep_alive = asyncio.create_task(claims.keep_alive(), name="claims-keep-alive")
         stopper = asyncio.create_task(stop_requested.wait())
-        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            worker.stop()
-            done, _ = await asyncio.wait({work}, timeout=settings.worker.shutdown_grace_s)
-            if not done:
-                log.warning("worker.grace_expired", grace_s=settings.worker.shutdown_grace_s)
-                work.cancel()
-        stopper.cancel()
-        await asyncio.gather(stopper, return_exceptions=True)
+        await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        worker.stop()
+        # The pass and the messages being processed share the grace period.
+        _, late = await asyncio.wait(tasks, timeout=settings.worker.shutdown_grace_s)
+        for task in late:
+            log.warning(
+                "worker.grace_expired", grace_s=settings.worker.shutdown_grace_s, task=task.get_name()
+            )
+            task.cancel()
+        for task in (stopper, keep_alive):
+            task.cancel()
+        await asyncio.gather(stopper, keep_alive, return_exceptions=True)
+        for task, failure in zip(
+            consumers, await asyncio.gather(*consumers, return_exceptions=True), strict=True
+        ):
+            if isinstance(failure, Exception):
+                log.error("worker.task_failed", task=task.get_name(), error=str(failure))
         try:
             outcome = await work
         except asyncio.CancelledError:

@@ -1,0 +1,124 @@
+"""Item claims on both storage backends, and two workers reconciling one batch at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from samples import png
+from test_worker import create_batch
+from worker_fixtures import WorkerSetup, keys
+
+from ocrbatch.batch_store import batch_store_in
+from ocrbatch.claims import ItemClaims, claim_key
+from ocrbatch.ocr_client import open_ocr_session
+from ocrbatch.storage import Storage
+from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.worker import Worker
+
+MakeSetup = Callable[..., Awaitable[WorkerSetup]]
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_claim_is_held_by_one_worker_until_released(storage: Storage) -> None:
+    """While one worker holds an item, neither another worker nor another task of its own process can
+    take it; once released, the other can."""
+    first, second = ItemClaims(storage, ttl_s=60), ItemClaims(storage, ttl_s=60)
+    assert await first.take("b1", "scans/a.png")
+    assert not await first.take("b1", "scans/a.png")  # a second task of the same process
+    assert not await second.take("b1", "scans/a.png")
+    assert await second.take("b1", "scans/b.png")  # other items and batches are independent
+    assert await second.take("b2", "scans/a.png")
+    await first.release("b1", "scans/a.png")
+    assert await second.take("b1", "scans/a.png")
+    assert first.held == 0
+    assert second.held == 3
+
+
+async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(storage: Storage) -> None:
+    """A claim not renewed within its lifetime is taken over; the old holder counts it as lost at its
+    next renewal and its release leaves the new claim alone."""
+    clock = FakeClock()
+    stalled, other = ItemClaims(storage, ttl_s=30, clock=clock), ItemClaims(storage, ttl_s=30, clock=clock)
+    assert await stalled.take("b1", "a.png")
+    clock.now += 20
+    await stalled.renew_all()  # renewed: good for 30 s from now
+    clock.now += 20
+    assert not await other.take("b1", "a.png")
+    clock.now += 11
+    assert await other.take("b1", "a.png")
+    await stalled.renew_all()
+    assert (stalled.lost, stalled.held) == (1, 0)
+    await stalled.release("b1", "a.png")
+    document = json.loads((await storage.read(claim_key("b1", "a.png"))).data)
+    assert document["owner"] == other.owner
+
+
+async def test_a_claim_of_a_dead_process_on_this_host_is_taken_at_once(storage: Storage) -> None:
+    """A claim left by a process of this host that no longer runs (a killed worker, restarted) is
+    taken over without waiting for it to expire; one of a live process or another host is not."""
+    claims = ItemClaims(storage, ttl_s=600)
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
+    host = socket.gethostname()
+    for key, holder in {
+        "dead.png": {"host": host, "pid": dead.pid},
+        "restarted.png": {"host": host, "pid": os.getpid()},  # our pid, before we were started
+        "alive.png": {"host": host, "pid": os.getppid()},
+        "elsewhere.png": {"host": host + "-other", "pid": dead.pid},
+    }.items():
+        document = {**holder, "owner": "previous", "process": "previous", "expires_at": 4_000_000_000}
+        await storage.write(claim_key("b1", key), json.dumps(document).encode())
+    assert await claims.take("b1", "dead.png")
+    assert await claims.take("b1", "restarted.png")
+    assert not await claims.take("b1", "alive.png")
+    assert not await claims.take("b1", "elsewhere.png")
+
+
+async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
+    make_worker_setup: MakeSetup,
+) -> None:
+    """Two workers (replicas) run passes over the same batch at the same time: every input gets its
+    result and is recognised exactly once, and no claim is left behind."""
+    setup = await make_worker_setup(max_concurrent_calls=4, faults={"latency_ms": 5, "seed": 1})
+    settings = setup.settings()
+    for index in range(60):
+        await setup.inputs.write(f"scan-{index:03}.png", png(200 + index, 100))
+    await create_batch(setup, settings)
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session(max_connections=32) as session,
+    ):
+        store = await batch_store_in(settings, storages)
+        control = await storages.open(store.control)
+        workers = [
+            Worker(
+                settings,
+                store=store,
+                storages=storages,
+                session=session,
+                claims=ItemClaims(control, ttl_s=60),
+            )
+            for _ in range(2)
+        ]
+        passes = await asyncio.gather(*(worker.run_pass() for worker in workers))
+        assert await keys(control, "claims/") == []
+    stats = setup.emulator.stats()
+    assert stats["recognised_more_than_once"] == {}
+    assert len(stats["recognitions"]) == 60
+    assert len([key for key in await keys(setup.results) if key.startswith("scan-")]) == 60
+    reports = [next(iter(result.reports.values())) for result in passes]
+    assert sum(report.succeeded for report in reports) == 60
+    assert all(report.pending == 0 for report in reports)
