@@ -81,6 +81,12 @@ class WorkerMetrics:
             ["domain", "code"],
             registry=self.registry,
         )
+        self.sqs_messages = Counter(
+            "ocrbatch_sqs_messages",
+            "SQS messages by outcome (deleted, returned: made visible again, not_an_event)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.webhook_chunks = Counter(
             "ocrbatch_webhook_chunks",
             "Webhook chunks by outcome (made, sent, retried, dead_lettered)",

@@ -23,6 +23,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ocrbatch.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
+from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.retries import Sleep
 from ocrbatch.settings import SqsSettings, StorageSettings
 
@@ -46,6 +47,7 @@ class SqsConsumer:
         process: ProcessUploads,
         *,
         stopping: asyncio.Event,
+        metrics: WorkerMetrics | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if settings.queue_url is None:
@@ -56,6 +58,7 @@ class SqsConsumer:
         self._process = process
         self._stopping = stopping
         self._sleep = sleep
+        self._metrics = metrics or WorkerMetrics()
         self._tasks: set[asyncio.Task[None]] = set()
         self.deleted = 0
         self.returned = 0
@@ -139,10 +142,12 @@ class SqsConsumer:
         except ValueError as exc:  # not JSON, or NotAnEvent
             reason = str(exc) if isinstance(exc, NotAnEvent) else "the body is not JSON"
             log.error("sqs.not_an_event", message_id=message_id, reason=reason)
+            self._metrics.sqs_messages.labels(outcome="not_an_event").inc()
             await self._delete(client, message_id, receipt)
             return
         if isinstance(announced, SnsConfirmation):
             log.error("sqs.sns_confirmation_ignored", message_id=message_id, topic=announced.topic_arn)
+            self._metrics.sqs_messages.labels(outcome="not_an_event").inc()
             await self._delete(client, message_id, receipt)
             return
         settled = True
@@ -163,6 +168,7 @@ class SqsConsumer:
             retry_s = 0 if self._stopping.is_set() else self._settings.unsettled_retry_s
             await self._change_visibility(client, message_id, receipt, retry_s)
             self.returned += 1
+            self._metrics.sqs_messages.labels(outcome="returned").inc()
 
     async def _keep_invisible(self, client: SQSClient, message_id: str, receipt: str) -> None:
         timeout_s = self._settings.visibility_timeout_s
@@ -174,6 +180,7 @@ class SqsConsumer:
         try:
             await client.delete_message(QueueUrl=self._queue_url, ReceiptHandle=receipt)
             self.deleted += 1
+            self._metrics.sqs_messages.labels(outcome="deleted").inc()
         except (BotoCoreError, ClientError) as exc:  # it is redelivered, then found settled
             log.warning("sqs.delete_failed", message_id=message_id, error=str(exc))
 

@@ -73,7 +73,11 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
         consumers: list[asyncio.Task[None]] = []
         if settings.sqs.queue_url is not None and not once:
             consumer = SqsConsumer(
-                settings.sqs, settings.storage, worker.process_uploads, stopping=worker.stopping
+                settings.sqs,
+                settings.storage,
+                worker.process_uploads,
+                stopping=worker.stopping,
+                metrics=worker.metrics,
             )
             consumers.append(asyncio.create_task(consumer.run(), name="sqs-consumer"))
         tasks: set[asyncio.Task[Any]] = {work, *consumers}

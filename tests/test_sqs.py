@@ -20,6 +20,7 @@ from test_worker import create_batch
 from worker_fixtures import WorkerSetup, keys, write_config
 
 from ocrbatch.events import Upload
+from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import SqsSettings, StorageSettings
 from ocrbatch.sqs_consumer import SqsConsumer
 from ocrbatch.storage_factory import StorageFactory
@@ -254,8 +255,14 @@ async def test_the_consumer_deletes_settled_and_bad_messages_and_returns_unsettl
         visibility_timeout_s=30,
         unsettled_retry_s=0,
     )
-    consumer = SqsConsumer(settings, s3_settings, process, stopping=stopping)
+    metrics = WorkerMetrics()
+    consumer = SqsConsumer(settings, s3_settings, process, stopping=stopping, metrics=metrics)
     await asyncio.wait_for(consumer.run(), timeout=30)
     assert calls == [[Upload("b", "in/a b.png")]] * 2
     assert (consumer.deleted, consumer.returned) == (4, 1)
+    counted = {
+        outcome: metrics.registry.get_sample_value("ocrbatch_sqs_messages_total", {"outcome": outcome})
+        for outcome in ("deleted", "returned", "not_an_event")
+    }
+    assert counted == {"deleted": 4, "returned": 1, "not_an_event": 2}
     assert await _messages_left(s3_settings, queue_url) == 0
