@@ -33,6 +33,8 @@ from ocrbatch.storage_factory import StorageFactory
 from ocrbatch.webhooks import WebhookService
 
 log = structlog.get_logger("ocrbatch.worker")
+# Announcements processed at once; beyond that an announcement starts a pass, which finds the rest.
+MAX_ANNOUNCEMENTS_IN_FLIGHT = 64
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Worker:
         )
         self.context.webhooks = self.webhooks
         self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
+        self._announcements: set[asyncio.Task[None]] = set()
 
     async def finish(self, timeout_s: float) -> None:
         """Make chunks of what is buffered and give deliveries `timeout_s` to complete; whatever
@@ -118,6 +121,35 @@ class Worker:
     def stop(self) -> None:
         """Stop taking new items; items already being processed finish."""
         self.stopping.set()
+
+    def announce(self, uploads: list[Upload]) -> None:
+        """Process uploads an event announced now, beside any pass (which may be long); when too
+        many announcements are under way, or one leaves items unsettled, start a pass instead."""
+        if len(self._announcements) >= MAX_ANNOUNCEMENTS_IN_FLIGHT or self.stopping.is_set():
+            self.trigger()
+            return
+        task = asyncio.create_task(self._process_announced(uploads))
+        self._announcements.add(task)
+        task.add_done_callback(self._announcements.discard)
+
+    async def _process_announced(self, uploads: list[Upload]) -> None:
+        try:
+            settled = await self.process_uploads(uploads)
+        except Exception as exc:  # the pass below covers whatever this left
+            log.error("events.processing_failed", error=str(exc))
+            settled = False
+        if not settled and not self.stopping.is_set():
+            self.trigger()
+
+    async def wait_for_announcements(self) -> None:
+        """Until every announcement under way is processed (after `stop()`, that is quick)."""
+        while self._announcements:
+            await asyncio.gather(*self._announcements, return_exceptions=True)
+
+    @property
+    def pass_requested(self) -> bool:
+        """A pass was asked for (`trigger`) since the last one started."""
+        return self._triggered.is_set()
 
     def trigger(self) -> None:
         """Start the next pass now (an upload was announced) rather than at the next poll."""

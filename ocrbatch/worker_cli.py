@@ -85,7 +85,8 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
         stopper = asyncio.create_task(stop_requested.wait())
         await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
         worker.stop()
-        # The pass and the messages being processed share the grace period.
+        # The pass, the messages and the announcements being processed share the grace period.
+        tasks.add(asyncio.create_task(worker.wait_for_announcements(), name="announcements"))
         _, late = await asyncio.wait(tasks, timeout=settings.worker.shutdown_grace_s)
         for task in late:
             log.warning(
@@ -133,7 +134,7 @@ async def _start_api(
         batches = [stored.batch for stored in await store.list_batches()]
         wanted = sum(1 for upload in uploads if batches_for(upload, batches))
         if wanted:
-            worker.trigger()
+            worker.announce(uploads)
         log.info("events.received", uploads=len(uploads), for_batches=wanted)
         return wanted
 

@@ -18,14 +18,20 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from samples import png
 from test_serve import TOKEN, _url_from_log
+from test_worker import create_batch
 from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup, write_config
 
 from ocrbatch.api import create_app
-from ocrbatch.batch_store import BatchStore
+from ocrbatch.batch_store import BatchStore, batch_store_in
+from ocrbatch.claims import ItemClaims
+from ocrbatch.emulator_faults import ScriptedFault
 from ocrbatch.events import NotAnEvent, SnsConfirmation, Upload, confirm_sns_subscription, parse_notification
 from ocrbatch.locations import Location
+from ocrbatch.ocr_client import open_ocr_session
+from ocrbatch.storage_factory import StorageFactory
 from ocrbatch.storage_local import LocalStorage
+from ocrbatch.worker import Worker
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 
@@ -179,3 +185,41 @@ async def test_sns_subscription_is_confirmed_and_notifications_take_a_query_toke
             assert await response.json() == {"uploads": 1, "for_batches": 1}
     assert announced == [[Upload("b", "k.png")]]
     await sns_runner.cleanup()
+
+
+async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worker_setup: MakeSetup) -> None:
+    """While a pass is busy with a slow item, an announced upload is recognised beside it; an
+    announced upload another worker holds is left to a pass, which the announcement starts."""
+    setup = await make_worker_setup()
+    settings = setup.settings()
+    batch_id = await create_batch(setup, settings)
+    setup.emulator.faults.script([ScriptedFault(latency_ms=60_000, name="slow.png")])
+    await setup.inputs.write("slow.png", png(100, 100))
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session(max_connections=16) as session,
+    ):
+        store = await batch_store_in(settings, storages)
+        control = await storages.open(store.control)
+        worker = Worker(
+            settings, store=store, storages=storages, session=session, claims=ItemClaims(control, ttl_s=60)
+        )
+        busy_pass = asyncio.create_task(worker.run_pass())
+        await setup.emulator.wait_for_in_flight(1)
+        await setup.inputs.write("fresh.png", png(120, 80))
+        worker.announce([Upload(setup.bucket, "in/fresh.png")])
+        await worker.wait_for_announcements()
+        assert not busy_pass.done()
+        assert await setup.results.head("fresh.png.json")
+        assert not worker.pass_requested
+
+        other = ItemClaims(control, ttl_s=60)
+        await setup.inputs.write("held.png", png(130, 80))
+        assert await other.take(batch_id, "held.png")
+        worker.announce([Upload(setup.bucket, "in/held.png")])
+        await worker.wait_for_announcements()
+        assert worker.pass_requested  # the next pass will look at it again
+        worker.stop()
+        busy_pass.cancel()
+        await asyncio.gather(busy_pass, return_exceptions=True)
+    assert setup.emulator.stats()["recognitions"] == {"fresh.png": 1}
