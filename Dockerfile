@@ -1,5 +1,6 @@
 # ocrbatch: the worker and its HTTP API (`ocrbatch serve`), as a non-root container.
 # Build: docker build -t ocrbatch .   Run: docker run -e OCRBATCH_CONFIG=/config/ocrbatch.toml ...
+# Local OCR engine: docker run -p 8080:8080 --entrypoint ocrbatch ocrbatch engine --host 0.0.0.0 --port 8080
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -8,6 +9,15 @@ COPY ocrbatch ./ocrbatch
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
+# The local OCR engine (`ocrbatch engine`, same image, entrypoint overridden): Tesseract with Korean
+# (with the Hangul script model), Japanese, Traditional Chinese and English data.
+# Not pinned: Debian's stable packages follow the base image's release and get only security fixes.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        tesseract-ocr tesseract-ocr-eng tesseract-ocr-kor tesseract-ocr-script-hang \
+        tesseract-ocr-jpn tesseract-ocr-chi-tra \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin ocrbatch
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -26,9 +26,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# pytest exits 5 when it collects no tests, which fails this target as it should.
+# pytest exits 5 when it collects no tests, which fails this target as it should. Two workers:
+# the suite mostly waits on loopback servers and subprocesses.
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -25,6 +25,7 @@ from ocrbatch.batches import BatchStatus, parse_spec
 from ocrbatch.cli_operations import estimate_command, retry_failed_command, status_command
 from ocrbatch.demo import run_demo
 from ocrbatch.emulator_cli import emulator_command
+from ocrbatch.engine_cli import engine_command
 from ocrbatch.errors import (
     BatchNotFound,
     BatchRuleViolation,
@@ -378,6 +379,7 @@ def demo_command(workdir: Path | None) -> None:
 
 
 cli.add_command(emulator_command)
+cli.add_command(engine_command)
 cli.add_command(estimate_command)
 cli.add_command(retry_failed_command)
 cli.add_command(status_command)

@@ -7,9 +7,15 @@ and rate (0025), body (0011), version (0021), templates (1021), table switch (00
 fault plan (0500/0501, bare 5xx, dropped connections, FAILURE/ERROR results, latency); then a
 deterministic result built from the image itself.
 
-Admin endpoints: `GET /_emulator/stats`, `POST /_emulator/reset`, `POST /_emulator/script` (a list
-of scripted faults), `POST /_emulator/faults` (change rates), `POST /_emulator/hold` (`{"hold":
-true}` keeps admitted calls waiting until `{"hold": false}`, to hold slots busy in tests).
+With `engine="tesseract"` the General domain is served by the local OCR engine
+(`engine_tesseract`): real recognition, the same checks, limits and faults. That engine has no
+table model, so its table switch is off (requests asking for tables get 0028, never invented
+tables), and it does not serve the Template contract: the template route answers 0022.
+
+Admin endpoints: `GET /healthz`, `GET /_emulator/stats`, `POST /_emulator/reset`,
+`POST /_emulator/script` (a list of scripted faults), `POST /_emulator/faults` (change rates),
+`POST /_emulator/hold` (`{"hold": true}` keeps admitted calls waiting until `{"hold": false}`,
+to hold slots busy in tests).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from ocrbatch.clova import ERROR_CODES, OcrImage, OcrResponse
 from ocrbatch.documents import UnreadableDocument
@@ -33,8 +39,16 @@ from ocrbatch.emulator_faults import Decision, FaultPlan, FaultSettings, Scripte
 from ocrbatch.emulator_limits import Clock, DomainMeter
 from ocrbatch.emulator_requests import BadCall, ParsedCall, parse_call
 from ocrbatch.emulator_results import default_template, general_images, template_images
+from ocrbatch.engine_tesseract import (
+    RecognitionFailed,
+    TesseractEngine,
+    TesseractSettings,
+    detect_tesseract,
+)
 
 DomainKind = Literal["general", "template"]
+Engine = Literal["synthetic", "tesseract"]
+STOP_GRACE_S = 0.5
 MAX_BODY_BYTES = 80 * 1024 * 1024  # a 50 MB image, base64-encoded, plus the message
 
 
@@ -52,9 +66,22 @@ class EmulatorSettings(BaseModel):
     max_concurrent_calls: int = Field(default=5, ge=1)
     calls_per_second: float | None = Field(default=None, gt=0)
     quota: int | None = Field(default=None, ge=0)
-    table_extraction: bool = True
+    table_extraction: bool = True  # with the Tesseract engine: off unless set, and never on
     template_ids: tuple[int, ...] = (101, 102)
     faults: FaultSettings = FaultSettings()
+    engine: Engine = "synthetic"
+    tesseract: TesseractSettings = TesseractSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_tables(cls, data: Any) -> Any:
+        """The Tesseract engine detects no tables, so its table switch defaults to off; turning it
+        on would promise tables that never come."""
+        if not isinstance(data, dict) or data.get("engine") != "tesseract":
+            return data
+        if data.get("table_extraction"):
+            raise ValueError("the tesseract engine does not detect tables: leave table_extraction off")
+        return {**data, "table_extraction": False}
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,7 @@ class Emulator:
         self._in_flight_changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._fetch_session: aiohttp.ClientSession | None = None
+        self.engine: TesseractEngine | None = None
         self.url = ""
         self.reset()
 
@@ -89,13 +117,21 @@ class Emulator:
         app.router.add_post("/_emulator/script", self._script_handler)
         app.router.add_post("/_emulator/faults", self._faults_handler)
         app.router.add_post("/_emulator/hold", self._hold_handler)
+        app.router.add_get("/healthz", self._health_handler)  # the container image's HEALTHCHECK
         app.router.add_route("*", "/{path:.*}", self._ocr_handler)
         return app
 
     async def start(self) -> str:
-        """Listen (port 0 picks a free one) and return the base URL."""
+        """Listen (port 0 picks a free one) and return the base URL. With the Tesseract engine,
+        `EngineUnavailable` first if Tesseract cannot be run."""
+        if self.settings.engine == "tesseract" and self.engine is None:
+            install = await asyncio.to_thread(detect_tesseract, self.settings.tesseract.command)
+            self.engine = TesseractEngine(install, self.settings.tesseract)
         self._fetch_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        # A stopping emulator drops calls still waiting out an injected latency after a moment.
+        self._runner = web.AppRunner(
+            self.app(), handle_signals=False, access_log=None, shutdown_timeout=STOP_GRACE_S
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
@@ -172,9 +208,13 @@ class Emulator:
                 name: count for name, count in sorted(self.recognitions.items()) if count > 1
             },
             "scripted_faults_left": self.faults.scripted_left,
+            "engine": self.engine.stats() if self.engine is not None else {"name": "synthetic"},
         }
 
     # -- admin handlers ---------------------------------------------------------------------------
+
+    async def _health_handler(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "engine": self.settings.engine})
 
     async def _stats_handler(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -228,6 +268,8 @@ class Emulator:
         if request.method != "POST" or not parts or parts[-1] not in ("general", "infer"):
             raise _Answer("0001")
         kind: DomainKind = "general" if parts[-1] == "general" else "template"
+        if kind == "template" and self.settings.engine == "tesseract":
+            raise _Answer("0022")  # the local engine serves the General contract only
         if len(parts) == 1:
             return kind
         expected = self.settings.general_domain_id if kind == "general" else self.settings.template_domain_id
@@ -325,23 +367,33 @@ class Emulator:
             except _FetchError as exc:
                 return [_failed_image(call.name, "FAILURE", f"image download failed: {exc}")]
         try:
-            if kind == "general":
-                return general_images(
-                    name=call.name,
-                    data=data,
-                    image_format=call.image_format,
-                    lang=call.lang,
-                    table_detection=call.table_detection,
-                )
-            candidates = [
-                default_template(template_id)
-                for template_id in call.template_ids or self.settings.template_ids
-            ]
-            return template_images(
-                name=call.name, data=data, image_format=call.image_format, candidates=candidates
-            )
+            return await self._recognise(kind, call, data)
         except UnreadableDocument as exc:
             return [_failed_image(call.name, "FAILURE", f"image could not be read: {exc}")]
+        except RecognitionFailed as exc:
+            return [_failed_image(call.name, exc.infer_result, str(exc))]
+
+    async def _recognise(self, kind: DomainKind, call: ParsedCall, data: bytes) -> list[OcrImage]:
+        """The answer's images: from the Tesseract engine for General calls when it is on, else
+        synthetic."""
+        if kind == "general" and self.engine is not None:
+            return await self.engine.recognise(
+                name=call.name, data=data, image_format=call.image_format, lang=call.lang
+            )
+        if kind == "general":
+            return general_images(
+                name=call.name,
+                data=data,
+                image_format=call.image_format,
+                lang=call.lang,
+                table_detection=call.table_detection,
+            )
+        candidates = [
+            default_template(template_id) for template_id in call.template_ids or self.settings.template_ids
+        ]
+        return template_images(
+            name=call.name, data=data, image_format=call.image_format, candidates=candidates
+        )
 
     async def _fetch(self, url: str) -> bytes:
         if self._fetch_session is None:

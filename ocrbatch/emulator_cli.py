@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from ocrbatch.emulator import Emulator, EmulatorSettings
 from ocrbatch.emulator_faults import FaultSettings
+from ocrbatch.engine_tesseract import missing_languages
 
 _RATE = click.FloatRange(0, 1)
 
@@ -197,6 +198,16 @@ async def serve_emulator(settings: EmulatorSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with Emulator(settings) as emulator:
         sys.stdout.write(f"{emulator.url}\n")
-        sys.stdout.write(f"general: {emulator.url}/general  template: {emulator.url}/infer\n")
+        if emulator.engine is None:
+            sys.stdout.write(f"general: {emulator.url}/general  template: {emulator.url}/infer\n")
+        else:
+            engine = emulator.engine.install
+            sys.stdout.write(
+                f"general: {emulator.url}/general  ({engine.version}, {emulator.engine.processes} "
+                f"processes, languages: {', '.join(sorted(engine.languages))})\n"
+            )
+            missing = missing_languages(engine.languages)
+            if missing:
+                sys.stderr.write(f"no Tesseract data for {', '.join(missing)}: such requests fail\n")
         sys.stdout.flush()
         await stop.wait()
