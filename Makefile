@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check ocrbatch tests
-	$(BIN)/ruff format --check ocrbatch tests
+	$(BIN)/ruff check ocrbatch tests bench
+	$(BIN)/ruff format --check ocrbatch tests bench
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
@@ -30,6 +30,13 @@ typecheck: $(STAMP)
 # the suite mostly waits on loopback servers and subprocesses.
 unit: $(STAMP)
 	$(BIN)/pytest -n 2
+
+# Not part of `make test`: timings, a few minutes each (see README, Performance and reliability).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

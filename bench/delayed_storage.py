@@ -1,0 +1,80 @@
+"""Storage with latency: every read, head and listing page of a wrapped `Storage` takes `delay_s`
+longer, as a remote object store's requests do. The worker gets it through a `StorageFactory`
+that wraps every storage it opens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+from ocrbatch.locations import Location
+from ocrbatch.settings import StorageSettings
+from ocrbatch.storage import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, StoredObject
+from ocrbatch.storage_factory import StorageFactory
+
+
+class DelayedStorage(Storage):
+    """`inner`, with `delay_s` added to `read`, `head` and each page of `list_pages`."""
+
+    def __init__(self, inner: Storage, delay_s: float) -> None:
+        self.location = inner.location
+        self._inner = inner
+        self._delay_s = delay_s
+
+    async def list_pages(
+        self, prefix: str = "", *, start_after: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        pages = self._inner.list_pages(prefix, start_after=start_after, page_size=page_size)
+        try:
+            async for page in pages:
+                await asyncio.sleep(self._delay_s)
+                yield page
+        finally:
+            aclose = getattr(pages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def read(self, key: str) -> StoredObject:
+        await asyncio.sleep(self._delay_s)
+        return await self._inner.read(key)
+
+    async def head(self, key: str) -> ObjectInfo:
+        await asyncio.sleep(self._delay_s)
+        return await self._inner.head(key)
+
+    async def write(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        return await self._inner.write(
+            key,
+            data,
+            metadata=metadata,
+            content_type=content_type,
+            if_match=if_match,
+            if_none_match=if_none_match,
+        )
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        await self._inner.delete(key, if_match=if_match)
+
+    async def presigned_get_url(self, key: str, *, expires_s: int) -> str:
+        return await self._inner.presigned_get_url(key, expires_s=expires_s)
+
+
+class DelayedStorageFactory(StorageFactory):
+    """A `StorageFactory` whose storages all answer `delay_s` late (none when `delay_s` is 0)."""
+
+    def __init__(self, settings: StorageSettings, delay_s: float) -> None:
+        super().__init__(settings)
+        self._delay_s = delay_s
+
+    async def open(self, location: Location, *, create: bool = False) -> Storage:
+        storage = await super().open(location, create=create)
+        return DelayedStorage(storage, self._delay_s) if self._delay_s > 0 else storage

@@ -1,0 +1,266 @@
+"""`make bench`: ocrbatch against the emulator, beside a plain baseline script, as one table.
+
+    python -m bench.run                      # every row (a few minutes)
+    python -m bench.run --only utilisation   # one group: utilisation, overcap, memory, events
+
+Each row names the command that reproduces it. Figures are timings on a shared machine: other
+processes running at the same time make them noisier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import scenarios
+from bench.common import percentile
+from bench.events_bench import upload_latencies
+from bench.scenarios import EMULATOR_CAP, JITTER_MS, LATENCY_MS, STORAGE_DELAY_MS, Figures
+
+GROUPS = ("utilisation", "overcap", "memory", "events")
+IDEAL_PER_S = EMULATOR_CAP / (LATENCY_MS / 1000)
+TARGET_UTILISATION = 0.98
+TARGET_RSS_GROWTH = 0.10
+EXIT_TERMINATED = 143
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    ocrbatch: str
+    baseline: str
+    target: str
+    group: str
+    met: bool | None = None  # None: no target
+
+
+@dataclass(frozen=True)
+class Options:
+    items: int
+    uploads: int
+    work: Path
+
+
+def _command(group: str) -> str:
+    return f"`.venv/bin/python -m bench.run --only {group}`"
+
+
+def _util(figures: Figures) -> str:
+    return "n/a" if figures.utilisation is None else f"{figures.utilisation:.3f}"
+
+
+def _rate(figures: Figures) -> str:
+    return f"{figures.items_per_s:.2f} ({figures.items_per_s / IDEAL_PER_S:.0%} of ideal)"
+
+
+async def utilisation(options: Options) -> list[Row]:
+    ours, theirs = await scenarios.throughput(options.work / "utilisation", items=options.items, worker_cap=5)
+    group = "utilisation"
+    util_met = ours.utilisation is not None and ours.utilisation >= TARGET_UTILISATION
+    return [
+        Row(
+            f"items/s, cap right (5 = 5); ideal cap/latency = {IDEAL_PER_S:.2f}",
+            _rate(ours),
+            _rate(theirs),
+            "-",
+            group,
+        ),
+        Row("slot utilisation, cap right", _util(ours), _util(theirs), ">= 0.98", group, util_met),
+        Row(
+            "0025 answers, cap right",
+            str(ours.answers_0025),
+            str(theirs.answers_0025),
+            "0",
+            group,
+            ours.answers_0025 == 0,
+        ),
+        Row(
+            "items failed, cap right",
+            f"{ours.failed} of {options.items}",
+            f"{theirs.failed} of {options.items}",
+            "0",
+            group,
+            ours.failed == 0 and ours.succeeded == options.items,
+        ),
+        Row(
+            "CPU ms per item (the whole process, all threads)",
+            f"{ours.cpu_ms_per_item:.1f}",
+            f"{theirs.cpu_ms_per_item:.1f}",
+            "-",
+            group,
+        ),
+    ]
+
+
+async def overcap(options: Options) -> list[Row]:
+    ours, theirs = await scenarios.throughput(options.work / "overcap", items=options.items, worker_cap=15)
+    group = "overcap"
+    return [
+        Row(
+            "0025 answers, cap 3x too high (15, service 5)",
+            str(ours.answers_0025),
+            str(theirs.answers_0025),
+            "-",
+            group,
+        ),
+        Row("items/s, cap 3x too high", _rate(ours), _rate(theirs), "-", group),
+        Row("slot utilisation, cap 3x too high", _util(ours), _util(theirs), "-", group),
+        Row(
+            "items failed, cap 3x too high",
+            f"{ours.failed} of {options.items}",
+            f"{theirs.failed} of {options.items}",
+            "0",
+            group,
+            ours.failed == 0 and ours.succeeded == options.items,
+        ),
+    ]
+
+
+def _mb(figures: Figures) -> float:
+    return figures.peak_rss_kb / 1024
+
+
+def _cost(figures: Figures) -> str:
+    return f"{figures.wall_s:.0f} / {figures.cpu_s:.0f}"
+
+
+def _growth(figures: Figures, base: Figures) -> str:
+    return f"{_mb(figures):.1f} MB ({_mb(figures) / _mb(base) - 1:+.0%})"
+
+
+async def memory(options: Options) -> list[Row]:
+    work = options.work / "memory"
+    ours_1k, theirs_1k = await scenarios.memory(work / "1k", 1_000, per_directory=None)
+    ours_flat, theirs_flat = await scenarios.memory(work / "100k-flat", 100_000, per_directory=None)
+    ours_tree, theirs_tree = await scenarios.memory(work / "100k-tree", 100_000, per_directory=1_000)
+    group = "memory"
+
+    def within(figures: Figures) -> bool:
+        return _mb(figures) <= _mb(ours_1k) * (1 + TARGET_RSS_GROWTH)
+
+    return [
+        Row(
+            "peak RSS, pass over 1k done objects",
+            f"{_mb(ours_1k):.1f} MB",
+            f"{_mb(theirs_1k):.1f} MB",
+            "-",
+            group,
+        ),
+        Row(
+            "peak RSS, 100k done objects, 1 directory (local)",
+            _growth(ours_flat, ours_1k),
+            _growth(theirs_flat, theirs_1k),
+            "<= +10 %",
+            group,
+            within(ours_flat),
+        ),
+        Row(
+            "peak RSS, 100k done objects, 100 directories of 1k (local)",
+            _growth(ours_tree, ours_1k),
+            _growth(theirs_tree, theirs_1k),
+            "<= +10 %",
+            group,
+            within(ours_tree),
+        ),
+        Row(
+            "pass over 100k done objects: wall s / CPU s (1 dir; 100 dirs)",
+            f"{_cost(ours_flat)}; {_cost(ours_tree)}",
+            f"{_cost(theirs_flat)}; {_cost(theirs_tree)}",
+            "-",
+            group,
+        ),
+    ]
+
+
+async def events(options: Options) -> list[Row]:
+    latencies = await upload_latencies(options.work / "events", uploads=options.uploads, interval_s=0.5)
+    p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+    return [
+        Row(
+            f"upload -> result p50 / p95, event mode ({len(latencies)} uploads, 2/s, S3 on moto)",
+            f"{p50:.2f} s / {p95:.2f} s",
+            "n/a (no event mode)",
+            "-",
+            "events",
+        )
+    ]
+
+
+RUNNERS: dict[str, Callable[[Options], Awaitable[list[Row]]]] = {
+    "utilisation": utilisation,
+    "overcap": overcap,
+    "memory": memory,
+    "events": events,
+}
+
+
+def render(rows: list[Row], elapsed_s: float) -> str:
+    machine = f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    lines = [
+        f"ocrbatch benchmark, {datetime.now(UTC):%Y-%m-%d}, {machine}, {elapsed_s:.0f} s. "
+        f"Emulator: cap {EMULATOR_CAP}, latency {LATENCY_MS:.0f} +/- {JITTER_MS:.0f} ms; "
+        f"storage reads/heads/list pages +{STORAGE_DELAY_MS:.0f} ms (throughput rows). "
+        "Baseline: bench/baseline.py (list, skip done, thread pool of urllib calls, 3 tries 1 s apart).",
+        "",
+        "| Measure | ocrbatch | baseline | target | met | reproduce |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = "" if row.met is None else ("yes" if row.met else "**NO**")
+        cells = (row.measure, row.ocrbatch, row.baseline, row.target, met, _command(row.group))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+async def _main(groups: list[str], options: Options) -> list[Row]:
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM cancels the run, so every child process is stopped on the way out
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    rows: list[Row] = []
+    for group in groups:
+        print(f"bench: {group} ...", file=sys.stderr, flush=True)
+        started_s = time.monotonic()
+        rows += await RUNNERS[group](options)
+        print(f"bench: {group} done in {time.monotonic() - started_s:.0f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", action="append", choices=GROUPS, help="run only this group (repeatable)")
+    parser.add_argument("--items", type=int, default=600, help="inputs per throughput run (default 600)")
+    parser.add_argument("--uploads", type=int, default=40, help="uploads in the event-mode run (default 40)")
+    parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temporary directory)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    groups = [group for group in GROUPS if group in (args.only or GROUPS)]
+    started_s = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ocrbatch-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        try:
+            rows = asyncio.run(_main(groups, Options(items=args.items, uploads=args.uploads, work=work)))
+        except asyncio.CancelledError:  # SIGTERM: the child processes are stopped by now
+            print("bench: stopped by SIGTERM", file=sys.stderr)
+            sys.exit(EXIT_TERMINATED)
+    print(render(rows, time.monotonic() - started_s))
+    missed = [row.measure for row in rows if row.met is False]
+    for measure in missed:
+        print(f"target missed: {measure}")
+    if missed and args.strict:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
