@@ -27,6 +27,7 @@ from ocrbatch.storage import Storage
 
 log = structlog.get_logger("ocrbatch.claims")
 CLAIM_PREFIX = "claims/"
+WORKERS = "_workers"  # the pseudo-batch under which each running worker claims its own owner id
 # This process's identity in claims: a restart that gets the same pid (pid 1 in a container) differs.
 _PROCESS = new_owner()
 
@@ -83,6 +84,26 @@ class ItemClaims:
         except PermissionError:
             return False  # a process of another user has this pid
         return False
+
+    async def register(self) -> None:
+        """Announce this worker as alive (renewed with its claims) until `unregister`: others then
+        leave what it has in progress alone, such as its webhook items not yet in a chunk."""
+        if not await self.take(WORKERS, self.owner):
+            raise RuntimeError("this worker's owner id is already registered")  # ids are random
+
+    async def unregister(self) -> None:
+        await self.release(WORKERS, self.owner)
+
+    async def worker_alive(self, owner: str) -> bool:
+        """Whether the worker `owner` is registered and alive (its registration neither expired nor
+        left by a process of this host that is gone)."""
+        if owner == self.owner:
+            return True
+        try:
+            return await self._leases.held(claim_key(WORKERS, owner))
+        except StorageError as exc:
+            log.warning("claim.worker_unknown", owner=owner, error=str(exc))
+            return True  # when in doubt, leave its work alone
 
     async def take(self, batch_id: str, key: str) -> bool:
         """True if this process now holds the item; False while another task or worker does."""

@@ -64,6 +64,14 @@ class Leases:
         except (PreconditionFailed, ObjectNotFound):
             return None  # another taker was quicker
 
+    async def held(self, key: str) -> bool:
+        """Whether someone holds a live lease on `key` (not expired, holder not known to be dead)."""
+        holder = await self._read(key)
+        if holder is None:
+            return False
+        _, expires_at, document = holder
+        return expires_at >= self._clock() and not (self._holder_dead and self._holder_dead(document))
+
     async def renew(self, key: str, etag: str, ttl_s: float) -> str | None:
         """The lease's new etag, or None when it is no longer ours (it expired and was taken over)."""
         try:

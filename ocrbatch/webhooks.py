@@ -8,12 +8,19 @@ de-duplicate by it. Delivery runs in the background, one chunk at a time per bat
 429/5xx/transport failures are retried with backoff and jitter (honouring `Retry-After`) until
 they succeed; 410 stops deliveries for the batch and flags it; other 4xx are retried
 `max_attempts` times, then the chunk is parked under `_outbox/dead/` as a dead letter.
+
+A finished item is durable before it is buffered: a marker `_outbox/items/{writer}-{digest}.json`
+holds its payload until its chunk is written. A chunk is made under a manifest
+(`_outbox/manifests/`) naming its markers: manifest, chunk, markers deleted, manifest deleted. So
+after a crash the markers of a written chunk are only removed, and the others are chunked again by
+whichever worker attaches the batch next, once their writer is known to be gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -26,8 +33,9 @@ import aiohttp
 import structlog
 
 from ocrbatch.batches import Batch, Webhook
+from ocrbatch.claims import ItemClaims
 from ocrbatch.clova import OcrResponse, parse_retry_after
-from ocrbatch.errors import ObjectNotFound, PreconditionFailed
+from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage import Storage
@@ -36,7 +44,12 @@ from ocrbatch.webhook_signing import signed_headers
 log = structlog.get_logger("ocrbatch.webhooks")
 OUTBOX_PREFIX = "_outbox/"
 DEAD_PREFIX = "_outbox/dead/"
+ITEMS_PREFIX = "_outbox/items/"
+MANIFESTS_PREFIX = "_outbox/manifests/"
 SEQUENCE_KEY = "_outbox/sequence.json"
+RECOVER_INTERVAL_S = 60.0
+SOLO_WRITER = "solo"  # the writer of a worker without claims: the only worker on its batches
+_MARKER_DELETES_AT_ONCE = 32
 Sleep = Callable[[float], Awaitable[None]]
 SetStatus = Callable[[Batch, Any, str | None], Awaitable[None]]
 
@@ -71,8 +84,10 @@ class _BatchHook:
     batch: Batch
     webhook: Webhook
     results: Storage
-    items: list[dict[str, Any]] = field(default_factory=list)
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (marker key, item)
+    own_markers: set[str] = field(default_factory=set)  # written or taken over, not yet deleted
     last_item_s: float = 0.0
+    recovered_at_s: float | None = None
     sequence: int | None = None
     stopped_reason: str | None = None
     dead_letters: int = 0
@@ -96,6 +111,7 @@ class WebhookService:
         sleep: Sleep = asyncio.sleep,
         idle_sleep: Sleep | None = None,
         metrics: WorkerMetrics | None = None,
+        claims: ItemClaims | None = None,
     ) -> None:
         self._chunks = (metrics or WorkerMetrics()).webhook_chunks
         self._settings = settings
@@ -107,6 +123,8 @@ class WebhookService:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._hooks: dict[str, _BatchHook] = {}
+        self._claims = claims
+        self._writer = claims.owner if claims is not None else SOLO_WRITER
         self.sent = 0
         self.retried = 0
         self.dead_lettered = 0
@@ -114,11 +132,18 @@ class WebhookService:
     # -- feeding --------------------------------------------------------------------------------
 
     async def attach(self, batch: Batch, results: Storage) -> None:
-        """Start serving a batch: resend what its outbox still holds (after a restart, same ids)."""
-        if batch.webhook is None or batch.id in self._hooks:
+        """Start serving a batch: resend what its outbox still holds (after a restart, same ids) and
+        chunk the items that gone workers finished but never chunked. Called again (every pass),
+        it looks for such items again every `RECOVER_INTERVAL_S`."""
+        if batch.webhook is None:
+            return
+        if (hook := self._hooks.get(batch.id)) is not None:
+            if hook.recovered_at_s is None or self._clock() - hook.recovered_at_s >= RECOVER_INTERVAL_S:
+                await self._recover(hook)
             return
         hook = _BatchHook(batch, batch.webhook, results)
         self._hooks[batch.id] = hook
+        await self._settle_manifests(hook)
         pending = [info.key async for info in results.list(OUTBOX_PREFIX) if self._is_chunk(info.key)]
         hook.dead_letters = len([info async for info in results.list(DEAD_PREFIX)])
         for key in pending:
@@ -129,13 +154,18 @@ class WebhookService:
             asyncio.create_task(self._deliver_loop(hook), name=f"webhook-deliver-{batch.id}"),
             asyncio.create_task(self._idle_loop(hook), name=f"webhook-idle-{batch.id}"),
         ]
+        await self._recover(hook)
 
     async def item_finished(self, batch_id: str, item: dict[str, Any]) -> None:
         """Add one finished item; makes a chunk when `chunk_size` have accumulated."""
         hook = self._hooks.get(batch_id)
         if hook is None:
             return
-        hook.items.append(item)
+        marker = f"{ITEMS_PREFIX}{self._writer}-{hashlib.sha256(item['key'].encode()).hexdigest()[:40]}.json"
+        body = json.dumps({"writer": self._writer, "item": item}, ensure_ascii=False).encode()
+        hook.own_markers.add(marker)
+        await asyncio.shield(hook.results.write(marker, body, content_type="application/json"))
+        hook.items.append((marker, item))
         hook.last_item_s = self._clock()
         hook.item_arrived.set()
         if len(hook.items) >= self._settings.chunk_size:
@@ -181,16 +211,93 @@ class WebhookService:
 
     @staticmethod
     def _is_chunk(key: str) -> bool:
-        return key.endswith(".json") and not key.startswith(DEAD_PREFIX) and key != SEQUENCE_KEY
+        return (
+            key.endswith(".json")
+            and not key.startswith((DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX))
+            and key != SEQUENCE_KEY
+        )
+
+    async def _settle_manifests(self, hook: _BatchHook) -> None:
+        """Finish chunkings a crash interrupted: a written chunk's markers are removed; a chunk never
+        written leaves its markers to `_recover`."""
+        async for info in hook.results.list(MANIFESTS_PREFIX):
+            try:
+                manifest = json.loads((await hook.results.read(info.key)).data)
+                chunk_key, markers = str(manifest["chunk"]), [str(key) for key in manifest["markers"]]
+            except (ObjectNotFound, ValueError, KeyError, TypeError):
+                continue  # settled meanwhile, or unreadable: its markers are recovered as items
+            try:
+                await hook.results.head(chunk_key)
+            except ObjectNotFound:
+                pass  # never written (or delivered by a worker that found it): the markers decide
+            else:
+                await self._delete_all(hook.results, markers)
+            await self._delete_all(hook.results, [info.key])
+
+    async def _recover(self, hook: _BatchHook) -> None:
+        """Chunk the items of gone workers that never made it into a chunk (tried again later when
+        storage fails: they are durable meanwhile)."""
+        hook.recovered_at_s = self._clock()
+        try:
+            await self._recover_items(hook)
+        except StorageError as exc:
+            log.warning("webhook.recovery_failed", batch_id=hook.batch.id, error=str(exc))
+
+    async def _recover_items(self, hook: _BatchHook) -> None:
+        by_writer: dict[str, list[str]] = {}
+        async for info in hook.results.list(ITEMS_PREFIX):
+            if info.key not in hook.own_markers:  # ours: ids are unique, or (solo) a former life's
+                writer = info.key.removeprefix(ITEMS_PREFIX).partition("-")[0]
+                by_writer.setdefault(writer, []).append(info.key)
+        for writer, markers in by_writer.items():
+            if self._claims is not None and writer != self._writer:
+                if await self._claims.worker_alive(writer):
+                    continue
+                # One recoverer per gone writer and batch: another replica may be looking too.
+                if not await self._claims.take(f"webhook-{hook.batch.id}", writer):
+                    continue
+            try:
+                recovered = 0
+                for marker in markers:
+                    try:
+                        item = json.loads((await hook.results.read(marker)).data)["item"]
+                    except ObjectNotFound:
+                        continue
+                    except (ValueError, KeyError, TypeError):
+                        log.error("webhook.marker_unreadable", batch_id=hook.batch.id, key=marker)
+                        continue
+                    hook.own_markers.add(marker)
+                    hook.items.append((marker, item))
+                    recovered += 1
+                if recovered:
+                    log.info(
+                        "webhook.items_recovered", batch_id=hook.batch.id, writer=writer, items=recovered
+                    )
+                    await self._flush(hook)
+            finally:
+                if self._claims is not None and writer != self._writer:
+                    await self._claims.release(f"webhook-{hook.batch.id}", writer)
+
+    @staticmethod
+    async def _delete_all(storage: Storage, keys: list[str]) -> None:
+        for start in range(0, len(keys), _MARKER_DELETES_AT_ONCE):
+            outcomes = await asyncio.gather(
+                *(storage.delete(key) for key in keys[start : start + _MARKER_DELETES_AT_ONCE]),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, Exception) and not isinstance(outcome, ObjectNotFound):
+                    raise outcome
 
     async def _flush(self, hook: _BatchHook) -> None:
         while hook.items:
-            items, hook.items = (
+            marked, hook.items = (
                 hook.items[: self._settings.chunk_size],
                 hook.items[self._settings.chunk_size :],
             )
             if not hook.items:
                 hook.item_arrived.clear()
+            markers, items = [marker for marker, _ in marked], [item for _, item in marked]
             sequence = await self._next_sequence(hook)
             chunk_id = f"msg_{uuid.uuid4().hex}"
             body = json.dumps(
@@ -205,11 +312,8 @@ class WebhookService:
                 ensure_ascii=False,
             ).encode()
             key = f"{OUTBOX_PREFIX}{sequence:012d}-{chunk_id}.json"
-            await asyncio.shield(
-                hook.results.write(
-                    key, body, metadata={"chunk-id": chunk_id}, content_type="application/json"
-                )
-            )
+            await asyncio.shield(self._write_chunk(hook.results, key, chunk_id, body, markers))
+            hook.own_markers.difference_update(markers)
             log.info(
                 "webhook.chunk_made",
                 made_at_s=self._clock(),
@@ -220,6 +324,15 @@ class WebhookService:
             )
             hook.outbox.put_nowait(key)
             self._chunks.labels(outcome="made").inc()
+
+    async def _write_chunk(
+        self, results: Storage, key: str, chunk_id: str, body: bytes, markers: list[str]
+    ) -> None:
+        manifest = f"{MANIFESTS_PREFIX}{chunk_id}.json"
+        await results.write(manifest, json.dumps({"chunk": key, "markers": markers}).encode())
+        await results.write(key, body, metadata={"chunk-id": chunk_id}, content_type="application/json")
+        await self._delete_all(results, markers)
+        await self._delete_all(results, [manifest])
 
     async def _next_sequence(self, hook: _BatchHook) -> int:
         """The batch's next chunk number, persisted so numbers keep rising across restarts."""

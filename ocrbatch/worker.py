@@ -105,6 +105,7 @@ class Worker:
             clock=clock,
             sleep=sleep,
             metrics=self.metrics,
+            claims=claims,
         )
         self.context.webhooks = self.webhooks
         self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know

@@ -66,6 +66,7 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
     ):
         store = await batch_store_in(settings, storages)
         claims = ItemClaims(await storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
+        await claims.register()
         worker = Worker(settings, store=store, storages=storages, session=session, claims=claims)
         api = await _start_api(settings, store, storages, worker, session) if serve else None
         log.info("worker.started", once=once, domains=sorted(settings.domains), claims_owner=claims.owner)
@@ -109,6 +110,7 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
             # After a signal the grace period went to the items: chunks are only made durable.
             deliver_s = 0.0 if stop_requested.is_set() else settings.worker.shutdown_grace_s
             await asyncio.shield(worker.finish(deliver_s))
+            await claims.unregister()
             if api is not None:
                 await api.cleanup()
         if once and outcome is not None and outcome.errors:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +20,20 @@ from test_worker import create_batch
 from webhook_receiver import Receiver
 
 from ocrbatch.batches import Batch
+from ocrbatch.claims import ItemClaims
 from ocrbatch.locations import Location
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage import Storage
 from ocrbatch.storage_local import LocalStorage
 from ocrbatch.webhook_signing import InvalidSignature, verify
-from ocrbatch.webhooks import DEAD_PREFIX, OUTBOX_PREFIX, WebhookService
+from ocrbatch.webhooks import (
+    DEAD_PREFIX,
+    ITEMS_PREFIX,
+    MANIFESTS_PREFIX,
+    OUTBOX_PREFIX,
+    RECOVER_INTERVAL_S,
+    WebhookService,
+)
 from ocrbatch.worker_cli import run_worker
 
 SECRET = "whsec_" + base64.b64encode(b"a-receiver-shared-secret-32bytes").decode()
@@ -114,6 +123,7 @@ def service(
     time: ManualTime,
     statuses: StatusLog,
     backoffs: Backoffs | None = None,
+    claims: ItemClaims | None = None,
     **settings: Any,
 ) -> WebhookService:
     """A service on manual time: the idle timer waits for `time.advance`, backoffs are recorded."""
@@ -125,6 +135,7 @@ def service(
         wall_clock=time,
         sleep=(backoffs or Backoffs()).sleep,
         idle_sleep=time.sleep,
+        claims=claims,
     )
 
 
@@ -138,8 +149,8 @@ def item(index: int) -> dict[str, Any]:
     }
 
 
-async def outbox_keys(results: Storage) -> list[str]:
-    return [info.key async for info in results.list(OUTBOX_PREFIX)]
+async def outbox_keys(results: Storage, prefix: str = OUTBOX_PREFIX) -> list[str]:
+    return [info.key async for info in results.list(prefix)]
 
 
 async def test_chunks_of_1000_then_an_idle_flush(receiver: Receiver, results: Storage) -> None:
@@ -328,3 +339,63 @@ async def test_worker_delivers_every_item_with_the_documented_payload(
 async def _keys(storage: Storage, prefix: str) -> AsyncIterator[str]:
     async for info in storage.list(prefix):
         yield info.key
+
+
+async def test_items_of_a_gone_worker_are_chunked_by_another_and_a_live_ones_are_not(
+    receiver: Receiver, results: Storage, tmp_path: Path
+) -> None:
+    """Finished items wait in the outbox as markers until chunked. Another worker attaching the batch
+    leaves a live worker's markers alone; once that worker is gone (its registration ended without a
+    flush), the next look chunks and delivers them, each once."""
+    (tmp_path / "control").mkdir()
+    control = LocalStorage(Location.parse(str(tmp_path / "control")))
+    time, statuses = ManualTime(), StatusLog()
+    live, other = ItemClaims(control, ttl_s=600), ItemClaims(control, ttl_s=600)
+    await live.register()
+    await other.register()
+    async with aiohttp.ClientSession() as session:
+        first = service(session, time, statuses, claims=live, idle_flush_s=3600)
+        await first.attach(batch(receiver.url), results)
+        for index in range(5):
+            await first.item_finished("b0000000000000001", item(index))
+        second = service(session, time, statuses, claims=other, idle_flush_s=3600)
+        await second.attach(batch(receiver.url), results)
+        assert len(await outbox_keys(results, ITEMS_PREFIX)) == 5  # the live worker's: left alone
+        await first.close()
+        await live.unregister()  # gone, its buffer never flushed
+        await time.advance(RECOVER_INTERVAL_S)
+        await second.attach(batch(receiver.url), results)
+        await receiver.wait_for(1)
+        assert await second.drain(10)
+        await second.close()
+    assert sorted(entry["key"] for entry in receiver.received[0].payload["items"]) == [
+        item(index)["key"] for index in range(5)
+    ]
+    assert await outbox_keys(results) == ["_outbox/sequence.json"]
+
+
+async def test_a_chunk_written_before_a_crash_is_sent_once_and_its_markers_removed(
+    receiver: Receiver, results: Storage
+) -> None:
+    """A crash after a chunk was written but before its items' markers were removed: the next worker
+    removes the markers instead of chunking those items again."""
+    time, statuses = ManualTime(), StatusLog()
+    async with aiohttp.ClientSession() as session:
+        crashed = service(session, time, statuses, idle_flush_s=3600)
+        await crashed.attach(batch(receiver.url), results)
+        for index in range(3):
+            await crashed.item_finished("b0000000000000001", item(index))
+        markers = [info.key async for info in results.list(ITEMS_PREFIX)]
+        chunk_key = f"{OUTBOX_PREFIX}000000000001-msg_1.json"
+        manifest = {"chunk": chunk_key, "markers": markers}
+        await results.write(f"{MANIFESTS_PREFIX}msg_1.json", json.dumps(manifest).encode())
+        chunk = {"chunkId": "msg_1", "items": [item(index) for index in range(3)]}
+        await results.write(chunk_key, json.dumps(chunk).encode(), metadata={"chunk-id": "msg_1"})
+        await crashed.close()
+        restarted = service(session, time, statuses, idle_flush_s=3600)
+        await restarted.attach(batch(receiver.url), results)
+        await receiver.wait_for(1)
+        assert await restarted.drain(10)
+        await restarted.close()
+    assert [request.headers["webhook-id"] for request in receiver.received] == ["msg_1"]
+    assert await outbox_keys(results) == []

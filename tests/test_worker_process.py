@@ -181,3 +181,41 @@ async def test_chunks_in_the_outbox_survive_a_sigkill(make_worker_setup: MakeSet
         assert sorted(entry["key"] for entry in delivered[0].payload["items"]) == names
     finally:
         await receiver.stop()
+
+
+async def test_finished_items_not_yet_in_a_chunk_survive_a_sigkill(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """A worker killed after its items finished but before their chunk was made (the idle flush is an
+    hour away): after a restart every item reaches the receiver, each exactly once."""
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        setup = await make_worker_setup(max_concurrent_calls=5)
+        config, names = await prepare(setup, tmp_path, webhook={"url": receiver.url})
+        with config.open("a", encoding="utf-8") as file:
+            file.write("[webhook]\nidle_flush_s = 3600\n")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocrbatch",
+            "--config",
+            str(config),
+            "run",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stdout is not None
+        await asyncio.wait_for(_line_containing(process.stdout, b'"event": "batch.pass_done"'), timeout=60)
+        process.kill()
+        await process.wait()
+        assert receiver.accepted == []
+        restarted = await start_worker(config, tmp_path / "worker.log")
+        assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
+        delivered = [item["key"] for request in receiver.accepted for item in request.payload["items"]]
+        assert sorted(delivered) == names
+        assert [key for key in await keys(setup.results, "_outbox/") if key != "_outbox/sequence.json"] == []
+    finally:
+        await receiver.stop()
