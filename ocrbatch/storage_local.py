@@ -16,22 +16,26 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import heapq
 import json
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import IO, Any
 
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError, UnsupportedOperation
 from ocrbatch.locations import Location
 from ocrbatch.storage import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, StoredObject, check_key, check_metadata
 
 PRIVATE_DIR = ".ocrbatch"
+SORT_RUN_ENTRIES = 10_000  # names of one directory sorted in memory; more are merged from runs
+SORT_READ_BYTES = 16 * 1024
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _SIDECAR_VERSION = 1
@@ -94,6 +98,28 @@ def _sort_key(entry: tuple[str, bool]) -> bytes:
     return (name + "/" if is_dir else name).encode()
 
 
+def _entry(sort_key: bytes) -> tuple[str, bool]:
+    """The (name, is_dir) entry back from its sort key (names cannot hold "/")."""
+    text = sort_key.decode()
+    return (text[:-1], True) if text.endswith("/") else (text, False)
+
+
+def _spill(sorted_keys: list[bytes]) -> IO[bytes]:
+    """A sorted run of sort keys in an anonymous temporary file, NUL-separated (names hold no NUL)."""
+    spilled = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the merge that reads it
+    for key in sorted_keys:
+        spilled.write(key + b"\0")
+    spilled.seek(0)
+    return spilled
+
+
+def _records(spilled: IO[bytes]) -> Iterator[bytes]:
+    pending = b""
+    while block := spilled.read(SORT_READ_BYTES):
+        *complete, pending = (pending + block).split(b"\0")
+        yield from complete
+
+
 def _fsync_dir(path: str) -> None:
     """Make a rename in `path` durable, where the filesystem lets directories be opened."""
     with suppress(OSError):
@@ -107,10 +133,11 @@ def _fsync_dir(path: str) -> None:
 class LocalStorage(Storage):
     """The files under one local directory, seen as objects."""
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, *, sort_run_entries: int = SORT_RUN_ENTRIES) -> None:
         if location.is_s3:
             raise ValueError(f"{location} is not a local directory")
         self.location = location
+        self._sort_run_entries = sort_run_entries
         self._root = location.prefix
         self._private_dir = os.path.join(self._root, PRIVATE_DIR)
         self._tmp_dir = os.path.join(self._private_dir, "tmp")
@@ -279,13 +306,16 @@ class LocalStorage(Storage):
             if stat.S_ISREG(st.st_mode):
                 yield self._info(key, st, details=False)
 
-    def _entries(self, path: str, name_prefix: str, *, at_root: bool) -> list[tuple[str, bool]]:
-        """The directory's (name, is_dir) entries in key order; [] when it is gone.
+    def _entries(self, path: str, name_prefix: str, *, at_root: bool) -> Iterator[tuple[str, bool]]:
+        """The directory's (name, is_dir) entries in key order; none when it is gone.
 
         Symlinked directories are not followed (a cycle would never end); symlinked files are.
         Names that are not UTF-8 (os gives them with surrogates) cannot be keys and are skipped.
+        A directory of more than `sort_run_entries` names is sorted in runs spilled to temporary
+        files and merged, so memory stays flat however many files one directory holds.
         """
-        entries: list[tuple[str, bool]] = []
+        runs: list[IO[bytes]] = []
+        run: list[bytes] = []
         try:
             with os.scandir(path) as scan:
                 for entry in scan:
@@ -293,11 +323,25 @@ class LocalStorage(Storage):
                     if (at_root and name == PRIVATE_DIR) or not name.startswith(name_prefix):
                         continue
                     with suppress(UnicodeEncodeError):
-                        name.encode()
-                        entries.append((name, entry.is_dir(follow_symlinks=False)))
+                        run.append(_sort_key((name, entry.is_dir(follow_symlinks=False))))
+                    if len(run) >= self._sort_run_entries:
+                        runs.append(_spill(sorted(run)))
+                        run = []
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(entries, key=_sort_key)
+            for spilled in runs:
+                spilled.close()
+            return
+        run.sort()
+        if not runs:
+            yield from (_entry(key) for key in run)
+            return
+        runs.append(_spill(run))
+        del run
+        try:
+            yield from (_entry(key) for key in heapq.merge(*(_records(spilled) for spilled in runs)))
+        finally:
+            for spilled in runs:
+                spilled.close()
 
     # ---- read, head ----
 

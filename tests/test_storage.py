@@ -21,6 +21,7 @@ from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError, Un
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage import ObjectInfo, Storage
+from ocrbatch.storage_local import LocalStorage
 from ocrbatch.storage_s3 import open_s3_client
 
 if TYPE_CHECKING:
@@ -150,6 +151,23 @@ async def test_listing_is_sorted_by_utf8_bytes_across_directories(storage: Stora
 
     assert await _keys(storage) == _s3_order(keys)
     assert _s3_order(keys)[:5] == ["Z", "a-c", "a.png", "a/b", "a/b-"]
+
+
+async def test_a_directory_larger_than_a_sort_run_lists_in_order(local_root: Path) -> None:
+    """A directory with more names than one in-memory sort run (merged from spilled runs) lists in
+    the same byte order, directories in their place, with prefixes and start_after honoured."""
+    names = [f"scan-{index:03}.png" for index in range(40)] + ["가.png", "a", "Z.pdf", "scan-0.png"]
+    for name in names:
+        (local_root / name).write_bytes(b"x")
+    (local_root / "scan-01").mkdir()
+    (local_root / "scan-01" / "inner.png").write_bytes(b"x")
+    storage = LocalStorage(Location.parse(str(local_root)), sort_run_entries=7)
+    expected = _s3_order([*names, "scan-01/inner.png"])
+
+    assert await _keys(storage) == expected
+    assert await _keys(storage, "scan-01") == [key for key in expected if key.startswith("scan-01")]
+    after = [info.key async for info in storage.list(start_after="scan-020.png")]
+    assert after == [key for key in expected if key.encode() > b"scan-020.png"]
 
 
 async def test_prefix_is_a_plain_string_prefix(storage: Storage) -> None:
