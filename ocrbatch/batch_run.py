@@ -41,7 +41,7 @@ from ocrbatch.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses,
 from ocrbatch.retries import Sleep, ocr_retrying
 from ocrbatch.settings import Settings
 from ocrbatch.storage import ObjectInfo, Storage
-from ocrbatch.webhooks import WebhookService, item_payload
+from ocrbatch.webhooks import PendingItem, WebhookService, item_payload
 
 log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
@@ -296,13 +296,23 @@ class BatchRun:
             message = f"recognition {failed[0].infer_result}: {failed[0].message or 'no message'}"
             await self._record_failure(item, prepared.etag, None, message, retryable=False, attempts=attempts)
             return None
-        await asyncio.shield(self._write_result(prepared, response, attempts))
+        notice = await self._notice(
+            item.key, self.suffix, prepared.etag, succeeded=True, message="SUCCESS", response=response
+        )
+        try:
+            await asyncio.shield(self._write_result(prepared, response, attempts))
+        except BaseException:
+            await self._abandon(notice)
+            raise
         self.report.billable_units += billable_units(response.images)  # billed, kept or not
         changed = await self._changed_since_read(prepared)
-        if changed is None:
+        if changed is not None:
+            await self._abandon(notice)
+        else:
             self.report.succeeded += 1
             self.context.metrics.items.labels(batch=self.batch.name, outcome="succeeded").inc()
-            await self._notify(item.key, self.suffix, succeeded=True, message="SUCCESS", response=response)
+            if notice is not None and self.context.webhooks is not None:
+                await self.context.webhooks.item_done(notice)
             log.info(
                 "item.done",
                 batch_id=self.batch.id,
@@ -432,17 +442,25 @@ class BatchRun:
             "retryable": retryable,
             "failed_at": datetime.now(UTC).isoformat(),
         }
-        await asyncio.shield(
-            self._results.write(
-                failure_record_key(item.key),
-                json.dumps(record, ensure_ascii=False, indent=1).encode(),
-                metadata={"source-etag": etag, "retryable": "true" if retryable else "false"},
-                content_type="application/json",
-            )
+        notice = await self._notice(
+            failure_record_key(item.key), "", etag, succeeded=False, message=message, response=None
         )
+        try:
+            await asyncio.shield(
+                self._results.write(
+                    failure_record_key(item.key),
+                    json.dumps(record, ensure_ascii=False, indent=1).encode(),
+                    metadata={"source-etag": etag, "retryable": "true" if retryable else "false"},
+                    content_type="application/json",
+                )
+            )
+        except BaseException:
+            await self._abandon(notice)
+            raise
         self.report.failed += 1
         self.context.metrics.items.labels(batch=self.batch.name, outcome="failed").inc()
-        await self._notify(failure_record_key(item.key), "", succeeded=False, message=message, response=None)
+        if notice is not None and self.context.webhooks is not None:
+            await self.context.webhooks.item_done(notice)
         log.info(
             "item.done",
             batch_id=self.batch.id,
@@ -454,13 +472,21 @@ class BatchRun:
             attempts=attempts,
         )
 
-    async def _notify(
-        self, key: str, suffix: str, *, succeeded: bool, message: str, response: OcrResponse | None
-    ) -> None:
-        """Hand the finished item to the webhook buffer (a no-op for batches without a webhook)."""
+    async def _notice(
+        self,
+        key: str,
+        suffix: str,
+        source_etag: str,
+        *,
+        succeeded: bool,
+        message: str,
+        response: OcrResponse | None,
+    ) -> PendingItem | None:
+        """The item's webhook notice, made durable before its result is written (None for batches
+        without a webhook)."""
         webhooks, webhook = self.context.webhooks, self.batch.webhook
         if webhooks is None or webhook is None:
-            return
+            return None
         source_key = key.removeprefix("_failed/").removesuffix(".json") if not succeeded else key
         payload = item_payload(
             key=source_key,
@@ -470,7 +496,13 @@ class BatchRun:
             response=response,
             locations_only=webhook.locations_only,
         )
-        await webhooks.item_finished(self.batch.id, payload)
+        return await webhooks.item_pending(
+            self.batch.id, payload, result_key=key + suffix, source_etag=source_etag
+        )
+
+    async def _abandon(self, notice: PendingItem | None) -> None:
+        if notice is not None and self.context.webhooks is not None:
+            await self.context.webhooks.item_abandoned(notice)
 
     async def _stop_batch(self, error: OcrError) -> None:
         reason = f"{error.code or error.error_class.value}: {error.detail}"

@@ -77,6 +77,15 @@ def item_payload(
     return item
 
 
+@dataclass(frozen=True)
+class PendingItem:
+    """A finished item made durable in the outbox, its result not yet confirmed."""
+
+    batch_id: str
+    marker: str
+    item: dict[str, Any]
+
+
 @dataclass
 class _BatchHook:
     """One batch's buffer and delivery queue."""
@@ -158,14 +167,50 @@ class WebhookService:
 
     async def item_finished(self, batch_id: str, item: dict[str, Any]) -> None:
         """Add one finished item; makes a chunk when `chunk_size` have accumulated."""
+        pending = await self.item_pending(batch_id, item)
+        if pending is not None:
+            await self.item_done(pending)
+
+    async def item_pending(
+        self,
+        batch_id: str,
+        item: dict[str, Any],
+        *,
+        result_key: str | None = None,
+        source_etag: str | None = None,
+    ) -> PendingItem | None:
+        """Make an item durable before its result (`result_key`, made from `source_etag`) is
+        written; `item_done` once it is, `item_abandoned` if it is not. Should the worker die in
+        between, the item is delivered only if that result exists. None without a webhook."""
         hook = self._hooks.get(batch_id)
         if hook is None:
-            return
+            return None
         marker = f"{ITEMS_PREFIX}{self._writer}-{hashlib.sha256(item['key'].encode()).hexdigest()[:40]}.json"
-        body = json.dumps({"writer": self._writer, "item": item}, ensure_ascii=False).encode()
+        document = {
+            "writer": self._writer,
+            "item": item,
+            "result_key": result_key,
+            "source_etag": source_etag,
+        }
         hook.own_markers.add(marker)
+        body = json.dumps(document, ensure_ascii=False).encode()
         await asyncio.shield(hook.results.write(marker, body, content_type="application/json"))
-        hook.items.append((marker, item))
+        return PendingItem(batch_id, marker, item)
+
+    async def item_abandoned(self, pending: PendingItem) -> None:
+        """The item's result was not kept: forget its marker."""
+        hook = self._hooks.get(pending.batch_id)
+        if hook is not None:
+            hook.own_markers.discard(pending.marker)
+            with contextlib.suppress(StorageError):  # a stale marker is dropped by its next reader
+                await hook.results.delete(pending.marker)
+
+    async def item_done(self, pending: PendingItem) -> None:
+        """The item's result is written: buffer it for the next chunk."""
+        hook = self._hooks.get(pending.batch_id)
+        if hook is None:
+            return
+        hook.items.append((pending.marker, pending.item))
         hook.last_item_s = self._clock()
         hook.item_arrived.set()
         if len(hook.items) >= self._settings.chunk_size:
@@ -250,33 +295,58 @@ class WebhookService:
                 writer = info.key.removeprefix(ITEMS_PREFIX).partition("-")[0]
                 by_writer.setdefault(writer, []).append(info.key)
         for writer, markers in by_writer.items():
-            if self._claims is not None and writer != self._writer:
-                if await self._claims.worker_alive(writer):
-                    continue
-                # One recoverer per gone writer and batch: another replica may be looking too.
-                if not await self._claims.take(f"webhook-{hook.batch.id}", writer):
-                    continue
-            try:
-                recovered = 0
-                for marker in markers:
-                    try:
-                        item = json.loads((await hook.results.read(marker)).data)["item"]
-                    except ObjectNotFound:
-                        continue
-                    except (ValueError, KeyError, TypeError):
-                        log.error("webhook.marker_unreadable", batch_id=hook.batch.id, key=marker)
-                        continue
-                    hook.own_markers.add(marker)
-                    hook.items.append((marker, item))
-                    recovered += 1
-                if recovered:
-                    log.info(
-                        "webhook.items_recovered", batch_id=hook.batch.id, writer=writer, items=recovered
-                    )
-                    await self._flush(hook)
-            finally:
-                if self._claims is not None and writer != self._writer:
+            if self._claims is None or writer == self._writer:
+                await self._recover_markers(hook, writer, markers)
+                continue
+            if await self._claims.worker_alive(writer):
+                continue
+            # One recoverer per gone writer and batch: another replica may be looking too.
+            if await self._claims.take(f"webhook-{hook.batch.id}", writer):
+                try:
+                    await self._recover_markers(hook, writer, markers)
+                finally:
                     await self._claims.release(f"webhook-{hook.batch.id}", writer)
+
+    async def _recover_markers(self, hook: _BatchHook, writer: str, markers: list[str]) -> None:
+        recovered = 0
+        for marker in markers:
+            item = await self._read_marker(hook, marker)
+            if item is not None:
+                hook.own_markers.add(marker)
+                hook.items.append((marker, item))
+                recovered += 1
+        if recovered:
+            log.info("webhook.items_recovered", batch_id=hook.batch.id, writer=writer, items=recovered)
+            await self._flush(hook)
+
+    async def _read_marker(self, hook: _BatchHook, marker: str) -> dict[str, Any] | None:
+        """The item a marker holds, if its result was kept; a marker whose result was not is removed."""
+        try:
+            document = json.loads((await hook.results.read(marker)).data)
+            item: dict[str, Any] = document["item"]
+        except ObjectNotFound:
+            return None
+        except (ValueError, KeyError, TypeError):
+            log.error("webhook.marker_unreadable", batch_id=hook.batch.id, key=marker)
+            return None
+        if not await self._result_kept(hook.results, document):
+            log.info("webhook.marker_dropped", batch_id=hook.batch.id, key=item.get("key"))
+            await self._delete_all(hook.results, [marker])
+            return None
+        return item
+
+    @staticmethod
+    async def _result_kept(results: Storage, marker: dict[str, Any]) -> bool:
+        """Whether the result a marker's item announces was written (the worker may have died
+        before); it is then redone, and announced, by the next pass."""
+        result_key = marker.get("result_key")
+        if not isinstance(result_key, str):
+            return True
+        try:
+            info = await results.head(result_key)
+        except ObjectNotFound:
+            return False
+        return info.metadata.get("source-etag") == marker.get("source_etag")
 
     @staticmethod
     async def _delete_all(storage: Storage, keys: list[str]) -> None:

@@ -399,3 +399,32 @@ async def test_a_chunk_written_before_a_crash_is_sent_once_and_its_markers_remov
         await restarted.close()
     assert [request.headers["webhook-id"] for request in receiver.received] == ["msg_1"]
     assert await outbox_keys(results) == []
+
+
+async def test_an_item_whose_result_was_never_written_is_not_announced_after_a_crash(
+    receiver: Receiver, results: Storage
+) -> None:
+    """A worker dies between making an item durable and writing its result: the next worker drops
+    that item (its input is still pending and will be announced when done) and delivers the one
+    whose result was written from the same version of its input."""
+    time, statuses = ManualTime(), StatusLog()
+    async with aiohttp.ClientSession() as session:
+        crashed = service(session, time, statuses, idle_flush_s=3600)
+        await crashed.attach(batch(receiver.url), results)
+        for index in range(3):
+            await crashed.item_pending(
+                "b0000000000000001",
+                item(index),
+                result_key=f"scans/{index:05}.png.json",
+                source_etag="etag-now",
+            )
+        await results.write("scans/00000.png.json", b"{}", metadata={"source-etag": "etag-now"})
+        await results.write("scans/00001.png.json", b"{}", metadata={"source-etag": "etag-before"})
+        await crashed.close()
+        restarted = service(session, time, statuses, idle_flush_s=3600)
+        await restarted.attach(batch(receiver.url), results)
+        await receiver.wait_for(1)
+        assert await restarted.drain(10)
+        await restarted.close()
+    assert [entry["key"] for entry in receiver.received[0].payload["items"]] == [item(0)["key"]]
+    assert await outbox_keys(results) == ["_outbox/sequence.json"]
