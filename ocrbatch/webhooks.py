@@ -9,18 +9,15 @@ de-duplicate by it. Delivery runs in the background, one chunk at a time per bat
 they succeed; 410 stops deliveries for the batch and flags it; other 4xx are retried
 `max_attempts` times, then the chunk is parked under `_outbox/dead/` as a dead letter.
 
-A finished item is durable before it is buffered: a marker `_outbox/items/{writer}-{digest}.json`
-holds its payload until its chunk is written. A chunk is made under a manifest
-(`_outbox/manifests/`) naming its markers: manifest, chunk, markers deleted, manifest deleted. So
-after a crash the markers of a written chunk are only removed, and the others are chunked again by
-whichever worker attaches the batch next, once their writer is known to be gone.
+A finished item is durable before its result is written (`webhook_outbox.py` has the layout): a
+worker attaching the batch chunks again the items a gone worker left unchunked, if their results
+were kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import random
 import time
@@ -35,21 +32,16 @@ import structlog
 from ocrbatch.batches import Batch, Webhook
 from ocrbatch.claims import ItemClaims
 from ocrbatch.clova import OcrResponse, parse_retry_after
-from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError
+from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage import Storage
+from ocrbatch.webhook_outbox import DEAD_PREFIX, OUTBOX_PREFIX, Outbox
 from ocrbatch.webhook_signing import signed_headers
 
 log = structlog.get_logger("ocrbatch.webhooks")
-OUTBOX_PREFIX = "_outbox/"
-DEAD_PREFIX = "_outbox/dead/"
-ITEMS_PREFIX = "_outbox/items/"
-MANIFESTS_PREFIX = "_outbox/manifests/"
-SEQUENCE_KEY = "_outbox/sequence.json"
 RECOVER_INTERVAL_S = 60.0
 SOLO_WRITER = "solo"  # the writer of a worker without claims: the only worker on its batches
-_MARKER_DELETES_AT_ONCE = 32
 Sleep = Callable[[float], Awaitable[None]]
 SetStatus = Callable[[Batch, Any, str | None], Awaitable[None]]
 
@@ -92,16 +84,15 @@ class _BatchHook:
 
     batch: Batch
     webhook: Webhook
-    results: Storage
+    outbox: Outbox
     items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (marker key, item)
     own_markers: set[str] = field(default_factory=set)  # written or taken over, not yet deleted
     last_item_s: float = 0.0
     recovered_at_s: float | None = None
-    sequence: int | None = None
     stopped_reason: str | None = None
     dead_letters: int = 0
     item_arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    to_deliver: asyncio.Queue[str] = field(default_factory=asyncio.Queue)  # chunk keys
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -150,13 +141,13 @@ class WebhookService:
             if hook.recovered_at_s is None or self._clock() - hook.recovered_at_s >= RECOVER_INTERVAL_S:
                 await self._recover(hook)
             return
-        hook = _BatchHook(batch, batch.webhook, results)
+        hook = _BatchHook(batch, batch.webhook, Outbox(results, writer=self._writer))
         self._hooks[batch.id] = hook
-        await self._settle_manifests(hook)
-        pending = [info.key async for info in results.list(OUTBOX_PREFIX) if self._is_chunk(info.key)]
-        hook.dead_letters = len([info async for info in results.list(DEAD_PREFIX)])
+        await hook.outbox.settle_manifests()
+        pending = await hook.outbox.chunk_keys()
+        hook.dead_letters = await hook.outbox.dead_letters()
         for key in pending:
-            hook.outbox.put_nowait(key)
+            hook.to_deliver.put_nowait(key)
         if pending:
             log.info("webhook.resending", batch_id=batch.id, chunks=len(pending))
         hook.tasks = [
@@ -185,16 +176,8 @@ class WebhookService:
         hook = self._hooks.get(batch_id)
         if hook is None:
             return None
-        marker = f"{ITEMS_PREFIX}{self._writer}-{hashlib.sha256(item['key'].encode()).hexdigest()[:40]}.json"
-        document = {
-            "writer": self._writer,
-            "item": item,
-            "result_key": result_key,
-            "source_etag": source_etag,
-        }
+        marker = await hook.outbox.write_item(item, result_key=result_key, source_etag=source_etag)
         hook.own_markers.add(marker)
-        body = json.dumps(document, ensure_ascii=False).encode()
-        await asyncio.shield(hook.results.write(marker, body, content_type="application/json"))
         return PendingItem(batch_id, marker, item)
 
     async def item_abandoned(self, pending: PendingItem) -> None:
@@ -203,7 +186,7 @@ class WebhookService:
         if hook is not None:
             hook.own_markers.discard(pending.marker)
             with contextlib.suppress(StorageError):  # a stale marker is dropped by its next reader
-                await hook.results.delete(pending.marker)
+                await hook.outbox.delete([pending.marker])
 
     async def item_done(self, pending: PendingItem) -> None:
         """The item's result is written: buffer it for the next chunk."""
@@ -226,7 +209,7 @@ class WebhookService:
     @property
     def outbox_size(self) -> int:
         """Chunks written and not yet delivered, across batches (for metrics and logs)."""
-        return sum(hook.outbox.qsize() for hook in self._hooks.values())
+        return sum(hook.to_deliver.qsize() for hook in self._hooks.values())
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -239,7 +222,7 @@ class WebhookService:
         """Wait up to `timeout_s` for every outbox to empty; True if it did. Chunks left stay durable."""
         try:
             await asyncio.wait_for(
-                asyncio.gather(*(hook.outbox.join() for hook in self._hooks.values())), timeout=timeout_s
+                asyncio.gather(*(hook.to_deliver.join() for hook in self._hooks.values())), timeout=timeout_s
             )
         except TimeoutError:
             return False
@@ -254,31 +237,6 @@ class WebhookService:
 
     # -- chunks ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _is_chunk(key: str) -> bool:
-        return (
-            key.endswith(".json")
-            and not key.startswith((DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX))
-            and key != SEQUENCE_KEY
-        )
-
-    async def _settle_manifests(self, hook: _BatchHook) -> None:
-        """Finish chunkings a crash interrupted: a written chunk's markers are removed; a chunk never
-        written leaves its markers to `_recover`."""
-        async for info in hook.results.list(MANIFESTS_PREFIX):
-            try:
-                manifest = json.loads((await hook.results.read(info.key)).data)
-                chunk_key, markers = str(manifest["chunk"]), [str(key) for key in manifest["markers"]]
-            except (ObjectNotFound, ValueError, KeyError, TypeError):
-                continue  # settled meanwhile, or unreadable: its markers are recovered as items
-            try:
-                await hook.results.head(chunk_key)
-            except ObjectNotFound:
-                pass  # never written (or delivered by a worker that found it): the markers decide
-            else:
-                await self._delete_all(hook.results, markers)
-            await self._delete_all(hook.results, [info.key])
-
     async def _recover(self, hook: _BatchHook) -> None:
         """Chunk the items of gone workers that never made it into a chunk (tried again later when
         storage fails: they are durable meanwhile)."""
@@ -289,11 +247,8 @@ class WebhookService:
             log.warning("webhook.recovery_failed", batch_id=hook.batch.id, error=str(exc))
 
     async def _recover_items(self, hook: _BatchHook) -> None:
-        by_writer: dict[str, list[str]] = {}
-        async for info in hook.results.list(ITEMS_PREFIX):
-            if info.key not in hook.own_markers:  # ours: ids are unique, or (solo) a former life's
-                writer = info.key.removeprefix(ITEMS_PREFIX).partition("-")[0]
-                by_writer.setdefault(writer, []).append(info.key)
+        # Not ours: writer ids are unique, or (solo) they are a former life's.
+        by_writer = await hook.outbox.markers_by_writer(excluding=hook.own_markers)
         for writer, markers in by_writer.items():
             if self._claims is None or writer == self._writer:
                 await self._recover_markers(hook, writer, markers)
@@ -310,7 +265,7 @@ class WebhookService:
     async def _recover_markers(self, hook: _BatchHook, writer: str, markers: list[str]) -> None:
         recovered = 0
         for marker in markers:
-            item = await self._read_marker(hook, marker)
+            item = await hook.outbox.read_item(marker)
             if item is not None:
                 hook.own_markers.add(marker)
                 hook.items.append((marker, item))
@@ -318,46 +273,6 @@ class WebhookService:
         if recovered:
             log.info("webhook.items_recovered", batch_id=hook.batch.id, writer=writer, items=recovered)
             await self._flush(hook)
-
-    async def _read_marker(self, hook: _BatchHook, marker: str) -> dict[str, Any] | None:
-        """The item a marker holds, if its result was kept; a marker whose result was not is removed."""
-        try:
-            document = json.loads((await hook.results.read(marker)).data)
-            item: dict[str, Any] = document["item"]
-        except ObjectNotFound:
-            return None
-        except (ValueError, KeyError, TypeError):
-            log.error("webhook.marker_unreadable", batch_id=hook.batch.id, key=marker)
-            return None
-        if not await self._result_kept(hook.results, document):
-            log.info("webhook.marker_dropped", batch_id=hook.batch.id, key=item.get("key"))
-            await self._delete_all(hook.results, [marker])
-            return None
-        return item
-
-    @staticmethod
-    async def _result_kept(results: Storage, marker: dict[str, Any]) -> bool:
-        """Whether the result a marker's item announces was written (the worker may have died
-        before); it is then redone, and announced, by the next pass."""
-        result_key = marker.get("result_key")
-        if not isinstance(result_key, str):
-            return True
-        try:
-            info = await results.head(result_key)
-        except ObjectNotFound:
-            return False
-        return info.metadata.get("source-etag") == marker.get("source_etag")
-
-    @staticmethod
-    async def _delete_all(storage: Storage, keys: list[str]) -> None:
-        for start in range(0, len(keys), _MARKER_DELETES_AT_ONCE):
-            outcomes = await asyncio.gather(
-                *(storage.delete(key) for key in keys[start : start + _MARKER_DELETES_AT_ONCE]),
-                return_exceptions=True,
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, Exception) and not isinstance(outcome, ObjectNotFound):
-                    raise outcome
 
     async def _flush(self, hook: _BatchHook) -> None:
         while hook.items:
@@ -368,7 +283,7 @@ class WebhookService:
             if not hook.items:
                 hook.item_arrived.clear()
             markers, items = [marker for marker, _ in marked], [item for _, item in marked]
-            sequence = await self._next_sequence(hook)
+            sequence = await hook.outbox.next_sequence()
             chunk_id = f"msg_{uuid.uuid4().hex}"
             body = json.dumps(
                 {
@@ -382,7 +297,7 @@ class WebhookService:
                 ensure_ascii=False,
             ).encode()
             key = f"{OUTBOX_PREFIX}{sequence:012d}-{chunk_id}.json"
-            await asyncio.shield(self._write_chunk(hook.results, key, chunk_id, body, markers))
+            await asyncio.shield(hook.outbox.write_chunk(key, chunk_id, body, markers))
             hook.own_markers.difference_update(markers)
             log.info(
                 "webhook.chunk_made",
@@ -392,28 +307,8 @@ class WebhookService:
                 sequence=sequence,
                 count=len(items),
             )
-            hook.outbox.put_nowait(key)
+            hook.to_deliver.put_nowait(key)
             self._chunks.labels(outcome="made").inc()
-
-    async def _write_chunk(
-        self, results: Storage, key: str, chunk_id: str, body: bytes, markers: list[str]
-    ) -> None:
-        manifest = f"{MANIFESTS_PREFIX}{chunk_id}.json"
-        await results.write(manifest, json.dumps({"chunk": key, "markers": markers}).encode())
-        await results.write(key, body, metadata={"chunk-id": chunk_id}, content_type="application/json")
-        await self._delete_all(results, markers)
-        await self._delete_all(results, [manifest])
-
-    async def _next_sequence(self, hook: _BatchHook) -> int:
-        """The batch's next chunk number, persisted so numbers keep rising across restarts."""
-        if hook.sequence is None:
-            try:
-                hook.sequence = int(json.loads((await hook.results.read(SEQUENCE_KEY)).data)["last"])
-            except (ObjectNotFound, ValueError, KeyError, TypeError):
-                hook.sequence = 0
-        hook.sequence += 1
-        await hook.results.write(SEQUENCE_KEY, json.dumps({"last": hook.sequence}).encode())
-        return hook.sequence
 
     async def _idle_loop(self, hook: _BatchHook) -> None:
         """Make a smaller chunk once no item of the batch has finished for `idle_flush_s`."""
@@ -429,18 +324,18 @@ class WebhookService:
 
     async def _deliver_loop(self, hook: _BatchHook) -> None:
         while True:
-            key = await hook.outbox.get()
+            key = await hook.to_deliver.get()
             try:
                 if hook.stopped_reason is None:
                     await self._deliver(hook, key)
             except Exception as exc:  # a delivery must never end the loop; the chunk stays in the outbox
                 log.error("webhook.delivery_error", batch_id=hook.batch.id, key=key, error=str(exc))
             finally:
-                hook.outbox.task_done()
+                hook.to_deliver.task_done()
 
     async def _deliver(self, hook: _BatchHook, key: str) -> None:
         try:
-            stored = await hook.results.read(key)
+            stored = await hook.outbox.results.read(key)
         except ObjectNotFound:
             return  # delivered by another replica meanwhile
         chunk_id = stored.info.metadata.get("chunk-id") or key.rsplit("-", 1)[-1].removesuffix(".json")
@@ -461,7 +356,7 @@ class WebhookService:
             }
             status, retry_after = await self._post(webhook.url, stored.data, headers)
             if status is not None and 200 <= status < 300:
-                await hook.results.delete(key)
+                await hook.outbox.results.delete(key)
                 self.sent += 1
                 self._chunks.labels(outcome="sent").inc()
                 log.info("webhook.sent", batch_id=hook.batch.id, chunk_id=chunk_id, status=status)
@@ -501,12 +396,7 @@ class WebhookService:
             return None, None
 
     async def _dead_letter(self, hook: _BatchHook, key: str, body: bytes, chunk_id: str, reason: str) -> None:
-        dead_key = DEAD_PREFIX + key.removeprefix(OUTBOX_PREFIX)
-        with contextlib.suppress(PreconditionFailed):  # already parked by another replica
-            await hook.results.write(
-                dead_key, body, metadata={"chunk-id": chunk_id, "reason": reason}, if_none_match=True
-            )
-        await hook.results.delete(key)
+        dead_key = await hook.outbox.park(key, body, chunk_id, reason)
         self.dead_lettered += 1
         self._chunks.labels(outcome="dead_lettered").inc()
         hook.dead_letters += 1

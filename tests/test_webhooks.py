@@ -25,15 +25,9 @@ from ocrbatch.locations import Location
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage import Storage
 from ocrbatch.storage_local import LocalStorage
+from ocrbatch.webhook_outbox import DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX, OUTBOX_PREFIX
 from ocrbatch.webhook_signing import InvalidSignature, verify
-from ocrbatch.webhooks import (
-    DEAD_PREFIX,
-    ITEMS_PREFIX,
-    MANIFESTS_PREFIX,
-    OUTBOX_PREFIX,
-    RECOVER_INTERVAL_S,
-    WebhookService,
-)
+from ocrbatch.webhooks import RECOVER_INTERVAL_S, WebhookService
 from ocrbatch.worker_cli import run_worker
 
 SECRET = "whsec_" + base64.b64encode(b"a-receiver-shared-secret-32bytes").decode()
