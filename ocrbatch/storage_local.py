@@ -22,6 +22,7 @@ import os
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from ocrbatch.storage import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, StoredObjec
 PRIVATE_DIR = ".ocrbatch"
 SORT_RUN_ENTRIES = 10_000  # names of one directory sorted in memory; more are merged from runs
 SORT_READ_BYTES = 16 * 1024
+STALE_TEMP_FILE_S = 3600.0  # a temp file this old was left by a write a crash cut short
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _SIDECAR_VERSION = 1
@@ -138,6 +140,7 @@ class LocalStorage(Storage):
             raise ValueError(f"{location} is not a local directory")
         self.location = location
         self._sort_run_entries = sort_run_entries
+        self._swept = False
         self._root = location.prefix
         self._private_dir = os.path.join(self._root, PRIVATE_DIR)
         self._tmp_dir = os.path.join(self._private_dir, "tmp")
@@ -375,7 +378,8 @@ class LocalStorage(Storage):
     # ---- write, delete ----
 
     def _ensure_private_dirs(self) -> None:
-        """Create `.ocrbatch/` and its dirs inside the existing root (never the root itself)."""
+        """Create `.ocrbatch/` and its dirs inside the existing root (never the root itself); the
+        first time, remove temp files that writes cut short by a crash left behind."""
         for path in (self._private_dir, self._tmp_dir, self._meta_dir):
             try:
                 os.mkdir(path)
@@ -383,6 +387,18 @@ class LocalStorage(Storage):
                 pass
             except (FileNotFoundError, NotADirectoryError):
                 raise self._root_error() or self._error(None, f"cannot create {PRIVATE_DIR}/") from None
+        if not self._swept:
+            self._swept = True
+            self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files older than `STALE_TEMP_FILE_S` belong to no write still under way."""
+        cutoff_s = time.time() - STALE_TEMP_FILE_S
+        with suppress(OSError), os.scandir(self._tmp_dir) as scan:
+            for entry in scan:
+                with suppress(OSError):
+                    if entry.name.endswith(".tmp") and entry.stat().st_mtime < cutoff_s:
+                        os.unlink(entry.path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

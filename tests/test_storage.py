@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -525,6 +526,20 @@ async def test_local_write_leaves_no_temp_files(local_storage: Storage, local_ro
         await local_storage.write("k", b"y", if_none_match=True)
 
     assert list((local_root / ".ocrbatch" / "tmp").iterdir()) == []
+
+
+async def test_temp_files_left_by_cut_writes_are_removed_once_stale(local_root: Path) -> None:
+    """Temp files a crash left behind are removed by the next writer once they are an hour old;
+    a fresh one (a write under way in another process) is left alone."""
+    tmp = local_root / ".ocrbatch" / "tmp"
+    tmp.mkdir(parents=True)
+    (stale := tmp / "cut-short.tmp").write_bytes(b"partial")
+    two_hours_ago_s = time.time() - 7200
+    os.utime(stale, (two_hours_ago_s, two_hours_ago_s))
+    (tmp / "under-way.tmp").write_bytes(b"partial")
+    await LocalStorage(Location.parse(str(local_root))).write("k", b"x")
+
+    assert sorted(path.name for path in tmp.iterdir()) == ["under-way.tmp"]
 
 
 async def test_local_file_and_directory_cannot_share_a_name(local_storage: Storage) -> None:
