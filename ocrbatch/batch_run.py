@@ -27,21 +27,21 @@ from ocrbatch.discovery import (
     REPORT_KEY,
     DiscoveredItem,
     discover,
-    failure_record_key,
     image_format,
     judge_item,
     skip_reason,
 )
 from ocrbatch.errors import ObjectNotFound, StorageError
+from ocrbatch.item_outcomes import ItemOutcomes
 from ocrbatch.limiter import DomainLimiter
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.ocr_client import OcrCall, OcrClient
 from ocrbatch.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, needs_bytes, prepare_item
-from ocrbatch.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses, render_json, render_xlsx
+from ocrbatch.result_files import RESULT_SUFFIX, merge_responses
 from ocrbatch.retries import Sleep, ocr_retrying
 from ocrbatch.settings import Settings
 from ocrbatch.storage import ObjectInfo, Storage
-from ocrbatch.webhooks import PendingItem, WebhookService, item_payload
+from ocrbatch.webhooks import WebhookService
 
 log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
@@ -110,6 +110,15 @@ class BatchRun:
         )
         self._inputs = inputs
         self._results = results
+        self.outcomes = ItemOutcomes(
+            batch,
+            results,
+            suffix=self.suffix,
+            domain_kind=self.domain.kind,
+            report=self.report,
+            metrics=context.metrics,
+            webhooks=context.webhooks,
+        )
         self._keys = keys
         # Announced keys not settled by this run (left pending, or held by another worker).
         self.unsettled: set[str] = set()
@@ -250,7 +259,9 @@ class BatchRun:
                     long_image=bool(self.batch.long_image),
                 )
             except ItemRefused as refused:
-                await self._record_failure(item, item.etag, None, str(refused), retryable=False, attempts=0)
+                await self.outcomes.record_failure(
+                    item, item.etag, None, str(refused), retryable=False, attempts=0
+                )
                 return
             except ObjectNotFound:
                 log.info("item.vanished", batch_id=self.batch.id, key=item.key)
@@ -281,7 +292,7 @@ class BatchRun:
                 await self._stop_batch(error)
                 self._leave_pending(item.key)
                 return None
-            await self._record_failure(
+            await self.outcomes.record_failure(
                 item,
                 prepared.etag,
                 error,
@@ -294,33 +305,17 @@ class BatchRun:
         failed = [image for image in response.images if image.infer_result != "SUCCESS"]
         if failed:
             message = f"recognition {failed[0].infer_result}: {failed[0].message or 'no message'}"
-            await self._record_failure(item, prepared.etag, None, message, retryable=False, attempts=attempts)
+            await self.outcomes.record_failure(
+                item, prepared.etag, None, message, retryable=False, attempts=attempts
+            )
             return None
-        notice = await self._notice(
-            item.key, self.suffix, prepared.etag, succeeded=True, message="SUCCESS", response=response
-        )
-        try:
-            await asyncio.shield(self._write_result(prepared, response, attempts))
-        except BaseException:
-            await self._abandon(notice)
-            raise
+        notice = await self.outcomes.store_result(prepared, response, attempts)
         self.report.billable_units += billable_units(response.images)  # billed, kept or not
         changed = await self._changed_since_read(prepared)
         if changed is not None:
-            await self._abandon(notice)
+            await self.outcomes.abandon(notice)
         else:
-            self.report.succeeded += 1
-            self.context.metrics.items.labels(batch=self.batch.name, outcome="succeeded").inc()
-            if notice is not None and self.context.webhooks is not None:
-                await self.context.webhooks.item_done(notice)
-            log.info(
-                "item.done",
-                batch_id=self.batch.id,
-                key=item.key,
-                outcome="succeeded",
-                attempts=attempts,
-                pages=len(response.images),
-            )
+            await self.outcomes.succeeded(item.key, notice, attempts=attempts, pages=len(response.images))
         return changed
 
     async def _changed_since_read(self, prepared: PreparedItem) -> DiscoveredItem | None:
@@ -400,109 +395,6 @@ class BatchRun:
             self.report.retries_by_code["ERROR"] += 1
             raise OcrError(ErrorClass.SERVICE, f"inferResult ERROR: {errors[0].message or 'no message'}")
         return response
-
-    async def _write_result(self, prepared: PreparedItem, response: OcrResponse, attempts: int) -> None:
-        item = prepared.item
-        kind = self.domain.kind
-        body = (
-            render_json(response)
-            if self.suffix == ".json"
-            else await asyncio.to_thread(render_xlsx, response, kind=kind)
-        )
-        metadata = {
-            "source-key": item.key,
-            "source-etag": prepared.etag,
-            "batch-id": self.batch.id,
-            "domain": self.batch.domain,
-            "attempts": str(attempts),
-        }
-        await self._results.write(
-            item.key + self.suffix, body, metadata=metadata, content_type=CONTENT_TYPES[self.suffix]
-        )
-        if item.retry_of_failure:
-            await self._results.delete(failure_record_key(item.key))
-
-    async def _record_failure(
-        self,
-        item: DiscoveredItem,
-        etag: str,
-        error: OcrError | None,
-        message: str,
-        *,
-        retryable: bool,
-        attempts: int,
-    ) -> None:
-        record = {
-            "key": item.key,
-            "source_etag": etag,
-            "code": error.code if error else None,
-            "message": message,
-            "trace_id": error.trace_id if error else None,
-            "attempts": attempts,
-            "retryable": retryable,
-            "failed_at": datetime.now(UTC).isoformat(),
-        }
-        notice = await self._notice(
-            failure_record_key(item.key), "", etag, succeeded=False, message=message, response=None
-        )
-        try:
-            await asyncio.shield(
-                self._results.write(
-                    failure_record_key(item.key),
-                    json.dumps(record, ensure_ascii=False, indent=1).encode(),
-                    metadata={"source-etag": etag, "retryable": "true" if retryable else "false"},
-                    content_type="application/json",
-                )
-            )
-        except BaseException:
-            await self._abandon(notice)
-            raise
-        self.report.failed += 1
-        self.context.metrics.items.labels(batch=self.batch.name, outcome="failed").inc()
-        if notice is not None and self.context.webhooks is not None:
-            await self.context.webhooks.item_done(notice)
-        log.info(
-            "item.done",
-            batch_id=self.batch.id,
-            key=item.key,
-            outcome="failed",
-            code=record["code"],
-            reason=message,
-            retryable=retryable,
-            attempts=attempts,
-        )
-
-    async def _notice(
-        self,
-        key: str,
-        suffix: str,
-        source_etag: str,
-        *,
-        succeeded: bool,
-        message: str,
-        response: OcrResponse | None,
-    ) -> PendingItem | None:
-        """The item's webhook notice, made durable before its result is written (None for batches
-        without a webhook)."""
-        webhooks, webhook = self.context.webhooks, self.batch.webhook
-        if webhooks is None or webhook is None:
-            return None
-        source_key = key.removeprefix("_failed/").removesuffix(".json") if not succeeded else key
-        payload = item_payload(
-            key=source_key,
-            result_location=self.batch.result_location.join(key + suffix),
-            succeeded=succeeded,
-            message=message,
-            response=response,
-            locations_only=webhook.locations_only,
-        )
-        return await webhooks.item_pending(
-            self.batch.id, payload, result_key=key + suffix, source_etag=source_etag
-        )
-
-    async def _abandon(self, notice: PendingItem | None) -> None:
-        if notice is not None and self.context.webhooks is not None:
-            await self.context.webhooks.item_abandoned(notice)
 
     async def _stop_batch(self, error: OcrError) -> None:
         reason = f"{error.code or error.error_class.value}: {error.detail}"
