@@ -26,7 +26,7 @@ from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import Settings
 from ocrbatch.sqs_consumer import SqsConsumer
 from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.worker import Worker
+from ocrbatch.worker import PassResult, Worker
 
 log = structlog.get_logger("ocrbatch.run")
 EXIT_FORCED = 130
@@ -64,15 +64,69 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
         StorageFactory(settings.storage) as storages,
         open_ocr_session(max_connections=max_connections) as session,
     ):
-        store = await batch_store_in(settings, storages)
-        claims = ItemClaims(await storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
-        await claims.register()
-        worker = Worker(settings, store=store, storages=storages, session=session, claims=claims)
-        api = await _start_api(settings, store, storages, worker, session) if serve else None
-        log.info("worker.started", once=once, domains=sorted(settings.domains), claims_owner=claims.owner)
-        work = asyncio.create_task(worker.run_pass() if once else worker.run_forever(), name="worker")
+        service = _Service(settings, storages, session, once=once, stop_requested=stop_requested)
+        try:
+            await service.startup(serve=serve)
+            outcome = await service.main_loop()
+        finally:
+            await service.shutdown()
+    if once and outcome is not None and outcome.errors:
+        for batch_id, reason in outcome.errors.items():
+            log.error("worker.batch_in_error", batch_id=batch_id, reason=reason)
+        return 1
+    log.info("worker.stopped")
+    return 0
+
+
+class _Service:
+    """The worker process: `startup`, `main_loop` until done or a signal, `shutdown`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storages: StorageFactory,
+        session: ClientSession,
+        *,
+        once: bool,
+        stop_requested: asyncio.Event,
+    ) -> None:
+        self._settings = settings
+        self._storages = storages
+        self._session = session
+        self._once = once
+        self._stop_requested = stop_requested
+        self._claims: ItemClaims | None = None
+        self._worker: Worker | None = None
+        self._api: web.AppRunner | None = None
+
+    async def startup(self, *, serve: bool) -> None:
+        """Register the worker (its claims and outbox items are then known as alive) and start the
+        API when serving."""
+        settings = self._settings
+        store = await batch_store_in(settings, self._storages)
+        self._claims = ItemClaims(await self._storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
+        await self._claims.register()
+        self._worker = Worker(
+            settings, store=store, storages=self._storages, session=self._session, claims=self._claims
+        )
+        if serve:
+            self._api = await _start_api(settings, store, self._storages, self._worker, self._session)
+        log.info(
+            "worker.started",
+            once=self._once,
+            domains=sorted(settings.domains),
+            claims_owner=self._claims.owner,
+        )
+
+    async def main_loop(self) -> PassResult | None:
+        """Passes (one with `once`) and the SQS consumer until done or a signal; then the work under
+        way gets `shutdown_grace_s` to finish. Returns the pass's outcome with `once`."""
+        if self._worker is None or self._claims is None:
+            raise RuntimeError("startup() comes first")
+        worker, settings = self._worker, self._settings
+        work = asyncio.create_task(worker.run_pass() if self._once else worker.run_forever(), name="worker")
         consumers: list[asyncio.Task[None]] = []
-        if settings.sqs.queue_url is not None and not once:
+        if settings.sqs.queue_url is not None and not self._once:
             consumer = SqsConsumer(
                 settings.sqs,
                 settings.storage,
@@ -82,43 +136,43 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
             )
             consumers.append(asyncio.create_task(consumer.run(), name="sqs-consumer"))
         tasks: set[asyncio.Task[Any]] = {work, *consumers}
-        keep_alive = asyncio.create_task(claims.keep_alive(), name="claims-keep-alive")
-        stopper = asyncio.create_task(stop_requested.wait())
-        await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        worker.stop()
-        # The pass, the messages and the announcements being processed share the grace period.
-        tasks.add(asyncio.create_task(worker.wait_for_announcements(), name="announcements"))
-        _, late = await asyncio.wait(tasks, timeout=settings.worker.shutdown_grace_s)
-        for task in late:
-            log.warning(
-                "worker.grace_expired", grace_s=settings.worker.shutdown_grace_s, task=task.get_name()
-            )
-            task.cancel()
-        for task in (stopper, keep_alive):
-            task.cancel()
-        await asyncio.gather(stopper, keep_alive, return_exceptions=True)
-        for task, failure in zip(
-            consumers, await asyncio.gather(*consumers, return_exceptions=True), strict=True
-        ):
+        keep_alive = asyncio.create_task(self._claims.keep_alive(), name="claims-keep-alive")
+        stopper = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            worker.stop()
+            # The pass, the messages and the announcements being processed share the grace period.
+            tasks.add(asyncio.create_task(worker.wait_for_announcements(), name="announcements"))
+            _, late = await asyncio.wait(tasks, timeout=settings.worker.shutdown_grace_s)
+            for task in late:
+                log.warning(
+                    "worker.grace_expired", grace_s=settings.worker.shutdown_grace_s, task=task.get_name()
+                )
+                task.cancel()
+        finally:
+            for task in (stopper, keep_alive):
+                task.cancel()
+            await asyncio.gather(stopper, keep_alive, return_exceptions=True)
+        outcomes = await asyncio.gather(*consumers, return_exceptions=True)
+        for task, failure in zip(consumers, outcomes, strict=True):
             if isinstance(failure, Exception):
                 log.error("worker.task_failed", task=task.get_name(), error=str(failure))
         try:
-            outcome = await work
+            return await work
         except asyncio.CancelledError:
-            outcome = None
-        finally:
+            return None
+
+    async def shutdown(self) -> None:
+        """Make buffered webhook items into chunks and deliver what the time allows, unregister,
+        stop the API."""
+        if self._worker is not None:
             # After a signal the grace period went to the items: chunks are only made durable.
-            deliver_s = 0.0 if stop_requested.is_set() else settings.worker.shutdown_grace_s
-            await asyncio.shield(worker.finish(deliver_s))
-            await claims.unregister()
-            if api is not None:
-                await api.cleanup()
-        if once and outcome is not None and outcome.errors:
-            for batch_id, reason in outcome.errors.items():
-                log.error("worker.batch_in_error", batch_id=batch_id, reason=reason)
-            return 1
-    log.info("worker.stopped")
-    return 0
+            deliver_s = 0.0 if self._stop_requested.is_set() else self._settings.worker.shutdown_grace_s
+            await asyncio.shield(self._worker.finish(deliver_s))
+        if self._claims is not None:
+            await self._claims.unregister()
+        if self._api is not None:
+            await self._api.cleanup()
 
 
 async def _start_api(
