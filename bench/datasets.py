@@ -12,7 +12,7 @@ from unittest import mock
 
 from bench.common import png
 from ocrbatch.locations import Location
-from ocrbatch.storage_local import LocalStorage
+from ocrbatch.storage.local import LocalStorage
 
 RESULT_BODY = b'{"version": "V2", "requestId": "bench", "timestamp": 0, "images": []}'
 

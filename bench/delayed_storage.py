@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Mapping
 
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
-from ocrbatch.storage import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, StoredObject
-from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.storage.base import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, StoredObject
+from ocrbatch.storage.factory import StorageFactory
 
 
 class DelayedStorage(Storage):

@@ -22,8 +22,8 @@ from bench.common import PYTHON, child_process, emulator_process, general_domain
 from bench.scenarios import EMULATOR_CAP, JITTER_MS, LATENCY_MS
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.storage_s3 import open_s3_client
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.storage.s3 import open_s3_client
 
 BUCKET = "bench-events"
 EVENTS_PATH = "/api/v1/events/s3"

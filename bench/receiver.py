@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from ocrbatch.webhook_signing import InvalidSignature, verify
+from ocrbatch.webhooks.signing import InvalidSignature, verify
 
 
 @dataclass(frozen=True)

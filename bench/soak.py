@@ -39,13 +39,13 @@ from bench.soak_world import (
     stored_inputs,
     write_soak_inputs,
 )
-from ocrbatch.batch_run import item_tasks_per_batch
-from ocrbatch.batch_store import batch_store_in
-from ocrbatch.batches import parse_spec
-from ocrbatch.emulator import Emulator, EmulatorSettings
-from ocrbatch.emulator_faults import FaultSettings, ScriptedFault
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.emulator.faults import FaultSettings, ScriptedFault
+from ocrbatch.emulator.server import Emulator, EmulatorSettings
 from ocrbatch.settings import WorkerSettings, load_settings
-from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.batch_run import item_tasks_per_batch
 
 CAP = 5
 EXIT_TERMINATED = 143

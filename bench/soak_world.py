@@ -12,9 +12,9 @@ from pydantic import SecretStr
 
 from bench.common import OCR_SECRET, png, write_inputs
 from bench.receiver import FlakyReceiver
-from ocrbatch.emulator import Emulator
-from ocrbatch.ocr_client import OcrCall, OcrClient, open_ocr_session
-from ocrbatch.storage_local import PRIVATE_DIR
+from ocrbatch.clova.client import OcrCall, OcrClient, open_ocr_session
+from ocrbatch.emulator.server import Emulator
+from ocrbatch.storage.local import PRIVATE_DIR
 
 EMPTY_INPUTS = 20  # zero-byte documents: failure records without a call
 CORRUPT_INPUTS = 20  # unreadable documents: failure records without a call

@@ -19,13 +19,13 @@ from typing import Any
 
 from bench.delayed_storage import DelayedStorageFactory
 from bench.measure import cpu_s, peak_rss_kb
-from ocrbatch.batch_store import batch_store_in
-from ocrbatch.batches import parse_spec
-from ocrbatch.claims import ItemClaims
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.logs import configure_logging
-from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import load_settings
-from ocrbatch.worker import Worker
+from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.worker.worker import Worker
 
 
 async def measure(

@@ -15,13 +15,13 @@ from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 from worker_fixtures import WorkerSetup
 
-from ocrbatch.emulator import Emulator, EmulatorSettings
+from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.emulator.server import Emulator, EmulatorSettings
 from ocrbatch.locations import Location
-from ocrbatch.ocr_client import open_ocr_session
 from ocrbatch.settings import StorageSettings
-from ocrbatch.storage import Storage
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.storage_s3 import open_s3_client
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.storage.s3 import open_s3_client
 
 # ---------------------------------------------------------------------------------------------
 # Storage: a real S3 fake (moto over HTTP in a thread), fresh buckets, opened storages.

@@ -9,8 +9,8 @@ import aiohttp
 from PIL import Image
 from pydantic import SecretStr
 
-from ocrbatch.emulator import Emulator
-from ocrbatch.ocr_client import OcrClient, TransferMode
+from ocrbatch.clova.client import OcrClient, TransferMode
+from ocrbatch.emulator.server import Emulator
 
 StartEmulator = Callable[..., Awaitable[Emulator]]
 

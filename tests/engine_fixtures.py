@@ -11,9 +11,9 @@ from typing import NoReturn
 
 import pytest
 
-from ocrbatch.clova import OcrImage
-from ocrbatch.demo_samples import LANGUAGES, find_font
-from ocrbatch.engine_tesseract import EngineUnavailable, detect_tesseract, missing_languages
+from ocrbatch.clova.contract import OcrImage
+from ocrbatch.demo.samples import LANGUAGES, find_font
+from ocrbatch.engine.tesseract import EngineUnavailable, detect_tesseract, missing_languages
 
 
 def require_tesseract_and_fonts() -> None:

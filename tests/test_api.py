@@ -14,14 +14,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from ocrbatch.api import check_bind, create_app
-from ocrbatch.batch_store import BatchStore
-from ocrbatch.batches import Batch
+from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.store import BatchStore
 from ocrbatch.errors import ConfigError, StorageError
 from ocrbatch.locations import Location
+from ocrbatch.service.api import check_bind, create_app
 from ocrbatch.settings import DomainSettings
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.storage_local import LocalStorage
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.storage.local import LocalStorage
 
 TOKEN = "api-token-0123456789abcdef"
 ALL_INTERFACES = "0.0.0.0"

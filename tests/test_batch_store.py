@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from ocrbatch.batch_store import LOCK_KEY, BatchStore
-from ocrbatch.batches import BatchSpec, parse_spec
+from ocrbatch.batches.spec import BatchSpec, parse_spec
+from ocrbatch.batches.store import LOCK_KEY, BatchStore
 from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation, StorageError
 from ocrbatch.settings import DomainSettings
-from ocrbatch.storage import Storage
+from ocrbatch.storage.base import Storage
 
 DOMAINS = {
     "gen": DomainSettings(

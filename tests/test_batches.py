@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ocrbatch.batches import Batch, BatchSpec, check_batch, parse_spec, resolve_defaults
+from ocrbatch.batches.spec import Batch, BatchSpec, check_batch, parse_spec, resolve_defaults
 from ocrbatch.errors import BatchRuleViolation
 from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings

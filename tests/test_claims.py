@@ -12,12 +12,12 @@ from samples import png
 from test_worker import create_batch
 from worker_fixtures import WorkerSetup, keys
 
-from ocrbatch.batch_store import batch_store_in
-from ocrbatch.claims import ItemClaims, claim_key
-from ocrbatch.ocr_client import open_ocr_session
-from ocrbatch.storage import Storage
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.worker import Worker
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.claims import ItemClaims, claim_key
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.worker import Worker
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from botocore.config import Config
 
-from ocrbatch.cli import EXIT_BAD_INPUT, EXIT_FAILURE, main
+from ocrbatch.cli.root import EXIT_BAD_INPUT, EXIT_FAILURE, main
 
 CONFIG = """
 [storage]

@@ -14,7 +14,7 @@ from samples import pdf, png
 from test_worker import create_batch
 from worker_fixtures import WorkerSetup, keys, write_config
 
-from ocrbatch.emulator_faults import ScriptedFault
+from ocrbatch.emulator.faults import ScriptedFault
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from ocrbatch.api import EVENTS_PATH
-from ocrbatch.emulator_cli import emulator_command
+from ocrbatch.cli.servers import emulator_command
+from ocrbatch.service.api import EVENTS_PATH
 from ocrbatch.settings import load_settings
 
 ROOT = Path(__file__).parent.parent

@@ -15,11 +15,11 @@ import openpyxl
 import pytest
 from engine_fixtures import character_error_rate, require_tesseract_and_fonts
 
-from ocrbatch.clova import OcrResponse
-from ocrbatch.demo import run_demo
-from ocrbatch.demo_samples import SAMPLE_TEXT, contract_page_lines
-from ocrbatch.demo_webhooks import WebhookReceiver
-from ocrbatch.webhook_signing import signed_headers
+from ocrbatch.clova.contract import OcrResponse
+from ocrbatch.demo.runner import run_demo
+from ocrbatch.demo.samples import SAMPLE_TEXT, contract_page_lines
+from ocrbatch.demo.webhooks import WebhookReceiver
+from ocrbatch.webhooks.signing import signed_headers
 
 MAX_CER = 0.05
 

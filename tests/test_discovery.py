@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
-from ocrbatch.discovery import (
+from ocrbatch.locations import Location
+from ocrbatch.settings import StorageSettings
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.discovery import (
     REASON_RESERVED,
     DiscoveredItem,
     DiscoveryStats,
@@ -22,10 +26,6 @@ from ocrbatch.discovery import (
     discover,
     image_format,
 )
-from ocrbatch.locations import Location
-from ocrbatch.settings import StorageSettings
-from ocrbatch.storage import Storage
-from ocrbatch.storage_factory import StorageFactory
 
 
 @dataclass(frozen=True)

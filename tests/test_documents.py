@@ -11,8 +11,8 @@ import pytest
 from pypdf import PdfWriter
 from samples import jpeg, pdf, png, tiff
 
-from ocrbatch.clova import MAX_PDF_PAGES_PER_CALL
-from ocrbatch.documents import UnreadableDocument, is_long_image, page_sizes
+from ocrbatch.clova.contract import MAX_PDF_PAGES_PER_CALL
+from ocrbatch.clova.documents import UnreadableDocument, is_long_image, page_sizes
 
 
 def test_raster_sizes_are_read_from_the_content() -> None:

@@ -16,12 +16,12 @@ import pytest
 from emulator_fixtures import StartEmulator, client_for, png_bytes
 from pypdf import PdfWriter
 
-from ocrbatch.clova import OcrError
-from ocrbatch.emulator_cli import emulator_command
-from ocrbatch.emulator_faults import FaultPlan, FaultSettings, ScriptedFault
-from ocrbatch.emulator_limits import DomainMeter
-from ocrbatch.ocr_client import OcrCall, TransferMode
-from ocrbatch.storage import Storage
+from ocrbatch.cli.servers import emulator_command
+from ocrbatch.clova.client import OcrCall, TransferMode
+from ocrbatch.clova.contract import OcrError
+from ocrbatch.emulator.faults import FaultPlan, FaultSettings, ScriptedFault
+from ocrbatch.emulator.limits import DomainMeter
+from ocrbatch.storage.base import Storage
 
 
 async def test_fifty_concurrent_calls_against_a_cap_of_five(

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from samples import pdf, png
 
-from ocrbatch.clova import OcrImage
-from ocrbatch.documents import UnreadableDocument
-from ocrbatch.emulator_results import (
+from ocrbatch.clova.contract import OcrImage
+from ocrbatch.clova.documents import UnreadableDocument
+from ocrbatch.emulator.results import (
     DEFAULT_FIELD_NAMES,
     Template,
     default_template,

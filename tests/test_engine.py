@@ -14,11 +14,11 @@ from emulator_fixtures import StartEmulator, client_for
 from engine_fixtures import character_error_rate, require_tesseract_and_fonts, text_lines
 from PIL import Image
 
-from ocrbatch import demo_samples as samples
-from ocrbatch.clova import OcrError, OcrResponse
-from ocrbatch.emulator import Emulator
-from ocrbatch.engine_tesseract import TesseractSettings
-from ocrbatch.ocr_client import OcrCall
+from ocrbatch.clova.client import OcrCall
+from ocrbatch.clova.contract import OcrError, OcrResponse
+from ocrbatch.demo import samples
+from ocrbatch.emulator.server import Emulator
+from ocrbatch.engine.tesseract import TesseractSettings
 
 MAX_CER = 0.05
 SECRET = "engine-test-secret"

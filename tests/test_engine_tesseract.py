@@ -21,11 +21,12 @@ from engine_fixtures import fake_tesseract
 from PIL import Image
 from pydantic import ValidationError
 
-from ocrbatch.documents import UnreadableDocument, page_sizes
-from ocrbatch.emulator import EmulatorSettings
-from ocrbatch.engine_cli import engine_command
-from ocrbatch.engine_pages import MAX_PAGE_PIXELS, page_image
-from ocrbatch.engine_tesseract import (
+from ocrbatch.cli.engine_tmp import engine_command
+from ocrbatch.clova.client import OcrCall
+from ocrbatch.clova.documents import UnreadableDocument, page_sizes
+from ocrbatch.emulator.server import EmulatorSettings
+from ocrbatch.engine.pages import MAX_PAGE_PIXELS, page_image
+from ocrbatch.engine.tesseract import (
     EngineUnavailable,
     RecognitionFailed,
     detect_tesseract,
@@ -33,7 +34,6 @@ from ocrbatch.engine_tesseract import (
     missing_languages,
     tesseract_languages,
 )
-from ocrbatch.ocr_client import OcrCall
 
 DEBIAN = frozenset({"eng", "kor", "Hangul", "jpn", "chi_tra", "osd"})
 HOMEBREW = frozenset({"eng", "kor", "script/Hangul", "jpn", "chi_tra"})

@@ -22,16 +22,22 @@ from test_worker import create_batch
 from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup, write_config
 
-from ocrbatch.api import create_app
-from ocrbatch.batch_store import BatchStore, batch_store_in
-from ocrbatch.claims import ItemClaims
-from ocrbatch.emulator_faults import ScriptedFault
-from ocrbatch.events import NotAnEvent, SnsConfirmation, Upload, confirm_sns_subscription, parse_notification
+from ocrbatch.batches.events import (
+    NotAnEvent,
+    SnsConfirmation,
+    Upload,
+    confirm_sns_subscription,
+    parse_notification,
+)
+from ocrbatch.batches.store import BatchStore, batch_store_in
+from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.emulator.faults import ScriptedFault
 from ocrbatch.locations import Location
-from ocrbatch.ocr_client import open_ocr_session
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.storage_local import LocalStorage
-from ocrbatch.worker import Worker
+from ocrbatch.service.api import create_app
+from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.storage.local import LocalStorage
+from ocrbatch.worker.worker import Worker
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 

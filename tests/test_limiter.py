@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ocrbatch.limiter import DomainLimiter, Permit
+from ocrbatch.worker.limiter import DomainLimiter, Permit
 
 
 class FakeTime:

@@ -11,9 +11,9 @@ import pytest
 from emulator_fixtures import StartEmulator, client_for, png_bytes
 from pydantic import SecretStr
 
-from ocrbatch.clova import ErrorClass, OcrError, classify, parse_retry_after
-from ocrbatch.emulator_faults import ScriptedFault
-from ocrbatch.ocr_client import OcrCall, OcrClient
+from ocrbatch.clova.client import OcrCall, OcrClient
+from ocrbatch.clova.contract import ErrorClass, OcrError, classify, parse_retry_after
+from ocrbatch.emulator.faults import ScriptedFault
 from ocrbatch.settings import DomainSettings
 
 IMAGE = png_bytes()

@@ -14,7 +14,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from pypdf import PdfReader, PdfWriter
 from samples import pdf, png
 
-from ocrbatch.clova import (
+from ocrbatch.clova.contract import (
     BoundingPoly,
     CellTextLine,
     CellWord,
@@ -26,9 +26,9 @@ from ocrbatch.clova import (
     TableCell,
     Vertex,
 )
-from ocrbatch.documents import UnreadableDocument
-from ocrbatch.emulator_results import default_template, general_images, template_images
-from ocrbatch.result_files import (
+from ocrbatch.clova.documents import UnreadableDocument
+from ocrbatch.emulator.results import default_template, general_images, template_images
+from ocrbatch.worker.result_files import (
     CONTENT_TYPES,
     RESULT_SUFFIX,
     merge_responses,

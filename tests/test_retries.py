@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ocrbatch.clova import ErrorClass, OcrError
-from ocrbatch.retries import ocr_retrying
+from ocrbatch.clova.contract import ErrorClass, OcrError
+from ocrbatch.clova.retries import ocr_retrying
 
 
 class Recorder:

@@ -16,7 +16,7 @@ from samples import png
 from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup, write_config
 
-from ocrbatch.emulator_faults import ScriptedFault
+from ocrbatch.emulator.faults import ScriptedFault
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 TOKEN = "api-token-for-tests-0123456789"

@@ -19,11 +19,11 @@ from test_serve import TOKEN, _url_from_log
 from test_worker import create_batch
 from worker_fixtures import WorkerSetup, keys, write_config
 
-from ocrbatch.events import Upload
+from ocrbatch.batches.events import Upload
 from ocrbatch.metrics import WorkerMetrics
+from ocrbatch.service.sqs import SqsConsumer
 from ocrbatch.settings import SqsSettings, StorageSettings
-from ocrbatch.sqs_consumer import SqsConsumer
-from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.storage.factory import StorageFactory
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 

@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError, UnsupportedOperation
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
-from ocrbatch.storage import ObjectInfo, Storage
-from ocrbatch.storage_local import LocalStorage
-from ocrbatch.storage_s3 import open_s3_client
+from ocrbatch.storage.base import ObjectInfo, Storage
+from ocrbatch.storage.local import LocalStorage
+from ocrbatch.storage.s3 import open_s3_client
 
 if TYPE_CHECKING:
     from conftest import BucketMaker, StorageOpener

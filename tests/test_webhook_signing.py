@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ocrbatch.webhook_signing import InvalidSignature, sign, signed_headers, signing_key, verify
+from ocrbatch.webhooks.signing import InvalidSignature, sign, signed_headers, signing_key, verify
 
 KEY = b"ocrbatch test key, 32 bytes long"
 WHSEC_SECRET = "whsec_" + base64.b64encode(KEY).decode()

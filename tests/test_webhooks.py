@@ -19,16 +19,16 @@ from samples import png
 from test_worker import create_batch
 from webhook_receiver import Receiver
 
-from ocrbatch.batches import Batch
-from ocrbatch.claims import ItemClaims
+from ocrbatch.batches.spec import Batch
 from ocrbatch.locations import Location
+from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import WebhookSettings
-from ocrbatch.storage import Storage
-from ocrbatch.storage_local import LocalStorage
-from ocrbatch.webhook_outbox import DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX, OUTBOX_PREFIX
-from ocrbatch.webhook_signing import InvalidSignature, verify
-from ocrbatch.webhooks import RECOVER_INTERVAL_S, WebhookService
-from ocrbatch.worker_cli import run_worker
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.storage.local import LocalStorage
+from ocrbatch.webhooks.outbox import DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX, OUTBOX_PREFIX
+from ocrbatch.webhooks.service import RECOVER_INTERVAL_S, WebhookService
+from ocrbatch.webhooks.signing import InvalidSignature, verify
 
 SECRET = "whsec_" + base64.b64encode(b"a-receiver-shared-secret-32bytes").decode()
 

@@ -12,13 +12,13 @@ from samples import jpeg, pdf, png, tiff
 from structlog.testing import capture_logs
 from worker_fixtures import WorkerSetup, keys, read_json, with_domain
 
-from ocrbatch.batch_store import batch_store_in
-from ocrbatch.batches import parse_spec
-from ocrbatch.ocr_client import open_ocr_session
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.worker import Worker
-from ocrbatch.worker_cli import run_worker
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.worker import Worker
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 

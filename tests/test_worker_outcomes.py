@@ -10,14 +10,14 @@ from samples import png
 from structlog.testing import capture_logs
 from worker_fixtures import WorkerSetup, keys, read_json
 
-from ocrbatch.batch_store import batch_store_in
-from ocrbatch.batches import parse_spec
-from ocrbatch.emulator_faults import ScriptedFault
-from ocrbatch.ocr_client import open_ocr_session
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.emulator.faults import ScriptedFault
+from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
-from ocrbatch.storage_factory import StorageFactory
-from ocrbatch.worker import PassResult, Worker
-from ocrbatch.worker_cli import run_worker
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.worker import PassResult, Worker
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 

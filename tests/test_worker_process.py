@@ -14,10 +14,10 @@ from samples import png
 from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup, keys, write_config
 
-from ocrbatch.batch_run import item_tasks_per_batch
-from ocrbatch.batch_store import batch_store_in
-from ocrbatch.batches import parse_spec
-from ocrbatch.storage_factory import StorageFactory
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.batch_run import item_tasks_per_batch
 
 MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 INPUTS = 60

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocrbatch.emulator import Emulator
+from ocrbatch.emulator.server import Emulator
 from ocrbatch.locations import Location
 from ocrbatch.settings import Settings, StorageSettings
-from ocrbatch.storage import Storage
+from ocrbatch.storage.base import Storage
 
 FAST_WORKER = {
     "max_attempts": 8,

@@ -1,0 +1,370 @@
+"""The batch catalog, kept in storage under the control location: one JSON document per batch.
+
+Concurrency, without any database:
+- every document is written with a precondition (create-only, or if-match on the etag that was
+  read), so an edit based on a stale read fails with `BatchConflict` instead of overwriting;
+- changes that must look at all batches (unique names, one batch per General domain, paths)
+  run under a short lease on `locks/catalog.json`, taken with a create-only write and taken over
+  with an if-match write once expired, so two writers cannot both pass the checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from ocrbatch.batches.spec import (
+    Batch,
+    BatchSpec,
+    BatchStatus,
+    batch_violations,
+    check_batch,
+    name_key,
+    parse_spec,
+    resolve_defaults,
+)
+from ocrbatch.errors import (
+    BatchConflict,
+    BatchNotFound,
+    BatchRuleViolation,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    validation_problems,
+)
+from ocrbatch.locations import Location
+from ocrbatch.settings import DomainSettings, Settings
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.storage.leases import Leases, new_owner
+
+BATCH_PREFIX = "batches/"
+LOCK_KEY = "locks/catalog.json"
+Sleep = Callable[[float], Awaitable[None]]
+Action = Literal["create", "update", "unchanged", "delete"]
+_STATUS_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A batch with the etag of the document it was read from (for compare-and-swap)."""
+
+    batch: Batch
+    etag: str
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    action: Action
+    name: str
+    batch_id: str
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One step of an apply: the change, the batch as it will be stored (None if deleted), its etag."""
+
+    change: PlannedChange
+    batch: Batch | None
+    etag: str | None
+
+
+class BatchStore:
+    """Create, read, edit and delete batches, enforcing every rule of `check_batch`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        domains: Mapping[str, DomainSettings],
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        lease_s: float = 30.0,
+        lock_wait_s: float = 10.0,
+    ) -> None:
+        self._storage = storage
+        self._domains = domains
+        self._clock = clock
+        self._sleep = sleep
+        self._lease_s = lease_s
+        self._lock_wait_s = lock_wait_s
+        self._leases = Leases(storage, owner=new_owner(), clock=clock)
+
+    @property
+    def control(self) -> Location:
+        return self._storage.location
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def list_batches(self, search: str | None = None) -> list[StoredBatch]:
+        """All batches sorted by name; `search` keeps those whose name contains it (any case/width)."""
+        keys = [info.key async for info in self._storage.list(BATCH_PREFIX) if info.key.endswith(".json")]
+        found = [item for item in await asyncio.gather(*(self._read_key(key) for key in keys)) if item]
+        if search:
+            needle = name_key(search)
+            found = [item for item in found if needle in name_key(item.batch.name)]
+        return sorted(found, key=lambda item: (name_key(item.batch.name), item.batch.id))
+
+    async def get(self, ref: str) -> StoredBatch:
+        """The batch whose id or name is `ref`; `BatchNotFound` otherwise."""
+        if (by_id := await self._read_key(_doc_key(ref))) is not None:
+            return by_id
+        wanted = name_key(ref)
+        for item in await self.list_batches():
+            if name_key(item.batch.name) == wanted:
+                return item
+        raise BatchNotFound(f"no batch has the id or name {ref!r}")
+
+    async def _read_key(self, key: str) -> StoredBatch | None:
+        try:
+            stored = await self._storage.read(key)
+        except ObjectNotFound:
+            return None
+        except ValueError:  # not a valid key, so no such batch
+            return None
+        try:
+            batch = Batch.model_validate_json(stored.data)
+        except ValidationError as exc:
+            field, rule = validation_problems(exc, unknown_key="is not a batch field")[0]
+            raise StorageError(
+                f"batch document is not valid ({field}: {rule}); fix or delete it",
+                location=str(self.control),
+                key=key,
+            ) from None
+        return StoredBatch(batch, stored.info.etag)
+
+    # -- changing -------------------------------------------------------------------------
+
+    async def create(self, spec: BatchSpec) -> StoredBatch:
+        """Store a new batch after checking it against every other batch."""
+        async with self._catalog_lock():
+            current = await self.list_batches()
+            batch = self._new_batch(spec)
+            self._check(batch, [item.batch for item in current])
+            return await self._write(batch, etag=None)
+
+    async def update(
+        self,
+        ref: str,
+        changes: Mapping[str, Any],
+        *,
+        if_match: str | None = None,
+        status: BatchStatus | None = None,
+    ) -> StoredBatch:
+        """Apply `changes` (spec fields) to the batch as read now, or as of etag `if_match`.
+
+        Fails with `BatchConflict` when the document changed after it was read, so a concurrent
+        edit is never silently overwritten.
+        """
+        base = await self.get(ref)
+        etag = if_match or base.etag
+        spec = parse_spec(self._merge(base.batch, changes))
+        async with self._catalog_lock():
+            others = [item.batch for item in await self.list_batches() if item.batch.id != base.batch.id]
+            batch = self._updated_batch(base.batch, spec, status=status)
+            # A status-only change (pause, resume) must work even for a batch that no longer
+            # passes the rules (say, its domain was removed), so only changed specs are checked.
+            if _spec_dump(batch.spec()) != _spec_dump(base.batch.spec()):
+                self._check(batch, others)
+            return await self._write(batch, etag=etag)
+
+    def _merge(self, base: Batch, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch's spec fields with `changes` applied, as plain data for validation."""
+        merged = base.spec().model_dump(mode="json", context={"reveal_secrets": True})
+        old_domain, new_domain = self._domains.get(base.domain), self._domains.get(changes.get("domain", ""))
+        if old_domain and new_domain and old_domain.kind != new_domain.kind:
+            # Moving to a domain of the other kind: the old kind's options do not carry over.
+            for field in ("language", "table_extraction", "long_image", "template_ids"):
+                merged.pop(field, None)
+        for field, value in changes.items():
+            # A partial webhook (say, only a new URL) keeps the rest of the current webhook.
+            if field == "webhook" and isinstance(value, Mapping) and isinstance(merged.get("webhook"), dict):
+                merged["webhook"] = {**merged["webhook"], **value}
+            else:
+                merged[field] = value
+        return merged
+
+    async def delete(self, ref: str, *, if_match: str | None = None) -> Batch:
+        """Remove the batch's definition (its results are never touched)."""
+        base = await self.get(ref)
+        try:
+            await self._storage.delete(_doc_key(base.batch.id), if_match=if_match or base.etag)
+        except PreconditionFailed:
+            raise BatchConflict(_conflict_message(base.batch)) from None
+        return base.batch
+
+    async def set_status(self, batch_id: str, status: BatchStatus, reason: str | None = None) -> Batch:
+        """Record a status transition (used by the worker); retried on concurrent edits."""
+        for _ in range(_STATUS_ATTEMPTS - 1):
+            try:
+                return await self._set_status_once(batch_id, status, reason)
+            except BatchConflict:
+                continue
+        return await self._set_status_once(batch_id, status, reason)
+
+    async def _set_status_once(self, batch_id: str, status: BatchStatus, reason: str | None) -> Batch:
+        base = await self.get(batch_id)
+        batch = base.batch.model_copy(
+            update={"status": status, "status_reason": reason, "updated_at": self._now()}
+        )
+        return (await self._write(batch, etag=base.etag)).batch
+
+    async def apply(
+        self, specs: list[BatchSpec], *, prune: bool = False, dry_run: bool = False
+    ) -> list[PlannedChange]:
+        """Make the catalog hold exactly these batches (matched by name); idempotent.
+
+        The whole result is checked before anything is written, so a refused file changes
+        nothing. With `prune`, batches missing from the file are deleted.
+        """
+        seen: dict[str, str] = {}
+        for spec in specs:
+            if (key := name_key(spec.name)) in seen:
+                raise BatchRuleViolation([("name", f"{spec.name!r} is declared more than once in the file")])
+            seen[key] = spec.name
+        async with self._catalog_lock():
+            plan = self._plan(specs, await self.list_batches(), prune=prune)
+            self._check_plan(plan)
+            if not dry_run:
+                for step in plan:
+                    if step.change.action == "delete":
+                        await self._storage.delete(_doc_key(step.change.batch_id), if_match=step.etag)
+                    elif step.batch is not None and step.change.action in ("create", "update"):
+                        await self._write(step.batch, etag=step.etag)
+            return [step.change for step in plan]
+
+    def _plan(self, specs: list[BatchSpec], current: list[StoredBatch], *, prune: bool) -> list[_Step]:
+        """Each declared batch created, updated or unchanged; the undeclared kept or deleted."""
+        by_name = {name_key(item.batch.name): item for item in current}
+        plan = []
+        for spec in specs:
+            existing = by_name.pop(name_key(spec.name), None)
+            if existing is None:
+                batch = self._new_batch(spec)
+                plan.append(_Step(PlannedChange("create", batch.name, batch.id), batch, None))
+                continue
+            resolved = self._resolve(spec)
+            same = _spec_dump(resolved) == _spec_dump(existing.batch.spec())
+            batch = existing.batch if same else self._updated_batch(existing.batch, resolved)
+            change = PlannedChange("unchanged" if same else "update", batch.name, batch.id)
+            plan.append(_Step(change, batch, existing.etag))
+        for item in by_name.values():
+            if prune:
+                plan.append(_Step(PlannedChange("delete", item.batch.name, item.batch.id), None, item.etag))
+            else:
+                plan.append(
+                    _Step(PlannedChange("unchanged", item.batch.name, item.batch.id), item.batch, None)
+                )
+        return plan
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _resolve(self, spec: BatchSpec) -> BatchSpec:
+        domain = self._domains.get(spec.domain)
+        return resolve_defaults(spec, domain) if domain is not None else spec
+
+    def _new_batch(self, spec: BatchSpec) -> Batch:
+        now = self._now()
+        fields = self._resolve(spec).model_dump(context={"reveal_secrets": True})
+        return Batch.model_validate(
+            {**fields, "id": secrets.token_hex(8), "created_at": now, "updated_at": now}
+        )
+
+    def _updated_batch(self, base: Batch, spec: BatchSpec, *, status: BatchStatus | None = None) -> Batch:
+        fields = self._resolve(spec).model_dump()
+        update: dict[str, Any] = {**fields, "updated_at": self._now()}
+        if status is not None:
+            update |= {"status": status, "status_reason": None}
+        return Batch.model_validate({**base.model_dump(), **update})
+
+    def _check(self, candidate: Batch, others: list[Batch]) -> None:
+        check_batch(candidate, others, domains=self._domains, control=self.control)
+
+    def _check_plan(self, plan: list[_Step]) -> None:
+        """Check each created or updated batch against the catalog as the plan leaves it.
+
+        Each pair is judged once (a changed batch against the unchanged ones and the changed ones
+        before it); refusals are labelled with the batch's name.
+        """
+        kept = [step.batch for step in plan if step.batch is not None and step.change.action == "unchanged"]
+        changed = [
+            step.batch for step in plan if step.batch is not None and step.change.action != "unchanged"
+        ]
+        problems: list[tuple[str, str]] = []
+        for index, batch in enumerate(changed):
+            others = kept + changed[:index]
+            found = batch_violations(batch, others, domains=self._domains, control=self.control)
+            problems.extend((f"batch {batch.name!r}: {field}", rule) for field, rule in found)
+        if problems:
+            raise BatchRuleViolation(problems)
+
+    async def _write(self, batch: Batch, *, etag: str | None) -> StoredBatch:
+        body = batch.model_dump_json(indent=2, context={"reveal_secrets": True}).encode()
+        try:
+            info = await self._storage.write(
+                _doc_key(batch.id),
+                body,
+                content_type="application/json",
+                if_none_match=etag is None,
+                if_match=etag,
+            )
+        except PreconditionFailed:
+            raise BatchConflict(_conflict_message(batch)) from None
+        return StoredBatch(batch, info.etag)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    @asynccontextmanager
+    async def _catalog_lock(self) -> AsyncIterator[None]:
+        etag = await self._acquire_lock()
+        try:
+            yield
+        finally:
+            await self._leases.release(LOCK_KEY, etag)
+
+    async def _acquire_lock(self) -> str:
+        deadline = self._clock() + self._lock_wait_s
+        delay_s = 0.02
+        while (etag := await self._leases.take(LOCK_KEY, self._lease_s)) is None:
+            if self._clock() >= deadline:
+                raise BatchConflict(
+                    "the batch catalog is being changed by another writer; try again in a moment"
+                )
+            await self._sleep(random.uniform(0, delay_s))
+            delay_s = min(delay_s * 2, 0.5)
+        return etag
+
+
+def _doc_key(batch_id: str) -> str:
+    return f"{BATCH_PREFIX}{batch_id}.json"
+
+
+def _spec_dump(spec: BatchSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", context={"reveal_secrets": True})
+
+
+def _conflict_message(batch: Batch) -> str:
+    return f"batch {batch.name!r} was changed by someone else since it was read; read it again and retry"
+
+
+@asynccontextmanager
+async def open_batch_store(settings: Settings) -> AsyncIterator[BatchStore]:
+    """The batch store at the configured control path, with storage of its own."""
+    async with StorageFactory(settings.storage) as storages:
+        yield await batch_store_in(settings, storages)
+
+
+async def batch_store_in(settings: Settings, storages: StorageFactory) -> BatchStore:
+    """The batch store at the configured control path (a local control directory is created)."""
+    control = Location.parse(settings.storage.control_path)
+    return BatchStore(await storages.open(control, create=True), domains=settings.domains)

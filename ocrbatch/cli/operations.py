@@ -1,0 +1,168 @@
+"""Commands about batches' work rather than their definitions: `status`, `estimate`, `retry-failed`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from ocrbatch.batches.report import read_report
+from ocrbatch.batches.store import batch_store_in
+from ocrbatch.cli import output as cli_output
+from ocrbatch.settings import Settings
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.discovery import FAILED_PREFIX
+from ocrbatch.worker.estimate import estimate_batch
+
+if TYPE_CHECKING:
+    from ocrbatch.cli.root import CliState
+
+
+@click.command("estimate")
+@click.argument("ref")
+@click.option(
+    "--call-latency-s",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Assumed seconds per API call, for the expected duration.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def estimate_command(state: CliState, ref: str, call_latency_s: float, as_json: bool) -> None:
+    """Dry run: what a run of the batch would send, cost and take. Nothing is sent or written."""
+    settings = state.settings
+
+    async def go() -> dict[str, Any]:
+        async with StorageFactory(settings.storage) as storages:
+            batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
+            domain = settings.domains.get(batch.domain)
+            if domain is None:
+                raise click.UsageError(
+                    f"batch {batch.name!r} uses domain {batch.domain!r}, which is not configured"
+                )
+            estimate = await estimate_batch(
+                batch,
+                domain,
+                inputs=await storages.open(batch.input_location),
+                results=await storages.open(batch.result_location, create=True),
+                call_latency_s=call_latency_s,
+            )
+            return {"batch": batch.name, **estimate.to_json()}
+
+    figures = asyncio.run(go())
+    if as_json:
+        cli_output.print_json(figures)
+        return
+    click.echo(
+        f"batch {figures['batch']!r}: {figures['inputs']} inputs "
+        f"({figures['done']} done, {figures['failed']} failed, {figures['skipped']} skipped, "
+        f"{figures['pending']} pending)"
+    )
+    click.echo(
+        f"  to send: {figures['items']} items, {figures['pages']} pages, "
+        f"{figures['billable_units']} billable units, {figures['calls']} API calls"
+    )
+    if figures["refused"]:
+        click.echo(f"  refused without a call: {figures['refused']} (failure records would say why)")
+    click.echo(
+        f"  expected duration: {figures['expected_duration_s']:.0f} s at {figures['max_concurrent_calls']} "
+        f"calls in flight of {figures['call_latency_s']:g} s each"
+    )
+
+
+@click.command("retry-failed")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
+    """Remove the batch's failure records, so the next run sends those items again."""
+    settings = state.settings
+
+    async def go() -> tuple[str, list[str]]:
+        async with StorageFactory(settings.storage) as storages:
+            batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
+            results = await storages.open(batch.result_location, create=True)
+            keys = [info.key async for info in results.list(FAILED_PREFIX)]
+            for key in keys:
+                await results.delete(key)
+            return batch.name, [key.removeprefix(FAILED_PREFIX).removesuffix(".json") for key in keys]
+
+    name, items = asyncio.run(go())
+    if as_json:
+        cli_output.print_json({"batch": name, "retrying": items})
+    else:
+        click.echo(f"batch {name!r}: {len(items)} failed item(s) will be sent again by the next run")
+
+
+async def batch_statuses(settings: Settings) -> list[dict[str, Any]]:
+    """Each batch with its status and the figures of its `_report.json` (None before a first run)."""
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        return [
+            {
+                "id": stored.batch.id,
+                "name": stored.batch.name,
+                "status": stored.batch.status,
+                "reason": stored.batch.status_reason,
+                "report": await read_report(storages, stored.batch),
+            }
+            for stored in await store.list_batches()
+        ]
+
+
+def _status_table(entries: list[dict[str, Any]]) -> Table:
+    table = Table("Batch", "Status", "Progress", "Done", "Failed", "Skipped", "Rate", "ETA")
+    for entry in entries:
+        report = entry["report"]
+        status = entry["status"] + (f": {entry['reason']}" if entry["reason"] else "")
+        if report is None:
+            table.add_row(entry["name"], status, "-", "-", "-", "-", "-", "-")
+            continue
+        total = report["inputs"] - report["skipped"]
+        done = report["succeeded"] + report["failed"]
+        this_pass = report.get("this_pass", {})
+        rate, eta = this_pass.get("rate_per_s"), this_pass.get("eta_s")
+        table.add_row(
+            entry["name"],
+            status,
+            ProgressBar(total=max(total, 1), completed=done if total else 1, width=30),
+            f"{done}/{total}",
+            str(report["failed"]),
+            str(report["skipped"]),
+            f"{rate:.1f}/s" if rate else "-",
+            f"{eta:.0f} s" if eta and report["pending"] else "-",
+        )
+    return table
+
+
+@click.command("status")
+@click.option("--watch", is_flag=True, help="Keep the view up to date until interrupted.")
+@click.option(
+    "--interval-s", default=2.0, show_default=True, type=click.FloatRange(min=0.2), help="Refresh period."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status_command(state: CliState, watch: bool, interval_s: float, as_json: bool) -> None:
+    """Progress of every batch: done/total, failures, rate and ETA, from their reports."""
+    settings = state.settings
+    entries = asyncio.run(batch_statuses(settings))
+    if as_json:
+        cli_output.print_json(entries)
+        return
+    console = cli_output.console()
+    if not watch:
+        console.print(_status_table(entries) if entries else "no batches")
+        return
+    with Live(_status_table(entries), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(interval_s)
+                live.update(_status_table(asyncio.run(batch_statuses(settings))))
+        except KeyboardInterrupt:
+            pass

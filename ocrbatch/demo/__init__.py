@@ -1,0 +1,1 @@
+"""`ocrbatch demo`: the main job end to end on embedded defaults."""

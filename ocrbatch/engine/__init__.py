@@ -1,0 +1,1 @@
+"""The local OCR engine: Tesseract recognising pages behind the CLOVA General contract."""

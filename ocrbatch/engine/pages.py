@@ -1,0 +1,127 @@
+"""The pixels of one page of an upload, ready for the local OCR engine: grayscale, as a PGM file.
+
+Images are decoded with Pillow (a TIFF frame per page, EXIF orientation applied), PDF pages are
+rendered with PDFium (`pypdfium2`) at the scale `documents.page_sizes` reports (2 px per point,
+144 dpi), so `convertedImageInfo` matches what the emulator says for the same file. Grayscale is
+what Tesseract binarises anyway, and uncompressed PGM costs nothing to write or read. Blocking
+work: call these functions in a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import threading
+from dataclasses import dataclass
+from io import BytesIO
+
+import pypdfium2  # type: ignore[import-untyped]  # ships no type hints; used through two calls below
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+from ocrbatch.clova.documents import PDF_PIXELS_PER_POINT, UnreadableDocument
+
+# The largest page the engine decodes: a long image at the service's limit (25,000 x 5,000 px).
+# Decoding bigger pages would take gigabytes; they fail with a clear reason instead.
+MAX_PAGE_PIXELS = 25_000 * 5_000
+_READERS: dict[str, type[ImageFile.ImageFile]] = {
+    "jpg": JpegImagePlugin.JpegImageFile,
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "png": PngImagePlugin.PngImageFile,
+    "tif": TiffImagePlugin.TiffImageFile,
+    "tiff": TiffImagePlugin.TiffImageFile,
+}
+_MIN_DPI, _MAX_DPI = 50, 2400  # a resolution outside this range is a wrong header, not a scan
+# PDFium may not be called from two threads at once, even for different documents.
+_PDFIUM_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PageImage:
+    """One page as Tesseract reads it: PGM bytes, the size in pixels, and the resolution if known."""
+
+    pgm: bytes
+    width: int
+    height: int
+    dpi: int | None
+
+
+def page_image(data: bytes, image_format: str, page_index: int) -> PageImage:
+    """Decode page `page_index` (0-based) of an upload already checked by `documents.page_sizes`.
+    Raises `UnreadableDocument` with a short reason when the pixels cannot be read."""
+    image_format = image_format.lower()
+    if image_format == "pdf":
+        return _pdf_page(data, page_index)
+    reader = _READERS.get(image_format)
+    if reader is None:
+        raise UnreadableDocument(f"unsupported format {image_format!r}")
+    try:
+        # The plugin class itself, not Image.open: Image.open's decompression-bomb warning would
+        # refuse long images; the size is checked below before any pixel is decoded.
+        with reader(BytesIO(data)) as image:
+            if page_index:
+                image.seek(page_index)
+            _check_size(*image.size)
+            dpi = _dpi(image.info.get("dpi"))
+            gray = _grayscale(ImageOps.exif_transpose(image))
+    except (SyntaxError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
+        raise UnreadableDocument(f"the pixels of page {page_index + 1} cannot be decoded") from exc
+    return _pgm(gray, dpi)
+
+
+def _pdf_page(data: bytes, page_index: int) -> PageImage:
+    with _PDFIUM_LOCK:
+        try:
+            document = pypdfium2.PdfDocument(data)
+        except pypdfium2.PdfiumError as exc:
+            raise UnreadableDocument("PDFium cannot open the PDF document") from exc
+        try:
+            page = document[page_index]
+            try:
+                width_pt, height_pt = page.get_size()
+                # Pages beyond the pixel budget are rendered smaller rather than refused.
+                scale = min(
+                    float(PDF_PIXELS_PER_POINT),
+                    math.sqrt(MAX_PAGE_PIXELS / max(1.0, width_pt * height_pt)),
+                )
+                # A copy, so that no pixel refers to PDFium's buffer once the lock is released; the
+                # bitmap itself is left to the garbage collector, as pypdfium2 advises.
+                gray = _grayscale(page.render(scale=scale, grayscale=True).to_pil()).copy()
+            finally:
+                page.close()
+        except pypdfium2.PdfiumError as exc:
+            raise UnreadableDocument(f"PDFium cannot render page {page_index + 1}") from exc
+        finally:
+            document.close()
+    return _pgm(gray, round(72 * scale))
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PAGE_PIXELS:
+        raise UnreadableDocument(
+            f"the page is too large to recognise ({width} x {height} px; at most "
+            f"{MAX_PAGE_PIXELS // 1_000_000} megapixels)"
+        )
+
+
+def _grayscale(image: Image.Image) -> Image.Image:
+    """8-bit grayscale; transparent parts become white paper, not black."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("L")
+    return image if image.mode == "L" else image.convert("L")
+
+
+def _dpi(value: object) -> int | None:
+    if isinstance(value, tuple) and value and isinstance(value[0], numbers.Real):
+        dpi = round(float(value[0]))
+        if _MIN_DPI <= dpi <= _MAX_DPI:
+            return dpi
+    return None
+
+
+def _pgm(image: Image.Image, dpi: int | None) -> PageImage:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PPM")  # mode L is written as PGM (P5)
+    return PageImage(pgm=buffer.getvalue(), width=image.width, height=image.height, dpi=dpi)

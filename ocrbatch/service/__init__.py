@@ -1,0 +1,1 @@
+"""The worker as a process: its lifecycle and signals, the HTTP API, the SQS consumer."""

@@ -1,0 +1,375 @@
+"""The HTTP API of `ocrbatch serve`: batch CRUD, search and status under `/api/v1`, plus health.
+
+Every error is JSON, `{"error": {"code", "message", "violations"?}}`, with messages that are safe
+to show (they never carry the API token or a batch's secrets). Edits take the same input as the
+CLI and go through the same `BatchStore`, so the rules and their wording are the same.
+
+Preconditions: `ETag` is the stored document's etag. An edit or delete sent with `If-Match` is
+refused with 412 `precondition_failed` when the batch changed since that etag (checked before
+the change and again by the store's compare-and-swap write); without `If-Match`, a lost race or
+a busy catalog is 409 `conflict`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NoReturn
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import SecretStr
+
+from ocrbatch.batches.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
+from ocrbatch.batches.spec import Batch, BatchStatus, parse_spec
+from ocrbatch.batches.store import BatchStore, StoredBatch
+from ocrbatch.errors import (
+    BatchConflict,
+    BatchNotFound,
+    BatchRuleViolation,
+    ConfigError,
+    StorageError,
+)
+
+ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
+Ready = Callable[[], Awaitable[None]]
+OnUploads = Callable[[list[Upload]], Awaitable[int]]  # returns how many uploads a batch wanted
+ConfirmSubscription = Callable[[str], Awaitable[None]]
+EVENTS_PATH = "/api/v1/events/s3"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+API_PREFIX = "/api/v1"
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_SETTABLE_STATUSES: tuple[BatchStatus, ...] = ("paused", "available")
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+log = structlog.get_logger("ocrbatch.service.api")
+
+
+class ApiError(Exception):
+    """An error response: HTTP status, machine-readable code and an operator-safe message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        violations: list[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.violations = violations
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.violations is not None:
+            error["violations"] = [{"field": field, "rule": rule} for field, rule in self.violations]
+        return _json({"error": error}, status=self.status, headers=self.headers)
+
+
+def check_bind(host: str, token: SecretStr | None) -> None:
+    """Refuse to serve without a token on anything but loopback; `ConfigError` says why."""
+    if token is not None or _is_loopback(host):
+        return
+    raise ConfigError(
+        f"api.host is {host!r}, which is not a loopback address, and no api.token is set: "
+        "set api.token (OCRBATCH_API__TOKEN or api.token_file) or bind to 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
+def create_app(
+    store: BatchStore,
+    *,
+    token: SecretStr | None,
+    read_report: ReadReport | None = None,
+    ready: Ready | None = None,
+    metrics: Callable[[], bytes] | None = None,
+    on_uploads: OnUploads | None = None,
+    confirm_subscription: ConfirmSubscription | None = None,
+) -> web.Application:
+    """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`)."""
+    app = web.Application(middlewares=[_error_middleware, _auth_middleware(token)])
+    handlers = _Handlers(store, read_report, ready)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    if on_uploads is not None:
+        app.router.add_post(EVENTS_PATH, _events_handler(on_uploads, confirm_subscription))
+    if metrics is not None:
+        render = metrics
+
+        async def metrics_handler(request: web.Request) -> web.Response:
+            return web.Response(body=render(), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get(f"{API_PREFIX}/batches", handlers.list_batches)
+    app.router.add_post(f"{API_PREFIX}/batches", handlers.create_batch)
+    app.router.add_get(f"{API_PREFIX}/batches/{{ref}}", handlers.get_batch)
+    app.router.add_patch(f"{API_PREFIX}/batches/{{ref}}", handlers.edit_batch)
+    app.router.add_delete(f"{API_PREFIX}/batches/{{ref}}", handlers.delete_batch)
+    app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/status", handlers.batch_status)
+    return app
+
+
+# -- middlewares ------------------------------------------------------------------------------
+
+
+# Operator-facing errors and their HTTP status and code; first match wins.
+_ERROR_STATUS: tuple[tuple[type[Exception], int, str], ...] = (
+    (BatchNotFound, 404, "not_found"),
+    (BatchRuleViolation, 422, "invalid_batch"),
+    (BatchConflict, 409, "conflict"),
+    (StorageError, 503, "storage_unavailable"),
+)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as a JSON error; unexpected ones logged and shown as a bare 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        # Routing (404, 405) and body-size (413) errors raised by aiohttp itself.
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        error = ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers=headers)
+    except Exception as exc:
+        error = _api_error(request, exc)
+    return error.response()
+
+
+def _api_error(request: web.Request, exc: Exception) -> ApiError:
+    for kind, status, code in _ERROR_STATUS:
+        if isinstance(exc, kind):
+            if isinstance(exc, StorageError):
+                log.warning("api.storage_error", method=request.method, path=request.path, error=str(exc))
+            violations = exc.violations if isinstance(exc, BatchRuleViolation) else None
+            return ApiError(status, code, str(exc), violations=violations)
+    log.exception("api.internal_error", method=request.method, path=request.path)
+    return ApiError(500, "internal", "internal error")
+
+
+def _auth_middleware(token: SecretStr | None) -> Middleware:
+    expected = token.get_secret_value().encode() if token is not None else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bearer-token check on everything but health (constant-time comparison)."""
+        if expected is None or request.path in UNAUTHENTICATED_PATHS:
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if request.path == EVENTS_PATH and "token" in request.query:
+            scheme, given = "bearer", request.query["token"]  # SNS cannot send headers: ?token=
+        if scheme.casefold() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": 'Bearer realm="ocrbatch"'},
+            )
+        return await handler(request)
+
+    return auth
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _events_handler(on_uploads: OnUploads, confirm: ConfirmSubscription | None) -> Handler:
+    """S3 event notifications (MinIO webhook target, SNS HTTP subscription) for the worker."""
+
+    async def events(request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        try:
+            parsed = parse_notification(body)
+        except NotAnEvent as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        if isinstance(parsed, SnsConfirmation):
+            if confirm is None:
+                raise ApiError(400, "bad_request", "SNS subscriptions are not accepted here")
+            try:
+                await confirm(parsed.subscribe_url)
+            except NotAnEvent as exc:
+                raise ApiError(400, "bad_request", str(exc)) from None
+            log.info("events.sns_subscription_confirmed", topic=parsed.topic_arn)
+            return _json({"confirmed": parsed.topic_arn})
+        wanted = await on_uploads(parsed)
+        return _json({"uploads": len(parsed), "for_batches": wanted})
+
+    return events
+
+
+class _Handlers:
+    def __init__(self, store: BatchStore, read_report: ReadReport | None, ready: Ready | None) -> None:
+        self._store = store
+        self._read_report = read_report
+        self._ready = ready
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self._ready is not None:
+            try:
+                await self._ready()
+            except StorageError as exc:
+                return ApiError(503, "not_ready", str(exc)).response()
+            except Exception:
+                log.exception("api.readiness_failed")
+                return ApiError(503, "not_ready", "the readiness check failed").response()
+        return _json({"status": "ready"})
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        found = await self._store.list_batches(request.query.get("search") or None)
+        return _json({"batches": [_batch_json(item.batch) for item in found]})
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        _refuse_secret_files(body)
+        created = await self._store.create(parse_spec(body))
+        log.info("batch.created", batch_id=created.batch.id, via="api")
+        return _batch_response(created, status=201)
+
+    async def get_batch(self, request: web.Request) -> web.Response:
+        return _batch_response(await self._store.get(request.match_info["ref"]))
+
+    async def edit_batch(self, request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+        changes = await _json_object(request)
+        status = _requested_status(changes.pop("status", None))
+        _refuse_secret_files(changes)
+        if not changes and status is None:
+            raise ApiError(400, "bad_request", "nothing to change: send spec fields and/or a status")
+        if_match = await self._precondition(request, ref)
+        try:
+            updated = await self._store.update(ref, changes, if_match=if_match, status=status)
+        except BatchConflict as exc:
+            await self._raise_conflict(exc, ref, if_match)
+        log.info("batch.edited", batch_id=updated.batch.id, fields=sorted(changes), via="api")
+        return _batch_response(updated)
+
+    async def delete_batch(self, request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+        if_match = await self._precondition(request, ref)
+        try:
+            deleted = await self._store.delete(ref, if_match=if_match)
+        except BatchConflict as exc:
+            await self._raise_conflict(exc, ref, if_match)
+        log.info("batch.deleted", batch_id=deleted.id, via="api")
+        return _json({"deleted": _batch_json(deleted)})
+
+    async def batch_status(self, request: web.Request) -> web.Response:
+        batch = (await self._store.get(request.match_info["ref"])).batch
+        report = await self._read_report(batch) if self._read_report is not None else None
+        return _json(
+            {
+                "batch": _batch_json(batch),
+                "status": batch.status,
+                "status_reason": batch.status_reason,
+                "report": report,
+            }
+        )
+
+    async def _precondition(self, request: web.Request, ref: str) -> str | None:
+        """The stored etag the client's `If-Match` names; 412 when the batch has moved on."""
+        wanted = request.headers.get("If-Match", "").strip()
+        if not wanted or wanted == "*":
+            return None  # "*" only asks that the batch exist, which every edit requires anyway
+        current = await self._store.get(ref)
+        if _opaque(wanted) != _opaque(current.etag):
+            raise _precondition_failed(current.batch)
+        return current.etag
+
+    async def _raise_conflict(self, exc: BatchConflict, ref: str, if_match: str | None) -> NoReturn:
+        """412 when the client's etag is now stale; otherwise the conflict (say, a busy catalog)."""
+        if if_match is not None:
+            current = await self._store.get(ref)
+            if current.etag != if_match:
+                raise _precondition_failed(current.batch) from None
+        raise exc
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _json(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        data, status=status, headers=headers, dumps=lambda value: json.dumps(value, ensure_ascii=False)
+    )
+
+
+def _batch_json(batch: Batch) -> dict[str, Any]:
+    return batch.model_dump(mode="json")  # webhook secrets come out masked
+
+
+def _batch_response(stored: StoredBatch, *, status: int = 200) -> web.Response:
+    return _json(_batch_json(stored.batch), status=status, headers={"ETag": f'"{_opaque(stored.etag)}"'})
+
+
+def _opaque(etag: str) -> str:
+    """The etag without quotes, so `"abc"`, `abc` and the stored form compare equal."""
+    return etag.strip().removeprefix("W/").strip('"')
+
+
+def _precondition_failed(batch: Batch) -> ApiError:
+    return ApiError(
+        412,
+        "precondition_failed",
+        f"batch {batch.name!r} was changed since the version named by If-Match; read it again and retry",
+    )
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400 otherwise."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
+        raise ApiError(400, "bad_request", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the request body must be a JSON object")
+    return body
+
+
+def _requested_status(value: object) -> BatchStatus | None:
+    if value is None:
+        return None
+    for status in _SETTABLE_STATUSES:
+        if value == status:
+            return status
+    raise BatchRuleViolation([("status", "can only be set to 'paused' or 'available'")])
+
+
+def _refuse_secret_files(body: Mapping[str, Any]) -> None:
+    """`secret_file` reads a file on the server: fine from the CLI, not for remote callers."""
+    webhook = body.get("webhook")
+    if isinstance(webhook, Mapping) and "secret_file" in webhook:
+        raise BatchRuleViolation([("webhook.secret_file", "is not accepted over the API; send secret")])

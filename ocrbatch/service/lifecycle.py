@@ -1,0 +1,214 @@
+"""`ocrbatch run` and `ocrbatch serve`: the worker as a process (with the HTTP API for `serve`),
+with two-phase shutdown.
+
+The first SIGTERM/SIGINT stops discovery and new items; items in flight finish within
+`shutdown_grace_s`, results and reports are flushed, and the process exits 0. A second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import structlog
+from aiohttp import ClientSession, web
+
+from ocrbatch.batches.events import Upload, batches_for, confirm_sns_subscription
+from ocrbatch.batches.report import read_report
+from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.store import BatchStore, batch_store_in
+from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.service.api import check_bind, create_app
+from ocrbatch.service.sqs import SqsConsumer
+from ocrbatch.settings import Settings
+from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.worker import PassResult, Worker
+
+log = structlog.get_logger("ocrbatch.run")
+EXIT_FORCED = 130
+
+
+async def run_worker(settings: Settings, *, once: bool, serve: bool = False) -> int:
+    """Run until done (`once`) or until a signal; with `serve`, the HTTP API runs beside the worker.
+    Returns the process exit code."""
+    if serve:
+        check_bind(settings.api.host, settings.api.token)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop_requested.is_set():
+            log.warning("worker.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        log.info(
+            "worker.stopping", signal=signal.Signals(signum).name, grace_s=settings.worker.shutdown_grace_s
+        )
+        stop_requested.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await _run(settings, once=once, serve=serve, stop_requested=stop_requested)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: asyncio.Event) -> int:
+    max_connections = sum(domain.max_concurrent_calls for domain in settings.domains.values()) * 2 + 8
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session(max_connections=max_connections) as session,
+    ):
+        service = _Service(settings, storages, session, once=once, stop_requested=stop_requested)
+        try:
+            await service.startup(serve=serve)
+            outcome = await service.main_loop()
+        finally:
+            await service.shutdown()
+    if once and outcome is not None and outcome.errors:
+        for batch_id, reason in outcome.errors.items():
+            log.error("worker.batch_in_error", batch_id=batch_id, reason=reason)
+        return 1
+    log.info("worker.stopped")
+    return 0
+
+
+class _Service:
+    """The worker process: `startup`, `main_loop` until done or a signal, `shutdown`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storages: StorageFactory,
+        session: ClientSession,
+        *,
+        once: bool,
+        stop_requested: asyncio.Event,
+    ) -> None:
+        self._settings = settings
+        self._storages = storages
+        self._session = session
+        self._once = once
+        self._stop_requested = stop_requested
+        self._claims: ItemClaims | None = None
+        self._worker: Worker | None = None
+        self._api: web.AppRunner | None = None
+
+    async def startup(self, *, serve: bool) -> None:
+        """Register the worker (its claims and outbox items are then known as alive) and start the
+        API when serving."""
+        settings = self._settings
+        store = await batch_store_in(settings, self._storages)
+        self._claims = ItemClaims(await self._storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
+        await self._claims.register()
+        self._worker = Worker(
+            settings, store=store, storages=self._storages, session=self._session, claims=self._claims
+        )
+        if serve:
+            self._api = await _start_api(settings, store, self._storages, self._worker, self._session)
+        log.info(
+            "worker.started",
+            once=self._once,
+            domains=sorted(settings.domains),
+            claims_owner=self._claims.owner,
+        )
+
+    async def main_loop(self) -> PassResult | None:
+        """Passes (one with `once`) and the SQS consumer until done or a signal; then the work under
+        way gets `shutdown_grace_s` to finish. Returns the pass's outcome with `once`."""
+        if self._worker is None or self._claims is None:
+            raise RuntimeError("startup() comes first")
+        worker, settings = self._worker, self._settings
+        work = asyncio.create_task(worker.run_pass() if self._once else worker.run_forever(), name="worker")
+        consumers: list[asyncio.Task[None]] = []
+        if settings.sqs.queue_url is not None and not self._once:
+            consumer = SqsConsumer(
+                settings.sqs,
+                settings.storage,
+                worker.process_uploads,
+                stopping=worker.stopping,
+                metrics=worker.metrics,
+            )
+            consumers.append(asyncio.create_task(consumer.run(), name="sqs-consumer"))
+        tasks: set[asyncio.Task[Any]] = {work, *consumers}
+        keep_alive = asyncio.create_task(self._claims.keep_alive(), name="claims-keep-alive")
+        stopper = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            worker.stop()
+            # The pass, the messages and the announcements being processed share the grace period.
+            tasks.add(asyncio.create_task(worker.wait_for_announcements(), name="announcements"))
+            _, late = await asyncio.wait(tasks, timeout=settings.worker.shutdown_grace_s)
+            for task in late:
+                log.warning(
+                    "worker.grace_expired", grace_s=settings.worker.shutdown_grace_s, task=task.get_name()
+                )
+                task.cancel()
+        finally:
+            for task in (stopper, keep_alive):
+                task.cancel()
+            await asyncio.gather(stopper, keep_alive, return_exceptions=True)
+        outcomes = await asyncio.gather(*consumers, return_exceptions=True)
+        for task, failure in zip(consumers, outcomes, strict=True):
+            if isinstance(failure, Exception):
+                log.error("worker.task_failed", task=task.get_name(), error=str(failure))
+        try:
+            return await work
+        except asyncio.CancelledError:
+            return None
+
+    async def shutdown(self) -> None:
+        """Make buffered webhook items into chunks and deliver what the time allows, unregister,
+        stop the API."""
+        if self._worker is not None:
+            # After a signal the grace period went to the items: chunks are only made durable.
+            deliver_s = 0.0 if self._stop_requested.is_set() else self._settings.worker.shutdown_grace_s
+            await asyncio.shield(self._worker.finish(deliver_s))
+        if self._claims is not None:
+            await self._claims.unregister()
+        if self._api is not None:
+            await self._api.cleanup()
+
+
+async def _start_api(
+    settings: Settings, store: BatchStore, storages: StorageFactory, worker: Worker, session: ClientSession
+) -> web.AppRunner:
+    """The HTTP API on the configured address; logs the URL it listens on (port 0 picks one)."""
+
+    async def report(batch: Batch) -> dict[str, Any] | None:
+        return await read_report(storages, batch)
+
+    async def ready() -> None:
+        await store.list_batches()  # the control storage answers and every document parses
+
+    async def on_uploads(uploads: list[Upload]) -> int:
+        batches = [stored.batch for stored in await store.list_batches()]
+        wanted = sum(1 for upload in uploads if batches_for(upload, batches))
+        if wanted:
+            worker.announce(uploads)
+        log.info("events.received", uploads=len(uploads), for_batches=wanted)
+        return wanted
+
+    async def confirm(subscribe_url: str) -> None:
+        await confirm_sns_subscription(session, subscribe_url)
+
+    app = create_app(
+        store,
+        token=settings.api.token,
+        read_report=report,
+        ready=ready,
+        metrics=worker.metrics.render,
+        on_uploads=on_uploads,
+        confirm_subscription=confirm,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.api.host, settings.api.port).start()
+    host, port = runner.addresses[0][:2]
+    log.info("api.listening", url=f"http://{host}:{port}")
+    return runner

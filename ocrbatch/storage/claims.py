@@ -1,0 +1,158 @@
+"""Item claims: one worker at a time per input, across tasks, processes and replicas.
+
+Before an item is read and sent to the API, its worker takes a claim: a lease in the control
+storage under `claims/{batch id}/{digest of the key}.json`. Another worker (a second replica
+reconciling the same batch, an SQS message delivered twice) finds the claim held and leaves the
+item alone. Claims are renewed while held and released when the item is settled. A worker that was
+killed leaves claims that expire after `ttl_s`; on the same host they are taken over at once when
+their process is gone (a restarted worker, or a restarted container, where it was pid 1 again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from ocrbatch.clova.retries import Sleep
+from ocrbatch.errors import StorageError
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.leases import Leases, new_owner
+
+log = structlog.get_logger("ocrbatch.storage.claims")
+CLAIM_PREFIX = "claims/"
+WORKERS = "_workers"  # the pseudo-batch under which each running worker claims its own owner id
+# This process's identity in claims: a restart that gets the same pid (pid 1 in a container) differs.
+_PROCESS = new_owner()
+
+
+def claim_key(batch_id: str, key: str) -> str:
+    """Where the claim on input `key` of a batch lives in the control storage."""
+    return f"{CLAIM_PREFIX}{batch_id}/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+
+class ItemClaims:
+    """This process's claims; `keep_alive` renews them every third of their lifetime."""
+
+    def __init__(
+        self,
+        control: Storage,
+        *,
+        ttl_s: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._host = socket.gethostname()
+        self._leases = Leases(
+            control,
+            owner=new_owner(),
+            clock=clock,
+            about_owner={"host": self._host, "pid": os.getpid(), "process": _PROCESS},
+            holder_dead=self._holder_dead,
+        )
+        self.ttl_s = ttl_s
+        self._sleep = sleep
+        self._held: dict[str, str] = {}  # claim key -> etag
+        self.lost = 0  # claims that expired before renewal and were taken over
+
+    @property
+    def owner(self) -> str:
+        return self._leases.owner
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def _holder_dead(self, claim: Mapping[str, Any]) -> bool:
+        """True when the claim's process is known to be gone: it ran on this host, and its pid is
+        now ours (we are its restart) or belongs to no process."""
+        pid = claim.get("pid")
+        if claim.get("host") != self._host or not isinstance(pid, int) or claim.get("process") == _PROCESS:
+            return False
+        if pid == os.getpid():
+            return True  # our pid, another process: the one we replace
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # a process of another user has this pid
+        return False
+
+    async def register(self) -> None:
+        """Announce this worker as alive (renewed with its claims) until `unregister`: others then
+        leave what it has in progress alone, such as its webhook items not yet in a chunk."""
+        if not await self.take(WORKERS, self.owner):
+            raise RuntimeError("this worker's owner id is already registered")  # ids are random
+
+    async def unregister(self) -> None:
+        await self.release(WORKERS, self.owner)
+
+    async def worker_alive(self, owner: str) -> bool:
+        """Whether the worker `owner` is registered and alive (its registration neither expired nor
+        left by a process of this host that is gone)."""
+        if owner == self.owner:
+            return True
+        try:
+            return await self._leases.held(claim_key(WORKERS, owner))
+        except StorageError as exc:
+            log.warning("claim.worker_unknown", owner=owner, error=str(exc))
+            return True  # when in doubt, leave its work alone
+
+    async def take(self, batch_id: str, key: str) -> bool:
+        """True if this process now holds the item; False while another task or worker does."""
+        lease_key = claim_key(batch_id, key)
+        if lease_key in self._held:
+            return False
+        self._held[lease_key] = ""  # reserved for this task while the write is under way
+        try:
+            etag = await self._leases.take(lease_key, self.ttl_s)
+        finally:
+            if self._held.get(lease_key) == "":
+                del self._held[lease_key]
+        if etag is not None:
+            self._held[lease_key] = etag
+        return etag is not None
+
+    async def release(self, batch_id: str, key: str) -> None:
+        """Give the item up: it is settled, or left for the next pass."""
+        lease_key = claim_key(batch_id, key)
+        etag = self._held.pop(lease_key, None)
+        if etag:
+            try:
+                await self._leases.release(lease_key, etag)
+            except StorageError as exc:  # it expires on its own
+                log.warning("claim.not_released", key=key, error=str(exc))
+
+    async def renew_all(self) -> None:
+        """Extend every claim held; one that was taken over meanwhile is counted as lost."""
+        for lease_key, etag in list(self._held.items()):
+            if not etag:
+                continue
+            try:
+                renewed = await self._leases.renew(lease_key, etag, self.ttl_s)
+            except StorageError as exc:
+                log.warning("claim.not_renewed", claim=lease_key, error=str(exc))
+                continue
+            if self._held.get(lease_key) != etag:  # released while renewing: the renewal must go too
+                if renewed is not None:
+                    await self._leases.release(lease_key, renewed)
+                continue
+            if renewed is None:
+                self.lost += 1
+                del self._held[lease_key]
+                log.warning("claim.lost", claim=lease_key)
+            else:
+                self._held[lease_key] = renewed
+
+    async def keep_alive(self) -> None:
+        """Renew held claims every `ttl_s / 3`, until cancelled."""
+        while True:
+            await self._sleep(self.ttl_s / 3)
+            await self.renew_all()

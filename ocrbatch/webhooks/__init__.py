@@ -1,0 +1,1 @@
+"""Webhooks: finished items in chunks, a durable outbox, signed deliveries."""

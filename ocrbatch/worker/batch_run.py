@@ -1,0 +1,427 @@
+"""One batch during one pass of the worker: its pending items become results or failure records.
+
+Discovery feeds a bounded queue; a pool of item tasks reads ahead (within the shared memory budget)
+and then waits for a call slot of the domain's limiter, so a slot never waits on storage. Calls are
+retried with backoff; a fatal domain error stops the batch (and, for the domain's own
+configuration, every batch on the domain) and leaves its items pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from ocrbatch.batches.report import BatchReport, billable_units
+from ocrbatch.batches.spec import Batch
+from ocrbatch.clova.client import OcrCall, OcrClient
+from ocrbatch.clova.contract import ErrorClass, OcrError, OcrResponse
+from ocrbatch.clova.retries import Sleep, ocr_retrying
+from ocrbatch.errors import ObjectNotFound, StorageError
+from ocrbatch.metrics import WorkerMetrics
+from ocrbatch.settings import Settings
+from ocrbatch.storage.base import ObjectInfo, Storage
+from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.webhooks.service import WebhookService
+from ocrbatch.worker.discovery import (
+    REASON_NEW,
+    REPORT_KEY,
+    DiscoveredItem,
+    discover,
+    image_format,
+    judge_item,
+    skip_reason,
+)
+from ocrbatch.worker.limiter import DomainLimiter
+from ocrbatch.worker.outcomes import ItemOutcomes
+from ocrbatch.worker.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, needs_bytes, prepare_item
+from ocrbatch.worker.result_files import RESULT_SUFFIX, merge_responses
+
+log = structlog.get_logger("ocrbatch.worker.worker")
+QUEUE_ITEMS_PER_SLOT = 4
+
+
+def item_tasks_per_batch(max_concurrent_calls: int) -> int:
+    """Items a batch works on at once: enough to read ahead of every slot and to store results
+    while the slots are busy again. Also the most items a killed worker can have had in flight."""
+    return max_concurrent_calls * 2 + 2
+
+
+@dataclass
+class PassContext:
+    """What every batch run of a pass shares with the worker."""
+
+    settings: Settings
+    limiters: dict[str, DomainLimiter]
+    clients: dict[str, OcrClient]
+    budget: MemoryBudget
+    sleep: Sleep
+    clock: Callable[[], float]
+    stopping: asyncio.Event
+    set_status: Callable[[Batch, Any, str | None], Awaitable[None]]
+    metrics: WorkerMetrics
+    webhooks: WebhookService | None = None
+    claims: ItemClaims | None = None  # None: this process is the only worker (tests, `run --once` alone)
+    dead_domains: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> reason
+
+
+class _CallFailed(Exception):
+    """A call that failed for good, with the attempts it took (tenacity's error alone loses them)."""
+
+    def __init__(self, error: OcrError, attempts: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+
+
+class _BatchStopped(Exception):
+    """The batch was stopped (fatal error on its domain, or shutdown): leave the item pending."""
+
+
+class BatchRun:
+    """One batch during one pass, or (with `keys`) the inputs an event announced."""
+
+    def __init__(
+        self,
+        context: PassContext,
+        batch: Batch,
+        inputs: Storage,
+        results: Storage,
+        *,
+        keys: list[str] | None = None,
+    ) -> None:
+        self.context = context
+        self.batch = batch
+        self.domain = context.settings.domains[batch.domain]
+        self.limiter = context.limiters[batch.domain]
+        self.client = context.clients[batch.domain]
+        self.suffix = RESULT_SUFFIX[batch.file_format]
+        self.report = BatchReport(batch.id, batch.name, datetime.now(UTC), context.clock())
+        self.fatal_reason: str | None = None
+        self.active = False
+        self.queue: asyncio.Queue[DiscoveredItem | None] = asyncio.Queue(
+            maxsize=self.limiter.max_cap * QUEUE_ITEMS_PER_SLOT
+        )
+        self._inputs = inputs
+        self._results = results
+        self.outcomes = ItemOutcomes(
+            batch,
+            results,
+            suffix=self.suffix,
+            domain_kind=self.domain.kind,
+            report=self.report,
+            metrics=context.metrics,
+            webhooks=context.webhooks,
+        )
+        self._keys = keys
+        # Announced keys not settled by this run (left pending, or held by another worker).
+        self.unsettled: set[str] = set()
+
+    @property
+    def queue_depth(self) -> int:
+        """Discovered items waiting for an item task."""
+        return self.queue.qsize()
+
+    @property
+    def stopped(self) -> bool:
+        return (
+            self.fatal_reason is not None
+            or self.batch.domain in self.context.dead_domains
+            or self.context.stopping.is_set()
+        )
+
+    async def run(self) -> None:
+        queue = self.queue
+        workers = [
+            asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
+        ]
+        if self.context.webhooks is not None:
+            await self.context.webhooks.attach(self.batch, self._results)
+        try:
+            if self._keys is None:
+                await self._discover(queue)
+            else:
+                await self._announced(queue, self._keys)
+        finally:
+            for _ in workers:
+                await queue.put(None)
+            outcomes = await asyncio.gather(*workers, return_exceptions=True)
+        self.active = False
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        dead = self.context.dead_domains.get(self.batch.domain)
+        if dead is not None and self.report.pending_found:
+            await self._stop_batch_with(dead)
+        if self._keys is not None:
+            return  # the pass, not an event, keeps the status and `_report.json`
+        if self.context.stopping.is_set():
+            # Interrupted: items are still pending and the listing was cut short, so neither the
+            # status nor a report built from part of the listing would be true.
+            log.info("batch.interrupted", **self.report.progress(self.context.clock()))
+            return
+        webhooks = self.context.webhooks
+        note = webhooks.status_note(self.batch.id) if webhooks is not None else None
+        if self.fatal_reason is None and (self.report.pending_found or note):
+            await self.context.set_status(self.batch, "available", note)
+        await self.write_report()
+        log.info("batch.pass_done", **self.report.progress(self.context.clock()), failed=self.report.failed)
+
+    async def _discover(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
+        report = self.report
+        async for item in discover(self._inputs, self._results, result_suffix=self.suffix):
+            if self.context.stopping.is_set():
+                return  # shutting down: no need to list the rest (a fatal error still counts it)
+            report.discovered += 1
+            if item.state == "skipped":
+                report.skipped += 1
+                log.debug("item.skipped", batch_id=self.batch.id, key=item.key, reason=item.reason)
+            elif item.state == "done":
+                report.done_before += 1
+            elif item.state == "failed":
+                report.failed_before += 1
+            else:
+                report.pending_found += 1
+                if not self.active:
+                    self.active = True
+                    await self.context.set_status(self.batch, "running", None)
+                if self.stopped:
+                    continue  # counted, left pending
+                await queue.put(item)
+
+    async def _announced(self, queue: asyncio.Queue[DiscoveredItem | None], keys: list[str]) -> None:
+        """Queue the announced inputs that exist and are documents; their results are checked
+        once they are claimed."""
+        for key in keys:
+            try:
+                info = await self._inputs.head(key)
+            except ObjectNotFound:
+                continue  # deleted since: nothing to do
+            if reason := skip_reason(key):
+                log.debug("item.skipped", batch_id=self.batch.id, key=key, reason=reason)
+                continue
+            self.report.pending_found += 1
+            if self.stopped:
+                self._leave_pending(key)
+                continue
+            await queue.put(_pending(info))
+
+    async def _work(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
+        while (item := await queue.get()) is not None:
+            if self.stopped:
+                self._leave_pending(item.key)
+                continue
+            await self._claimed(item)
+
+    async def _claimed(self, item: DiscoveredItem) -> None:
+        """Process the item under its claim, if it is still pending once claimed: another worker
+        may hold it, or have settled it since the listing was read."""
+        claims = self.context.claims
+        if claims is None:
+            await self._process(item)
+            return
+        if not await claims.take(self.batch.id, item.key):
+            log.info("item.claimed_elsewhere", batch_id=self.batch.id, key=item.key)
+            self.report.elsewhere += 1
+            if self._keys is not None:
+                self.unsettled.add(item.key)
+            return
+        try:
+            current = await judge_item(self._results, _info(item), result_suffix=self.suffix)
+            if current.state == "pending":
+                await self._process(current)
+            else:
+                self.report.elsewhere += 1
+        finally:
+            await claims.release(self.batch.id, item.key)
+
+    def _leave_pending(self, key: str) -> None:
+        self.report.left_pending += 1
+        if self._keys is not None:
+            self.unsettled.add(key)
+
+    async def _process(self, item: DiscoveredItem, *, again: bool = False) -> None:
+        fmt = image_format(item.key) or ""
+        reserve = item.size if needs_bytes(fmt, self.domain.transfer_mode) else 0
+        async with self.context.budget.reserve(min(reserve, self.context.budget.limit_bytes)):
+            try:
+                prepared = await prepare_item(
+                    item,
+                    image_format=fmt,
+                    inputs=self._inputs,
+                    transfer_mode=self.domain.transfer_mode,
+                    long_image=bool(self.batch.long_image),
+                )
+            except ItemRefused as refused:
+                await self.outcomes.record_failure(
+                    item, item.etag, None, str(refused), retryable=False, attempts=0
+                )
+                return
+            except ObjectNotFound:
+                log.info("item.vanished", batch_id=self.batch.id, key=item.key)
+                self.report.left_pending += 1  # nothing left to do, but not finished either
+                return
+            changed = await self._recognise(prepared)
+        if changed is not None and not again:
+            await self._process(changed, again=True)
+        elif changed is not None:
+            self._leave_pending(item.key)  # changing faster than it is recognised: next pass
+
+    async def _recognise(self, prepared: PreparedItem) -> DiscoveredItem | None:
+        """Recognise and store the item; returns it again (newer version) if it changed meanwhile."""
+        item = prepared.item
+        attempts = 0
+        responses: list[OcrResponse] = []
+        try:
+            for part in prepared.parts:
+                response, part_attempts = await self._call(item, prepared.image_format, part)
+                attempts += part_attempts
+                responses.append(response)
+        except _BatchStopped:
+            self._leave_pending(item.key)
+            return None
+        except _CallFailed as failed_call:
+            error, attempts = failed_call.error, attempts + failed_call.attempts
+            if error.error_class.fatal:
+                await self._stop_batch(error)
+                self._leave_pending(item.key)
+                return None
+            await self.outcomes.record_failure(
+                item,
+                prepared.etag,
+                error,
+                error.detail,
+                retryable=error.error_class.retryable,
+                attempts=attempts,
+            )
+            return None
+        response = merge_responses(responses) if len(responses) > 1 else responses[0]
+        failed = [image for image in response.images if image.infer_result != "SUCCESS"]
+        if failed:
+            message = f"recognition {failed[0].infer_result}: {failed[0].message or 'no message'}"
+            await self.outcomes.record_failure(
+                item, prepared.etag, None, message, retryable=False, attempts=attempts
+            )
+            return None
+        notice = await self.outcomes.store_result(prepared, response, attempts)
+        self.report.billable_units += billable_units(response.images)  # billed, kept or not
+        changed = await self._changed_since_read(prepared)
+        if changed is not None:
+            await self.outcomes.abandon(notice)
+        else:
+            await self.outcomes.succeeded(item.key, notice, attempts=attempts, pages=len(response.images))
+        return changed
+
+    async def _changed_since_read(self, prepared: PreparedItem) -> DiscoveredItem | None:
+        """The input as it is now if it was replaced while recognised (its result is then removed).
+
+        Discovery trusts a result newer than its input; a result made from a version replaced
+        during recognition would look current, so it must not stay.
+        """
+        item = prepared.item
+        try:
+            current = await self._inputs.head(item.key)
+        except ObjectNotFound:
+            return None  # deleted meanwhile: the result of what was there stays
+        if current.etag == prepared.etag:
+            return None
+        log.info("item.changed_during_recognition", batch_id=self.batch.id, key=item.key)
+        await self._results.delete(item.key + self.suffix)
+        return dataclasses.replace(
+            item, etag=current.etag, size=current.size, last_modified=current.last_modified
+        )
+
+    async def _call(self, item: DiscoveredItem, fmt: str, part: Part) -> tuple[OcrResponse, int]:
+        """One part through the limiter with retries; returns the response and the attempts it took."""
+        settings = self.context.settings.worker
+        call = OcrCall(
+            name=part.image_name(item.key),
+            image_format=fmt,
+            data=part.data,
+            url=part.url,
+            lang=self.batch.language,
+            template_ids=tuple(self.batch.template_ids or ()),
+            table_detection=bool(self.batch.table_extraction),
+        )
+        attempts = 0
+        try:
+            async for attempt in ocr_retrying(
+                max_attempts=settings.max_attempts,
+                backoff_initial_s=settings.backoff_initial_s,
+                backoff_max_s=settings.backoff_max_s,
+                sleep=self.context.sleep,
+            ):
+                with attempt:
+                    if self.stopped:
+                        raise _BatchStopped
+                    attempts += 1
+                    response = await self._one_call(call)
+                    return response, attempts
+        except OcrError as error:
+            raise _CallFailed(error, attempts) from error
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _one_call(self, call: OcrCall) -> OcrResponse:
+        async with self.limiter.slot(self.batch.id) as permit:
+            self.report.calls += 1
+            started_s = self.context.clock()
+            try:
+                response = await self.client.recognize(call)
+            except OcrError as error:
+                if error.error_class is ErrorClass.RATE_LIMITED:
+                    permit.rate_limited()
+                elif error.error_class is ErrorClass.QUOTA:
+                    self.limiter.pause(error.retry_after_s or self.context.settings.worker.quota_pause_s)
+                elif error.error_class is not ErrorClass.TRANSPORT:
+                    permit.succeeded()  # the service answered: the concurrency was fine
+                if error.error_class.retryable:
+                    code = error.code or error.error_class.value
+                    self.report.retries_by_code[code] += 1
+                    self.context.metrics.retries.labels(domain=self.batch.domain, code=code).inc()
+                raise
+            finally:
+                self.context.metrics.call_seconds.labels(domain=self.batch.domain).observe(
+                    self.context.clock() - started_s
+                )
+            permit.succeeded()
+        errors = [image for image in response.images if image.infer_result == "ERROR"]
+        if errors:
+            self.report.retries_by_code["ERROR"] += 1
+            raise OcrError(ErrorClass.SERVICE, f"inferResult ERROR: {errors[0].message or 'no message'}")
+        return response
+
+    async def _stop_batch(self, error: OcrError) -> None:
+        reason = f"{error.code or error.error_class.value}: {error.detail}"
+        if error.error_class is ErrorClass.FATAL_DOMAIN:
+            # The domain itself is misconfigured: every batch on it stops, once, with this reason.
+            self.context.dead_domains.setdefault(self.batch.domain, reason)
+        await self._stop_batch_with(reason)
+
+    async def _stop_batch_with(self, reason: str) -> None:
+        if self.fatal_reason is not None:
+            return
+        self.fatal_reason = reason
+        log.error("batch.stopped", batch_id=self.batch.id, batch=self.batch.name, reason=reason)
+        await self.context.set_status(self.batch, "error", reason)
+
+    async def write_report(self) -> None:
+        try:
+            report = self.report.to_json(now_monotonic_s=self.context.clock())
+            body = json.dumps(report, ensure_ascii=False, indent=1).encode()
+            await self._results.write(REPORT_KEY, body, content_type="application/json")
+        except StorageError as exc:
+            log.warning("batch.report_not_saved", batch_id=self.batch.id, error=str(exc))
+
+
+def _pending(info: ObjectInfo) -> DiscoveredItem:
+    return DiscoveredItem(info.key, info.size, info.etag, info.last_modified, "pending", REASON_NEW)
+
+
+def _info(item: DiscoveredItem) -> ObjectInfo:
+    return ObjectInfo(item.key, item.size, item.etag, item.last_modified)

@@ -1,0 +1,178 @@
+"""How an item ends: its result or its failure record, counted, logged and announced.
+
+The webhook notice of an item is made durable before its result or failure record is written and
+confirmed after it (or abandoned when the result is not kept), so a crash in between neither loses
+the notice nor announces a result that was never written (`webhooks.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+import structlog
+
+from ocrbatch.batches.report import BatchReport
+from ocrbatch.batches.spec import Batch
+from ocrbatch.clova.contract import OcrError, OcrResponse
+from ocrbatch.metrics import WorkerMetrics
+from ocrbatch.storage.base import Storage
+from ocrbatch.webhooks.service import PendingItem, WebhookService, item_payload
+from ocrbatch.worker.discovery import DiscoveredItem, failure_record_key
+from ocrbatch.worker.prepare import PreparedItem
+from ocrbatch.worker.result_files import CONTENT_TYPES, render_json, render_xlsx
+
+log = structlog.get_logger("ocrbatch.worker.worker")
+
+
+class ItemOutcomes:
+    """Writes the outcomes of one batch's items to its result location."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        results: Storage,
+        *,
+        suffix: str,
+        domain_kind: Literal["general", "template"],
+        report: BatchReport,
+        metrics: WorkerMetrics,
+        webhooks: WebhookService | None,
+    ) -> None:
+        self._batch = batch
+        self._results = results
+        self._suffix = suffix
+        self._domain_kind = domain_kind
+        self._report = report
+        self._metrics = metrics
+        self._webhooks = webhooks
+
+    async def store_result(
+        self, prepared: PreparedItem, response: OcrResponse, attempts: int
+    ) -> PendingItem | None:
+        """Write the item's result; returns its webhook notice, for `succeeded` or `abandon`."""
+        item = prepared.item
+        notice = await self._notice(
+            item.key, self._suffix, prepared.etag, succeeded=True, message="SUCCESS", response=response
+        )
+        try:
+            await asyncio.shield(self._write_result(prepared, response, attempts))
+        except BaseException:
+            await self.abandon(notice)
+            raise
+        return notice
+
+    async def succeeded(self, key: str, notice: PendingItem | None, *, attempts: int, pages: int) -> None:
+        """The stored result stays: count it and announce it."""
+        self._report.succeeded += 1
+        self._metrics.items.labels(batch=self._batch.name, outcome="succeeded").inc()
+        if notice is not None and self._webhooks is not None:
+            await self._webhooks.item_done(notice)
+        log.info(
+            "item.done", batch_id=self._batch.id, key=key, outcome="succeeded", attempts=attempts, pages=pages
+        )
+
+    async def abandon(self, notice: PendingItem | None) -> None:
+        """The result is not kept (not written, or made from a replaced input): no announcement."""
+        if notice is not None and self._webhooks is not None:
+            await self._webhooks.item_abandoned(notice)
+
+    async def record_failure(
+        self,
+        item: DiscoveredItem,
+        etag: str,
+        error: OcrError | None,
+        message: str,
+        *,
+        retryable: bool,
+        attempts: int,
+    ) -> None:
+        """Write the item's failure record (final unless `retryable`), count and announce it."""
+        record = {
+            "key": item.key,
+            "source_etag": etag,
+            "code": error.code if error else None,
+            "message": message,
+            "trace_id": error.trace_id if error else None,
+            "attempts": attempts,
+            "retryable": retryable,
+            "failed_at": datetime.now(UTC).isoformat(),
+        }
+        key = failure_record_key(item.key)
+        notice = await self._notice(key, "", etag, succeeded=False, message=message, response=None)
+        try:
+            await asyncio.shield(
+                self._results.write(
+                    key,
+                    json.dumps(record, ensure_ascii=False, indent=1).encode(),
+                    metadata={"source-etag": etag, "retryable": "true" if retryable else "false"},
+                    content_type="application/json",
+                )
+            )
+        except BaseException:
+            await self.abandon(notice)
+            raise
+        self._report.failed += 1
+        self._metrics.items.labels(batch=self._batch.name, outcome="failed").inc()
+        if notice is not None and self._webhooks is not None:
+            await self._webhooks.item_done(notice)
+        log.info(
+            "item.done",
+            batch_id=self._batch.id,
+            key=item.key,
+            outcome="failed",
+            code=record["code"],
+            reason=message,
+            retryable=retryable,
+            attempts=attempts,
+        )
+
+    async def _write_result(self, prepared: PreparedItem, response: OcrResponse, attempts: int) -> None:
+        item = prepared.item
+        body = (
+            render_json(response)
+            if self._suffix == ".json"
+            else await asyncio.to_thread(render_xlsx, response, kind=self._domain_kind)
+        )
+        metadata = {
+            "source-key": item.key,
+            "source-etag": prepared.etag,
+            "batch-id": self._batch.id,
+            "domain": self._batch.domain,
+            "attempts": str(attempts),
+        }
+        await self._results.write(
+            item.key + self._suffix, body, metadata=metadata, content_type=CONTENT_TYPES[self._suffix]
+        )
+        if item.retry_of_failure:
+            await self._results.delete(failure_record_key(item.key))
+
+    async def _notice(
+        self,
+        key: str,
+        suffix: str,
+        source_etag: str,
+        *,
+        succeeded: bool,
+        message: str,
+        response: OcrResponse | None,
+    ) -> PendingItem | None:
+        """The item's webhook notice, made durable before its result is written (None for batches
+        without a webhook)."""
+        webhooks, webhook = self._webhooks, self._batch.webhook
+        if webhooks is None or webhook is None:
+            return None
+        source_key = key.removeprefix("_failed/").removesuffix(".json") if not succeeded else key
+        payload = item_payload(
+            key=source_key,
+            result_location=self._batch.result_location.join(key + suffix),
+            succeeded=succeeded,
+            message=message,
+            response=response,
+            locations_only=webhook.locations_only,
+        )
+        return await webhooks.item_pending(
+            self._batch.id, payload, result_key=key + suffix, source_etag=source_etag
+        )

@@ -1,0 +1,281 @@
+"""The batch worker: every pending input of every batch becomes a result or a failure record.
+
+One pass (`Worker.run_pass`) runs every active batch at once (`batch_run.BatchRun`), sharing one
+limiter per OCR domain, the HTTP clients and the memory budget for reads; it logs progress and
+keeps `_report.json` current meanwhile. `run_forever` repeats passes every poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from ocrbatch.batches.events import Upload, batches_for
+from ocrbatch.batches.report import BatchReport
+from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.store import BatchStore
+from ocrbatch.clova.client import OcrClient
+from ocrbatch.clova.retries import Sleep
+from ocrbatch.errors import StorageError
+from ocrbatch.metrics import LiveState, WorkerMetrics
+from ocrbatch.settings import Settings
+from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.service import WebhookService
+from ocrbatch.worker.batch_run import BatchRun, PassContext
+from ocrbatch.worker.limiter import DomainLimiter
+from ocrbatch.worker.prepare import MemoryBudget
+
+log = structlog.get_logger("ocrbatch.worker.worker")
+# Announcements processed at once; beyond that an announcement starts a pass, which finds the rest.
+MAX_ANNOUNCEMENTS_IN_FLIGHT = 64
+
+
+@dataclass
+class PassResult:
+    """What one pass did: per batch its report, and the batches that ended in error."""
+
+    reports: dict[str, BatchReport] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # batch id -> reason
+
+
+class Worker:
+    """Runs passes over every active batch; one instance per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: BatchStore,
+        storages: StorageFactory,
+        session: aiohttp.ClientSession,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        claims: ItemClaims | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._storages = storages
+        self._sleep = sleep
+        self._clock = clock
+        self.limiters = {
+            name: DomainLimiter(
+                name,
+                max_concurrent_calls=domain.max_concurrent_calls,
+                calls_per_second=domain.calls_per_second,
+                clock=clock,
+                sleep=sleep,
+            )
+            for name, domain in settings.domains.items()
+        }
+        self.stopping = asyncio.Event()
+        self._triggered = asyncio.Event()
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(self._live_state)
+        self._runs: list[BatchRun] = []
+        self.context = PassContext(
+            settings=settings,
+            limiters=self.limiters,
+            clients={
+                name: OcrClient.for_domain(session, domain) for name, domain in settings.domains.items()
+            },
+            budget=MemoryBudget(settings.worker.prefetch_memory_mb * 1024 * 1024),
+            sleep=sleep,
+            clock=clock,
+            stopping=self.stopping,
+            set_status=self._set_status,
+            metrics=self.metrics,
+            claims=claims,
+        )
+        self.webhooks = WebhookService(
+            settings.webhook,
+            session,
+            set_status=self._set_status,
+            domain_secrets={
+                name: domain.webhook_secret.get_secret_value()
+                for name, domain in settings.domains.items()
+                if domain.webhook_secret is not None
+            },
+            clock=clock,
+            sleep=sleep,
+            metrics=self.metrics,
+            claims=claims,
+        )
+        self.context.webhooks = self.webhooks
+        self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
+        self._announcements: set[asyncio.Task[None]] = set()
+
+    async def finish(self, timeout_s: float) -> None:
+        """Make chunks of what is buffered and give deliveries `timeout_s` to complete; whatever
+        is not delivered by then stays in the outboxes and is sent by the next run."""
+        await self.webhooks.flush()
+        if not await self.webhooks.drain(timeout_s):
+            log.warning("webhook.undelivered_at_exit", chunks=self.webhooks.outbox_size)
+        await self.webhooks.close()
+
+    def stop(self) -> None:
+        """Stop taking new items; items already being processed finish."""
+        self.stopping.set()
+
+    def announce(self, uploads: list[Upload]) -> None:
+        """Process uploads an event announced now, beside any pass (which may be long); when too
+        many announcements are under way, or one leaves items unsettled, start a pass instead."""
+        if len(self._announcements) >= MAX_ANNOUNCEMENTS_IN_FLIGHT or self.stopping.is_set():
+            self.trigger()
+            return
+        task = asyncio.create_task(self._process_announced(uploads))
+        self._announcements.add(task)
+        task.add_done_callback(self._announcements.discard)
+
+    async def _process_announced(self, uploads: list[Upload]) -> None:
+        try:
+            settled = await self.process_uploads(uploads)
+        except Exception as exc:  # the pass below covers whatever this left
+            log.error("events.processing_failed", error=str(exc))
+            settled = False
+        if not settled and not self.stopping.is_set():
+            self.trigger()
+
+    async def wait_for_announcements(self) -> None:
+        """Until every announcement under way is processed (after `stop()`, that is quick)."""
+        while self._announcements:
+            await asyncio.gather(*self._announcements, return_exceptions=True)
+
+    @property
+    def pass_requested(self) -> bool:
+        """A pass was asked for (`trigger`) since the last one started."""
+        return self._triggered.is_set()
+
+    def trigger(self) -> None:
+        """Start the next pass now (an upload was announced) rather than at the next poll."""
+        self._triggered.set()
+
+    async def run_forever(self) -> None:
+        """Pass after pass, every poll interval or sooner when triggered, until `stop()`."""
+        while not self.stopping.is_set():
+            self._triggered.clear()
+            await self.run_pass()
+            wake = [asyncio.create_task(self.stopping.wait()), asyncio.create_task(self._triggered.wait())]
+            try:
+                await asyncio.wait(
+                    wake, timeout=self.settings.worker.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in wake:
+                    task.cancel()
+                await asyncio.gather(*wake, return_exceptions=True)
+
+    async def run_pass(self) -> PassResult:
+        """Discover and process every active batch once; returns when all their items are handled."""
+        result = PassResult()
+        self.context.dead_domains.clear()
+        batches = [item.batch for item in await self._store.list_batches()]
+        self._statuses = {batch.id: (batch.status, batch.status_reason) for batch in batches}
+        runs = []
+        for batch in batches:
+            if batch.status in ("paused", "error"):
+                if batch.status == "error":
+                    result.errors[batch.id] = batch.status_reason or "error"
+                continue
+            if batch.domain not in self.settings.domains:
+                reason = f"domain {batch.domain!r} is not configured"
+                await self._set_status(batch, "error", reason)
+                result.errors[batch.id] = reason
+                continue
+            try:
+                inputs = await self._storages.open(batch.input_location)
+                results = await self._storages.open(batch.result_location, create=True)
+            except StorageError as exc:
+                await self._set_status(batch, "error", str(exc))
+                result.errors[batch.id] = str(exc)
+                continue
+            runs.append(BatchRun(self.context, batch, inputs, results))
+        self._runs = runs
+        ticker = asyncio.create_task(self._tick(runs))
+        try:
+            outcomes = await asyncio.gather(*(run.run() for run in runs), return_exceptions=True)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        for run, outcome in zip(runs, outcomes, strict=True):
+            result.reports[run.batch.id] = run.report
+            if isinstance(outcome, BaseException):
+                reason = f"the batch could not be processed: {outcome}"
+                log.error("batch.failed", batch_id=run.batch.id, error=reason)
+                await self._set_status(run.batch, "error", reason)
+                result.errors[run.batch.id] = reason
+            elif run.fatal_reason is not None:
+                result.errors[run.batch.id] = run.fatal_reason
+        return result
+
+    async def process_uploads(self, uploads: list[Upload]) -> bool:
+        """Process the announced inputs now, beside any pass; True once every one is settled
+        (result or failure record written, not a document, gone, or its batch is not running).
+        False when some are left pending (shutdown, a fatal error) or held by another worker."""
+        runs = []
+        for stored in await self._store.list_batches():
+            batch = stored.batch
+            prefix = batch.input_location.prefix
+            keys = sorted({upload.key[len(prefix) :] for upload in uploads if batches_for(upload, [batch])})
+            if not keys or batch.status in ("paused", "error") or batch.domain not in self.settings.domains:
+                continue  # the pass sets such batches' status; their inputs wait for it
+            inputs = await self._storages.open(batch.input_location)
+            results = await self._storages.open(batch.result_location, create=True)
+            runs.append(BatchRun(self.context, batch, inputs, results, keys=keys))
+        outcomes = await asyncio.gather(*(run.run() for run in runs), return_exceptions=True)
+        settled = True
+        for run, outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("batch.announced_failed", batch_id=run.batch.id, error=str(outcome))
+                settled = False
+            elif run.unsettled:
+                settled = False
+        return settled
+
+    def _live_state(self) -> LiveState:
+        """What the metrics' gauges show now."""
+        return LiveState(
+            domains={name: limiter.snapshot() for name, limiter in self.limiters.items()},
+            queue_depths={run.batch.name: run.queue_depth for run in self._runs},
+            outbox_chunks=self.webhooks.outbox_size,
+        )
+
+    async def _tick(self, runs: list[BatchRun]) -> None:
+        """Progress lines every few seconds, `_report.json` refreshed every report interval."""
+        worker = self.settings.worker
+        last_report_s = self._clock()
+        while True:
+            await asyncio.sleep(worker.progress_interval_s)
+            for run in runs:
+                if run.active:
+                    log.info("batch.progress", **run.report.progress(self._clock()))
+            if self.webhooks.outbox_size:
+                log.info(
+                    "webhook.outbox",
+                    chunks=self.webhooks.outbox_size,
+                    sent=self.webhooks.sent,
+                    retried=self.webhooks.retried,
+                    dead_lettered=self.webhooks.dead_lettered,
+                )
+            if self._clock() - last_report_s >= worker.report_interval_s:
+                last_report_s = self._clock()
+                await asyncio.gather(
+                    *(run.write_report() for run in runs if run.active), return_exceptions=True
+                )
+
+    async def _set_status(self, batch: Batch, status: Any, reason: str | None = None) -> None:
+        if self._statuses.get(batch.id) == (status, reason):
+            return
+        self._statuses[batch.id] = (status, reason)
+        try:
+            await self._store.set_status(batch.id, status, reason)
+        except Exception as exc:  # the status is informative; processing goes on without it
+            log.warning("batch.status_not_saved", batch_id=batch.id, status=status, error=str(exc))
+            return
+        log.info("batch.status", batch_id=batch.id, batch=batch.name, status=status, reason=reason)
