@@ -10,12 +10,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.receiver import Delivery
+from ocrbatch.batches.layout import (
+    OUTBOX_PREFIX,
+    REPORT_KEY,
+    RESULT_SUFFIX,
+    failed_input_key,
+    failure_record_key,
+    is_own_object,
+)
+from ocrbatch.webhooks.outbox import DEAD_PREFIX, SEQUENCE_KEY
 
-FAILED_PREFIX = "_failed/"
-OUTBOX_PREFIX = "_outbox/"
-DEAD_PREFIX = "_outbox/dead/"
-OWN_OBJECTS = frozenset({"_report.json", "_outbox/sequence.json"})
-RESULT_SUFFIX = ".json"
+OWN_OBJECTS = frozenset({REPORT_KEY, SEQUENCE_KEY})
+JSON_SUFFIX = RESULT_SUFFIX["json"]  # the soak's batch writes JSON results
 
 
 @dataclass(frozen=True)
@@ -48,20 +54,14 @@ class SoakState:
 
 def _results(state: SoakState) -> set[str]:
     return {
-        key.removesuffix(RESULT_SUFFIX)
+        key.removesuffix(JSON_SUFFIX)
         for key in state.objects
-        if key.endswith(RESULT_SUFFIX)
-        and not key.startswith(("_failed/", "_outbox/"))
-        and key not in OWN_OBJECTS
+        if key.endswith(JSON_SUFFIX) and not is_own_object(key)
     }
 
 
 def _failures(state: SoakState) -> set[str]:
-    return {
-        key.removeprefix(FAILED_PREFIX).removesuffix(RESULT_SUFFIX)
-        for key in state.objects
-        if key.startswith(FAILED_PREFIX)
-    }
+    return {source for key in state.objects if (source := failed_input_key(key)) is not None}
 
 
 def _final_status(state: SoakState) -> dict[str, str]:
@@ -76,9 +76,7 @@ def check_accounting(state: SoakState) -> Check:
     both = sorted(results & failures)
     orphans = sorted((results | failures) - state.documents)
     skipped_touched = sorted(state.skipped & (results | failures))
-    retryable = sum(
-        1 for key in failures if _json(state.objects.get(FAILED_PREFIX + key + RESULT_SUFFIX), "retryable")
-    )
+    retryable = sum(1 for key in failures if _json(state.objects.get(failure_record_key(key)), "retryable"))
     detail = (
         f"{len(state.documents)} documents: {len(results & state.documents)} results, "
         f"{len(failures & state.documents)} failure records ({retryable} retryable); "
@@ -104,11 +102,10 @@ def check_whole_objects(state: SoakState) -> Check:
             continue
         if key in OWN_OBJECTS or key.startswith(OUTBOX_PREFIX):
             continue
-        if key.startswith(FAILED_PREFIX):
-            expected = key.removeprefix(FAILED_PREFIX).removesuffix(RESULT_SUFFIX)
+        if (expected := failed_input_key(key)) is not None:
             if not isinstance(document, dict) or document.get("key") != expected:
                 broken.append(key)
-        elif _image_names(document) != {key.removesuffix(RESULT_SUFFIX)}:
+        elif _image_names(document) != {key.removesuffix(JSON_SUFFIX)}:
             broken.append(key)
     detail = f"{len(state.objects)} objects read, {len(broken)} partial or not their input's" + _examples(
         sorted(broken)

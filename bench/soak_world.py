@@ -12,9 +12,11 @@ from pydantic import SecretStr
 
 from bench.common import OCR_SECRET, png, write_inputs
 from bench.receiver import FlakyReceiver
+from ocrbatch.batches.layout import OUTBOX_PREFIX, failed_input_key, failure_record_key, is_own_object
 from ocrbatch.clova.client import OcrCall, OcrClient, open_ocr_session
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.storage.local import PRIVATE_DIR
+from ocrbatch.webhooks.outbox import SEQUENCE_KEY
 
 EMPTY_INPUTS = 20  # zero-byte documents: failure records without a call
 CORRUPT_INPUTS = 20  # unreadable documents: failure records without a call
@@ -65,9 +67,9 @@ def stored_inputs(root: Path) -> set[str]:
     """Inputs with a result or a failure record of any kind."""
     stored = set()
     for key, _ in _files(root):
-        if key.startswith("_failed/"):
-            stored.add(key.removeprefix("_failed/").removesuffix(".json"))
-        elif key.endswith(".json") and not key.startswith("_outbox/") and key != "_report.json":
+        if (source := failed_input_key(key)) is not None:
+            stored.add(source)
+        elif key.endswith(".json") and not is_own_object(key):
             stored.add(key.removesuffix(".json"))
     return stored
 
@@ -76,16 +78,16 @@ def settled(root: Path) -> tuple[set[str], set[str], int]:
     """Inputs with a result, inputs with a final failure record, chunks waiting in the outbox."""
     results, final_failures, outbox = set(), set(), 0
     for key, path in _files(root):
-        if key.startswith("_failed/"):
+        if (source := failed_input_key(key)) is not None:
             try:
                 retryable = json.loads(path.read_bytes()).get("retryable", True)
             except (ValueError, OSError):
                 retryable = True  # being written or broken: not settled
             if not retryable:
-                final_failures.add(key.removeprefix("_failed/").removesuffix(".json"))
-        elif key.startswith("_outbox/"):
-            outbox += key.endswith(".json") and key != "_outbox/sequence.json"
-        elif key.endswith(".json") and key != "_report.json":
+                final_failures.add(source)
+        elif key.startswith(OUTBOX_PREFIX):
+            outbox += key.endswith(".json") and key != SEQUENCE_KEY  # chunks, markers, manifests
+        elif key.endswith(".json") and not is_own_object(key):
             results.add(key.removesuffix(".json"))
     return results, final_failures, outbox
 
@@ -100,7 +102,7 @@ async def apply_break(
     source_key = result_key.removesuffix(".json")
     if name == "duplicate-record":
         record = {"key": source_key, "message": "written by --break", "retryable": False}
-        target = results_dir / "_failed" / result_key
+        target = results_dir / failure_record_key(source_key)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(record), encoding="utf-8")
         return f"wrote a failure record beside the result of {source_key}"

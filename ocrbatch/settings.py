@@ -28,8 +28,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ocrbatch.errors import ConfigError, validation_problems
 from ocrbatch.locations import Location
+from ocrbatch.types import DomainKind, Language
 
-Language = Literal["ko", "ja", "zh-TW"]
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -107,7 +107,7 @@ class StorageSettings(_Section):
 class DomainSettings(_Section):
     """One CLOVA OCR endpoint and its limits."""
 
-    kind: Literal["general", "template"]
+    kind: DomainKind
     invoke_url: str
     secret: SecretStr
     max_concurrent_calls: int = Field(default=5, ge=1, le=1000)

@@ -26,7 +26,6 @@ from ocrbatch.batches.events import (
     NotAnEvent,
     SnsConfirmation,
     Upload,
-    confirm_sns_subscription,
     parse_notification,
 )
 from ocrbatch.batches.store import BatchStore, batch_store_in
@@ -34,6 +33,7 @@ from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.emulator.faults import ScriptedFault
 from ocrbatch.locations import Location
 from ocrbatch.service.api import create_app
+from ocrbatch.service.sns import confirm_sns_subscription
 from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.local import LocalStorage

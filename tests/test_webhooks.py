@@ -19,6 +19,7 @@ from samples import png
 from test_worker import create_batch
 from webhook_receiver import Receiver
 
+from ocrbatch.batches.layout import OUTBOX_PREFIX
 from ocrbatch.batches.spec import Batch
 from ocrbatch.locations import Location
 from ocrbatch.service.lifecycle import run_worker
@@ -26,7 +27,7 @@ from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.local import LocalStorage
-from ocrbatch.webhooks.outbox import DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX, OUTBOX_PREFIX
+from ocrbatch.webhooks.outbox import DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX
 from ocrbatch.webhooks.service import RECOVER_INTERVAL_S, WebhookService
 from ocrbatch.webhooks.signing import InvalidSignature, verify
 

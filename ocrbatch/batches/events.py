@@ -14,9 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit
-
-import aiohttp
+from urllib.parse import unquote_plus
 
 from ocrbatch.batches.spec import Batch
 
@@ -87,15 +85,3 @@ def batches_for(upload: Upload, batches: Iterable[Batch]) -> list[Batch]:
         and batch.input_location.bucket == upload.bucket
         and upload.key.startswith(batch.input_location.prefix)
     ]
-
-
-async def confirm_sns_subscription(session: aiohttp.ClientSession, subscribe_url: str) -> None:
-    """Confirm an SNS HTTP subscription by fetching its SubscribeURL: https only (loopback http is
-    allowed for local stores), so a forged confirmation cannot make the server fetch internal URLs."""
-    parts = urlsplit(subscribe_url)
-    loopback = parts.hostname in ("localhost", "::1") or (parts.hostname or "").startswith("127.")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise NotAnEvent("the SNS SubscribeURL must be https")
-    async with session.get(subscribe_url, timeout=aiohttp.ClientTimeout(total=15)) as response:
-        if response.status != 200:
-            raise NotAnEvent(f"confirming the SNS subscription failed: HTTP {response.status}")

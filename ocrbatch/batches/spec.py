@@ -28,7 +28,8 @@ from pydantic import (
 
 from ocrbatch.errors import BatchRuleViolation, validation_problems
 from ocrbatch.locations import Location
-from ocrbatch.settings import DomainSettings, Language, check_http_url, read_secret_files
+from ocrbatch.settings import DomainSettings, check_http_url, read_secret_files
+from ocrbatch.types import Language
 
 BatchStatus = Literal["available", "running", "paused", "error"]
 FileFormat = Literal["json", "xls"]

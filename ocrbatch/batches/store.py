@@ -14,7 +14,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,10 +46,10 @@ from ocrbatch.settings import DomainSettings, Settings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.leases import Leases, new_owner
+from ocrbatch.types import Sleep
 
 BATCH_PREFIX = "batches/"
 LOCK_KEY = "locks/catalog.json"
-Sleep = Callable[[float], Awaitable[None]]
 Action = Literal["create", "update", "unchanged", "delete"]
 _STATUS_ATTEMPTS = 10
 

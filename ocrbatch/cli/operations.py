@@ -11,12 +11,12 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from ocrbatch.batches.layout import FAILED_PREFIX, failed_input_key
 from ocrbatch.batches.report import read_report
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.cli import output as cli_output
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.discovery import FAILED_PREFIX
 from ocrbatch.worker.estimate import estimate_batch
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
             keys = [info.key async for info in results.list(FAILED_PREFIX)]
             for key in keys:
                 await results.delete(key)
-            return batch.name, [key.removeprefix(FAILED_PREFIX).removesuffix(".json") for key in keys]
+            return batch.name, [failed_input_key(key) or key for key in keys]
 
     name, items = asyncio.run(go())
     if as_json:

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -21,8 +21,6 @@ SUPPORTED_VERSIONS = ("V1", "V2")
 IMAGE_FORMATS = ("jpg", "jpeg", "png", "pdf", "tif", "tiff")
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_PDF_PAGES_PER_CALL = 10
-LANGUAGES = ("ko", "ja", "zh-TW")
-InferResult = Literal["SUCCESS", "FAILURE", "ERROR"]
 
 
 # -- requests -----------------------------------------------------------------------------------

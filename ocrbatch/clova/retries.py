@@ -4,14 +4,12 @@ honoured, a bounded number of attempts, and an injectable sleep so tests never w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
 from ocrbatch.clova.contract import OcrError
-
-Sleep = Callable[[float], Awaitable[None]]
+from ocrbatch.types import Sleep
 
 
 class _WaitHonouringRetryAfter:

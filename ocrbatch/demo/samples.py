@@ -17,7 +17,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-LANGUAGES = ("ko", "ja", "zh-TW", "en")
+from ocrbatch.types import LANGUAGES as CLOVA_LANGUAGES
+
+LANGUAGES = (*CLOVA_LANGUAGES, "en")
 SAMPLE_TEXT: dict[str, tuple[str, ...]] = {
     "ko": (
         "거래명세서 No. 2026-0142",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ocrbatch.clova.contract import ERROR_CODES
+from ocrbatch.types import FailedInferResult
 
 
 class FaultSettings(BaseModel):
@@ -42,7 +42,7 @@ class ScriptedFault(BaseModel):
     code: str | None = None
     http_status: int | None = Field(default=None, ge=400, le=599)
     drop: bool = False
-    infer_result: Literal["FAILURE", "ERROR"] | None = None
+    infer_result: FailedInferResult | None = None
     latency_ms: float | None = Field(default=None, ge=0)
     retry_after_s: int | None = Field(default=None, ge=0)
     name: str | None = None
@@ -73,7 +73,7 @@ class Decision:
     code: str | None = None
     http_status: int | None = None
     drop: bool = False
-    infer_result: Literal["FAILURE", "ERROR"] | None = None
+    infer_result: FailedInferResult | None = None
     retry_after_s: int | None = None
 
 

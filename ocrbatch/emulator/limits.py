@@ -10,11 +10,8 @@ last completion: 1.0 means every slot was busy all the time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-Clock = Callable[[], float]
 
 
 @dataclass

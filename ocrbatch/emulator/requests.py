@@ -7,11 +7,12 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from ocrbatch.clova.contract import IMAGE_FORMATS, LANGUAGES, MAX_IMAGE_BYTES, SUPPORTED_VERSIONS
+from ocrbatch.clova.contract import IMAGE_FORMATS, MAX_IMAGE_BYTES, SUPPORTED_VERSIONS
+from ocrbatch.types import LANGUAGES, DomainKind
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class BadCall(Exception):
 async def parse_call(
     request: web.Request,
     *,
-    kind: Literal["general", "template"],
+    kind: DomainKind,
     deployed_template_ids: tuple[int, ...],
     table_extraction: bool,
 ) -> ParsedCall:

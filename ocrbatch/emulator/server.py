@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from ocrbatch.clova.contract import ERROR_CODES, OcrImage, OcrResponse
 from ocrbatch.clova.documents import UnreadableDocument
 from ocrbatch.emulator.faults import Decision, FaultPlan, FaultSettings, ScriptedFault
-from ocrbatch.emulator.limits import Clock, DomainMeter
+from ocrbatch.emulator.limits import DomainMeter
 from ocrbatch.emulator.requests import BadCall, ParsedCall, parse_call
 from ocrbatch.emulator.results import default_template, general_images, template_images
 from ocrbatch.engine.tesseract import (
@@ -45,8 +45,8 @@ from ocrbatch.engine.tesseract import (
     TesseractSettings,
     detect_tesseract,
 )
+from ocrbatch.types import Clock, DomainKind
 
-DomainKind = Literal["general", "template"]
 Engine = Literal["synthetic", "tesseract"]
 STOP_GRACE_S = 0.5
 MAX_BODY_BYTES = 80 * 1024 * 1024  # a 50 MB image, base64-encoded, plus the message

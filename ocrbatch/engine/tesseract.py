@@ -24,7 +24,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,7 @@ from ocrbatch.clova.contract import (
 )
 from ocrbatch.clova.documents import is_long_image, page_sizes
 from ocrbatch.engine.pages import PageImage, page_image
+from ocrbatch.types import FailedInferResult
 
 DEFAULT_LANGUAGE = "ko"  # what the service recognises when a request names no language
 LATIN_MODEL = "eng"
@@ -70,7 +71,7 @@ class EngineUnavailable(Exception):
 class RecognitionFailed(Exception):
     """One upload cannot be recognised; `infer_result` says whether a retry may help (ERROR)."""
 
-    def __init__(self, infer_result: Literal["FAILURE", "ERROR"], message: str) -> None:
+    def __init__(self, infer_result: FailedInferResult, message: str) -> None:
         self.infer_result = infer_result
         super().__init__(message)
 

@@ -16,12 +16,13 @@ from typing import Any
 import structlog
 from aiohttp import ClientSession, web
 
-from ocrbatch.batches.events import Upload, batches_for, confirm_sns_subscription
+from ocrbatch.batches.events import Upload, batches_for
 from ocrbatch.batches.report import read_report
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore, batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.service.api import check_bind, create_app
+from ocrbatch.service.sns import confirm_sns_subscription
 from ocrbatch.service.sqs import SqsConsumer
 from ocrbatch.settings import Settings
 from ocrbatch.storage.claims import ItemClaims

@@ -23,9 +23,9 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ocrbatch.batches.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
-from ocrbatch.clova.retries import Sleep
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import SqsSettings, StorageSettings
+from ocrbatch.types import Sleep
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient

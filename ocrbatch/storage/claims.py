@@ -20,10 +20,10 @@ from typing import Any
 
 import structlog
 
-from ocrbatch.clova.retries import Sleep
 from ocrbatch.errors import StorageError
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.leases import Leases, new_owner
+from ocrbatch.types import Sleep
 
 log = structlog.get_logger("ocrbatch.storage.claims")
 CLAIM_PREFIX = "claims/"

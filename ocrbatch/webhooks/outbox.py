@@ -19,15 +19,28 @@ from typing import Any
 
 import structlog
 
+from ocrbatch.batches.layout import OUTBOX_PREFIX
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed
 from ocrbatch.storage.base import Storage
 
 log = structlog.get_logger("ocrbatch.webhooks.service")
-OUTBOX_PREFIX = "_outbox/"
-DEAD_PREFIX = "_outbox/dead/"
-ITEMS_PREFIX = "_outbox/items/"
-MANIFESTS_PREFIX = "_outbox/manifests/"
-SEQUENCE_KEY = "_outbox/sequence.json"
+DEAD_PREFIX = OUTBOX_PREFIX + "dead/"
+ITEMS_PREFIX = OUTBOX_PREFIX + "items/"
+MANIFESTS_PREFIX = OUTBOX_PREFIX + "manifests/"
+SEQUENCE_KEY = OUTBOX_PREFIX + "sequence.json"
+_CHUNK_SUFFIX = ".json"
+
+
+def chunk_key(sequence: int, chunk_id: str) -> str:
+    """Where chunk number `sequence` waits for delivery: keys sort in sequence order."""
+    return f"{OUTBOX_PREFIX}{sequence:012d}-{chunk_id}{_CHUNK_SUFFIX}"
+
+
+def chunk_id_of(key: str) -> str:
+    """The chunk id a chunk's key was built with (`chunk_key`'s inverse)."""
+    return key.rsplit("-", 1)[-1].removesuffix(_CHUNK_SUFFIX)
+
+
 _DELETES_AT_ONCE = 32
 
 
@@ -95,7 +108,7 @@ class Outbox:
     def is_chunk(key: str) -> bool:
         return (
             key.startswith(OUTBOX_PREFIX)
-            and key.endswith(".json")
+            and key.endswith(_CHUNK_SUFFIX)
             and not key.startswith((DEAD_PREFIX, ITEMS_PREFIX, MANIFESTS_PREFIX))
             and key != SEQUENCE_KEY
         )

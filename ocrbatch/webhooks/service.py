@@ -9,7 +9,7 @@ de-duplicate by it. Delivery runs in the background, one chunk at a time per bat
 they succeed; 410 stops deliveries for the batch and flags it; other 4xx are retried
 `max_attempts` times, then the chunk is parked under `_outbox/dead/` as a dead letter.
 
-A finished item is durable before its result is written (`webhook_outbox.py` has the layout): a
+A finished item is durable before its result is written (`outbox.py` has the layout): a
 worker attaching the batch chunks again the items a gone worker left unchunked, if their results
 were kept.
 """
@@ -36,13 +36,13 @@ from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.claims import ItemClaims
-from ocrbatch.webhooks.outbox import DEAD_PREFIX, OUTBOX_PREFIX, Outbox
+from ocrbatch.types import Sleep
+from ocrbatch.webhooks.outbox import DEAD_PREFIX, Outbox, chunk_id_of, chunk_key
 from ocrbatch.webhooks.signing import signed_headers
 
 log = structlog.get_logger("ocrbatch.webhooks.service")
 RECOVER_INTERVAL_S = 60.0
 SOLO_WRITER = "solo"  # the writer of a worker without claims: the only worker on its batches
-Sleep = Callable[[float], Awaitable[None]]
 SetStatus = Callable[[Batch, Any, str | None], Awaitable[None]]
 
 
@@ -296,7 +296,7 @@ class WebhookService:
                 },
                 ensure_ascii=False,
             ).encode()
-            key = f"{OUTBOX_PREFIX}{sequence:012d}-{chunk_id}.json"
+            key = chunk_key(sequence, chunk_id)
             await asyncio.shield(hook.outbox.write_chunk(key, chunk_id, body, markers))
             hook.own_markers.difference_update(markers)
             log.info(
@@ -338,7 +338,7 @@ class WebhookService:
             stored = await hook.outbox.results.read(key)
         except ObjectNotFound:
             return  # delivered by another replica meanwhile
-        chunk_id = stored.info.metadata.get("chunk-id") or key.rsplit("-", 1)[-1].removesuffix(".json")
+        chunk_id = stored.info.metadata.get("chunk-id") or chunk_id_of(key)
         webhook = hook.webhook
         secret = (
             webhook.secret.get_secret_value()

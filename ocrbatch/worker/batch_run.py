@@ -18,20 +18,22 @@ from typing import Any
 
 import structlog
 
-from ocrbatch.batches.report import BatchReport, billable_units
+from ocrbatch.batches.layout import REPORT_KEY, RESULT_SUFFIX, result_key
+from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
+from ocrbatch.clova.billing import billable_units
 from ocrbatch.clova.client import OcrCall, OcrClient
 from ocrbatch.clova.contract import ErrorClass, OcrError, OcrResponse
-from ocrbatch.clova.retries import Sleep, ocr_retrying
+from ocrbatch.clova.retries import ocr_retrying
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import Settings
 from ocrbatch.storage.base import ObjectInfo, Storage
 from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
 from ocrbatch.worker.discovery import (
     REASON_NEW,
-    REPORT_KEY,
     DiscoveredItem,
     discover,
     image_format,
@@ -41,7 +43,7 @@ from ocrbatch.worker.discovery import (
 from ocrbatch.worker.limiter import DomainLimiter
 from ocrbatch.worker.outcomes import ItemOutcomes
 from ocrbatch.worker.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, needs_bytes, prepare_item
-from ocrbatch.worker.result_files import RESULT_SUFFIX, merge_responses
+from ocrbatch.worker.result_files import merge_responses
 
 log = structlog.get_logger("ocrbatch.worker.worker")
 QUEUE_ITEMS_PER_SLOT = 4
@@ -332,7 +334,7 @@ class BatchRun:
         if current.etag == prepared.etag:
             return None
         log.info("item.changed_during_recognition", batch_id=self.batch.id, key=item.key)
-        await self._results.delete(item.key + self.suffix)
+        await self._results.delete(result_key(item.key, self.suffix))
         return dataclasses.replace(
             item, etag=current.etag, size=current.size, last_modified=current.last_modified
         )

@@ -16,23 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar
 
+from ocrbatch.batches.layout import FAILED_PREFIX, FAILURE_SUFFIX, OWN_PREFIXES, REPORT_KEY, is_reserved
 from ocrbatch.clova.contract import IMAGE_FORMATS
 from ocrbatch.errors import ObjectNotFound
 from ocrbatch.storage.base import DEFAULT_PAGE_SIZE, ObjectInfo, Storage
 
 SUPPORTED_FORMATS = frozenset(IMAGE_FORMATS)
 ItemState = Literal["pending", "done", "failed", "skipped"]
-
-FAILED_PREFIX = "_failed/"
-OUTBOX_PREFIX = "_outbox/"
-REPORT_KEY = "_report.json"
-FAILURE_SUFFIX = ".json"
-
-
-def failure_record_key(key: str) -> str:
-    """Where the failure record of input `key` lives in the result location."""
-    return FAILED_PREFIX + key + FAILURE_SUFFIX
-
 
 DEFAULT_MAX_STASH = 1000
 
@@ -42,7 +32,6 @@ REASON_RETRY = "retrying a failure"
 REASON_FAILURE_STALE = "changed since its failure"
 REASON_RESERVED = "reserved name (its result would collide with _failed/, _outbox/ or _report.json)"
 
-_RESERVED_SEGMENTS = frozenset({FAILED_PREFIX[:-1], OUTBOX_PREFIX[:-1]})
 # Sorts after every other character: `start_after=subtree + _MAX_CHAR` skips a reserved subtree.
 _MAX_CHAR = "\U0010ffff"
 
@@ -59,11 +48,6 @@ def image_format(key: str) -> str | None:
     """The key's extension, lowercased, when it is a format the OCR API reads; else None."""
     ext = _extension(key)
     return ext if ext in SUPPORTED_FORMATS else None
-
-
-def is_reserved(key: str) -> bool:
-    """True for input keys whose result or failure record would land on ocrbatch's own names."""
-    return key == REPORT_KEY or key.split("/", 1)[0] in _RESERVED_SEGMENTS
 
 
 @dataclass(frozen=True)
@@ -125,7 +109,7 @@ async def _result_listing(results: Storage, page_size: int) -> AsyncIterator[Obj
     while True:
         async with _closing(results.list(start_after=start_after, page_size=page_size)) as listing:
             async for info in listing:
-                subtree = next((p for p in (FAILED_PREFIX, OUTBOX_PREFIX) if info.key.startswith(p)), None)
+                subtree = next((p for p in OWN_PREFIXES if info.key.startswith(p)), None)
                 if subtree is None:
                     if info.key != REPORT_KEY:
                         yield info

@@ -14,15 +14,15 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ocrbatch.batches.report import page_units
+from ocrbatch.batches.layout import RESULT_SUFFIX
 from ocrbatch.batches.spec import Batch
+from ocrbatch.clova.billing import page_units
 from ocrbatch.clova.contract import MAX_PDF_PAGES_PER_CALL
 from ocrbatch.clova.documents import UnreadableDocument, page_sizes
 from ocrbatch.settings import DomainSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.worker.discovery import discover, image_format
 from ocrbatch.worker.prepare import page_refusal, size_refusal
-from ocrbatch.worker.result_files import RESULT_SUFFIX
 
 
 @dataclass

@@ -38,12 +38,12 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+from ocrbatch.types import Clock, Sleep
+
 _MAX_PROBE_ROUNDS = 64
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Literal
 
 import structlog
 
+from ocrbatch.batches.layout import failure_record_key, result_key
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
 from ocrbatch.clova.contract import OcrError, OcrResponse
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.storage.base import Storage
+from ocrbatch.types import DomainKind
 from ocrbatch.webhooks.service import PendingItem, WebhookService, item_payload
-from ocrbatch.worker.discovery import DiscoveredItem, failure_record_key
+from ocrbatch.worker.discovery import DiscoveredItem
 from ocrbatch.worker.prepare import PreparedItem
 from ocrbatch.worker.result_files import CONTENT_TYPES, render_json, render_xlsx
 
@@ -36,7 +37,7 @@ class ItemOutcomes:
         results: Storage,
         *,
         suffix: str,
-        domain_kind: Literal["general", "template"],
+        domain_kind: DomainKind,
         report: BatchReport,
         metrics: WorkerMetrics,
         webhooks: WebhookService | None,
@@ -55,7 +56,12 @@ class ItemOutcomes:
         """Write the item's result; returns its webhook notice, for `succeeded` or `abandon`."""
         item = prepared.item
         notice = await self._notice(
-            item.key, self._suffix, prepared.etag, succeeded=True, message="SUCCESS", response=response
+            item.key,
+            result_key(item.key, self._suffix),
+            prepared.etag,
+            succeeded=True,
+            message="SUCCESS",
+            response=response,
         )
         try:
             await asyncio.shield(self._write_result(prepared, response, attempts))
@@ -101,7 +107,7 @@ class ItemOutcomes:
             "failed_at": datetime.now(UTC).isoformat(),
         }
         key = failure_record_key(item.key)
-        notice = await self._notice(key, "", etag, succeeded=False, message=message, response=None)
+        notice = await self._notice(item.key, key, etag, succeeded=False, message=message, response=None)
         try:
             await asyncio.shield(
                 self._results.write(
@@ -144,7 +150,10 @@ class ItemOutcomes:
             "attempts": str(attempts),
         }
         await self._results.write(
-            item.key + self._suffix, body, metadata=metadata, content_type=CONTENT_TYPES[self._suffix]
+            result_key(item.key, self._suffix),
+            body,
+            metadata=metadata,
+            content_type=CONTENT_TYPES[self._suffix],
         )
         if item.retry_of_failure:
             await self._results.delete(failure_record_key(item.key))
@@ -152,27 +161,26 @@ class ItemOutcomes:
     async def _notice(
         self,
         key: str,
-        suffix: str,
+        stored_key: str,
         source_etag: str,
         *,
         succeeded: bool,
         message: str,
         response: OcrResponse | None,
     ) -> PendingItem | None:
-        """The item's webhook notice, made durable before its result is written (None for batches
-        without a webhook)."""
+        """The webhook notice of input `key`, made durable before its result or failure record
+        (`stored_key`) is written (None for batches without a webhook)."""
         webhooks, webhook = self._webhooks, self._batch.webhook
         if webhooks is None or webhook is None:
             return None
-        source_key = key.removeprefix("_failed/").removesuffix(".json") if not succeeded else key
         payload = item_payload(
-            key=source_key,
-            result_location=self._batch.result_location.join(key + suffix),
+            key=key,
+            result_location=self._batch.result_location.join(stored_key),
             succeeded=succeeded,
             message=message,
             response=response,
             locations_only=webhook.locations_only,
         )
         return await webhooks.item_pending(
-            self._batch.id, payload, result_key=key + suffix, source_etag=source_etag
+            self._batch.id, payload, result_key=stored_key, source_etag=source_etag
         )

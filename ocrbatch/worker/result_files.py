@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any
 
 import xlsxwriter
 from pypdf import PdfReader, PdfWriter
@@ -50,6 +50,7 @@ from ocrbatch.clova.contract import (
     Table,
 )
 from ocrbatch.clova.documents import PDF_ERRORS, UnreadableDocument, page_sizes, quiet_pypdf
+from ocrbatch.types import DomainKind
 
 RESULT_SUFFIX: dict[str, str] = {"json": ".json", "xls": ".xlsx"}
 CONTENT_TYPES: dict[str, str] = {
@@ -130,7 +131,7 @@ def render_json(response: OcrResponse) -> bytes:
 # -- Excel --------------------------------------------------------------------------------------
 
 
-def render_xlsx(response: OcrResponse, *, kind: Literal["general", "template"]) -> bytes:
+def render_xlsx(response: OcrResponse, *, kind: DomainKind) -> bytes:
     """An Excel workbook of the response, laid out as the module docstring describes."""
     buffer = BytesIO()
     workbook = xlsxwriter.Workbook(

@@ -21,12 +21,12 @@ from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import OcrClient
-from ocrbatch.clova.retries import Sleep
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import LiveState, WorkerMetrics
 from ocrbatch.settings import Settings
 from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
 from ocrbatch.worker.batch_run import BatchRun, PassContext
 from ocrbatch.worker.limiter import DomainLimiter
