@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
 from ocrbatch.batches.spec import BatchSpec, parse_spec
 from ocrbatch.batches.store import LOCK_KEY, BatchStore
@@ -20,22 +21,6 @@ DOMAINS = {
     ),
     "tpl": DomainSettings(kind="template", invoke_url="http://ocr/infer", secret="s2"),
 }
-
-
-class FakeClock:
-    """Wall-clock seconds that only move when the code under test sleeps."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def spec(name: str = "forms", **overrides: Any) -> BatchSpec:
@@ -110,7 +95,7 @@ async def test_update_changes_only_the_given_fields(storage: Storage) -> None:
     clock = FakeClock()
     store = make_store(storage, clock)
     created = await store.create(spec(webhook={"url": "http://h/x", "secret": "whsec-kept-1234"}))
-    clock.now += 60
+    clock.now_s += 60
     updated = await store.update(created.batch.name, {"file_format": "xls", "webhook": {"url": "http://h/y"}})
     assert updated.batch.id == created.batch.id
     assert updated.batch.file_format == "xls"
@@ -278,10 +263,10 @@ async def test_catalog_lease_blocks_then_times_out(storage: Storage) -> None:
     """While another writer holds a live lease, a change waits and then fails with a clear conflict."""
     clock = FakeClock()
     store = make_store(storage, clock)
-    await storage.write(LOCK_KEY, json.dumps({"owner": "other", "expires_at": clock.now + 3600}).encode())
+    await storage.write(LOCK_KEY, json.dumps({"owner": "other", "expires_at": clock.now_s + 3600}).encode())
     with pytest.raises(BatchConflict, match="being changed by another writer"):
         await store.create(spec())
-    assert clock.slept  # it waited (on the injected clock) before giving up
+    assert clock.sleeps_s  # it waited (on the injected clock) before giving up
     assert [item async for item in storage.list("batches/")] == []
 
 
@@ -289,7 +274,7 @@ async def test_expired_lease_is_taken_over(storage: Storage) -> None:
     """A lease left by a crashed writer is taken over once it expires, and released afterwards."""
     clock = FakeClock()
     store = make_store(storage, clock)
-    await storage.write(LOCK_KEY, json.dumps({"owner": "crashed", "expires_at": clock.now - 1}).encode())
+    await storage.write(LOCK_KEY, json.dumps({"owner": "crashed", "expires_at": clock.now_s - 1}).encode())
     created = await store.create(spec())
     assert (await store.get(created.batch.id)).batch.name == "forms"
     assert await keys(storage) == [f"batches/{created.batch.id}.json"]

@@ -6,11 +6,10 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
 
+from fake_clock import FakeClock
 from samples import png
-from test_worker import create_batch
-from worker_fixtures import WorkerSetup, keys
+from worker_fixtures import MakeSetup, create_batch, keys
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
@@ -18,18 +17,6 @@ from ocrbatch.storage.base import Storage
 from ocrbatch.storage.claims import ItemClaims, claim_key
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import Worker
-
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
-
-
-class FakeClock:
-    """Wall-clock seconds that move only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_a_claim_is_held_by_one_worker_until_released(storage: Storage) -> None:
@@ -53,11 +40,11 @@ async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(storage: S
     clock = FakeClock()
     stalled, other = ItemClaims(storage, ttl_s=30, clock=clock), ItemClaims(storage, ttl_s=30, clock=clock)
     assert await stalled.take("b1", "a.png")
-    clock.now += 20
+    clock.now_s += 20
     await stalled.renew_all()  # renewed: good for 30 s from now
-    clock.now += 20
+    clock.now_s += 20
     assert not await other.take("b1", "a.png")
-    clock.now += 11
+    clock.now_s += 11
     assert await other.take("b1", "a.png")
     await stalled.renew_all()
     assert (stalled.lost, stalled.held) == (1, 0)

@@ -6,17 +6,13 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from samples import pdf, png
-from test_worker import create_batch
-from worker_fixtures import WorkerSetup, keys, write_config
+from worker_fixtures import MakeSetup, create_batch, keys, write_config
 
 from ocrbatch.emulator.faults import ScriptedFault
-
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 
 
 async def ocrbatch(config: Path, *args: str) -> tuple[int, str]:

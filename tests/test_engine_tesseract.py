@@ -21,7 +21,7 @@ from engine_fixtures import fake_tesseract
 from PIL import Image
 from pydantic import ValidationError
 
-from ocrbatch.cli.engine_tmp import engine_command
+from ocrbatch.cli.servers import engine_command
 from ocrbatch.clova.client import OcrCall
 from ocrbatch.clova.documents import UnreadableDocument, page_sizes
 from ocrbatch.emulator.server import EmulatorSettings

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from samples import png
 from test_serve import TOKEN, _url_from_log
-from test_worker import create_batch
 from webhook_receiver import Receiver
-from worker_fixtures import WorkerSetup, write_config
+from worker_fixtures import MakeSetup, create_batch, write_config
 
 from ocrbatch.batches.events import (
     NotAnEvent,
@@ -38,8 +36,6 @@ from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.local import LocalStorage
 from ocrbatch.worker.worker import Worker
-
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 
 
 def record(bucket: str, key: str, event: str = "ObjectCreated:Put") -> dict[str, Any]:

@@ -3,49 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
 from ocrbatch.worker.limiter import DomainLimiter, Permit
 
 
-class FakeTime:
-    """A clock that moves only when the limiter sleeps; `gate`, when given, holds sleepers until set."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-        self.sleeps_s: list[float] = []
-        self.sleeping = asyncio.Event()  # set whenever a sleep begins
-        self.gate: asyncio.Event | None = None
-        self.on_sleep: Callable[[], None] | None = None
-
-    def clock(self) -> float:
-        return self.now_s
-
-    async def sleep(self, delay_s: float) -> None:
-        self.sleeps_s.append(delay_s)
-        self.sleeping.set()
-        if self.on_sleep is not None:
-            self.on_sleep()
-        if self.gate is not None:
-            await self.gate.wait()
-        self.now_s += delay_s
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def fake_time() -> FakeClock:
+    """Time from 0 s, moved only by the limiter's sleeps."""
+    return FakeClock(now_s=0.0)
 
 
-def make_limiter(fake_time: FakeTime, max_concurrent_calls: int = 5, **options: Any) -> DomainLimiter:
+def make_limiter(fake_time: FakeClock, max_concurrent_calls: int = 5, **options: Any) -> DomainLimiter:
     return DomainLimiter(
         "general-1",
         max_concurrent_calls=max_concurrent_calls,
-        clock=fake_time.clock,
+        clock=fake_time,
         sleep=fake_time.sleep,
         **options,
     )
@@ -62,7 +39,7 @@ async def start_waiters(tasks: list[asyncio.Task[Any]], limiter: DomainLimiter, 
     assert limiter.waiting == expected, f"{limiter.waiting} waiting, expected {expected}"
 
 
-async def test_never_more_than_cap_in_flight_under_100_tasks(fake_time: FakeTime) -> None:
+async def test_never_more_than_cap_in_flight_under_100_tasks(fake_time: FakeClock) -> None:
     """100 concurrent tasks on a cap of 5: at most 5 are ever inside a slot, and all 5 are used."""
     limiter = make_limiter(fake_time, max_concurrent_calls=5)
     inside = 0
@@ -89,7 +66,7 @@ async def test_never_more_than_cap_in_flight_under_100_tasks(fake_time: FakeTime
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
-async def test_fifo_within_a_batch(fake_time: FakeTime) -> None:
+async def test_fifo_within_a_batch(fake_time: FakeClock) -> None:
     """Waiters of one batch are admitted in the order they asked."""
     limiter = make_limiter(fake_time, max_concurrent_calls=1)
     order: list[int] = []
@@ -106,7 +83,7 @@ async def test_fifo_within_a_batch(fake_time: FakeTime) -> None:
     assert order == list(range(8))
 
 
-async def test_round_robin_across_batches(fake_time: FakeTime) -> None:
+async def test_round_robin_across_batches(fake_time: FakeClock) -> None:
     """A batch with many waiters and one with few alternate; the rest of the big one follows in order."""
     limiter = make_limiter(fake_time, max_concurrent_calls=1)
     order: list[str] = []
@@ -124,7 +101,7 @@ async def test_round_robin_across_batches(fake_time: FakeTime) -> None:
     assert order == ["A1", "B1", "A2", "B2", "A3", "B3", "A4", "A5", "A6"]
 
 
-async def test_rate_limited_halves_the_cap_down_to_one(fake_time: FakeTime) -> None:
+async def test_rate_limited_halves_the_cap_down_to_one(fake_time: FakeClock) -> None:
     """Each 0025 from a call of the current round halves the cap: 10 -> 5 -> 2 -> 1, never below 1."""
     limiter = make_limiter(fake_time, max_concurrent_calls=10)
     caps = []
@@ -136,7 +113,7 @@ async def test_rate_limited_halves_the_cap_down_to_one(fake_time: FakeTime) -> N
     assert limiter.max_cap == 10
 
 
-async def test_a_burst_of_rate_limits_from_one_round_lowers_the_cap_once(fake_time: FakeTime) -> None:
+async def test_a_burst_of_rate_limits_from_one_round_lowers_the_cap_once(fake_time: FakeClock) -> None:
     """Ten calls started under cap 10 all answered 0025: the cap drops once, to 5, not to 1."""
     limiter = make_limiter(fake_time, max_concurrent_calls=10)
     async with AsyncExitStack() as stack:
@@ -170,7 +147,7 @@ async def fail_at_cap(limiter: DomainLimiter) -> None:
             permit.rate_limited()
 
 
-async def test_a_round_of_successes_raises_the_cap_by_one_up_to_max(fake_time: FakeTime) -> None:
+async def test_a_round_of_successes_raises_the_cap_by_one_up_to_max(fake_time: FakeClock) -> None:
     """After a decrease, each round of `cap` successes adds one slot; stale successes do not count."""
     limiter = make_limiter(fake_time, max_concurrent_calls=10)
     async with AsyncExitStack() as stack:
@@ -190,7 +167,7 @@ async def test_a_round_of_successes_raises_the_cap_by_one_up_to_max(fake_time: F
     assert caps == [7, 8, 9, 10, 10, 10]
 
 
-async def test_successes_with_slots_to_spare_do_not_raise_the_cap(fake_time: FakeTime) -> None:
+async def test_successes_with_slots_to_spare_do_not_raise_the_cap(fake_time: FakeClock) -> None:
     """Only calls that took the last free slot count: a domain that never fills its cap keeps it."""
     limiter = make_limiter(fake_time, max_concurrent_calls=4)
     await fail_at_cap(limiter)
@@ -203,7 +180,7 @@ async def test_successes_with_slots_to_spare_do_not_raise_the_cap(fake_time: Fak
     assert limiter.cap == 3
 
 
-async def test_recover_after_successes_sets_the_round_length(fake_time: FakeTime) -> None:
+async def test_recover_after_successes_sets_the_round_length(fake_time: FakeClock) -> None:
     """With recover_after_successes=2, two successes add a slot whatever the cap."""
     limiter = make_limiter(fake_time, max_concurrent_calls=8, recover_after_successes=2)
     await fail_at_cap(limiter)
@@ -214,7 +191,7 @@ async def test_recover_after_successes_sets_the_round_length(fake_time: FakeTime
     assert caps == [4, 5, 5, 6]
 
 
-async def test_repeated_rate_limits_at_one_level_slow_the_probes_back_to_it(fake_time: FakeTime) -> None:
+async def test_repeated_rate_limits_at_one_level_slow_the_probes_back_to_it(fake_time: FakeClock) -> None:
     """Each new 0025 at the level that failed before doubles the rounds needed to climb back to it,
     so a cap set too high costs few 0025s; once that level holds for those rounds it is forgotten."""
     limiter = make_limiter(fake_time, max_concurrent_calls=4, recover_after_successes=1)
@@ -235,7 +212,7 @@ async def test_repeated_rate_limits_at_one_level_slow_the_probes_back_to_it(fake
     assert await successes_to_climb_back() == 1
 
 
-async def test_a_raised_cap_admits_a_waiter_at_once(fake_time: FakeTime) -> None:
+async def test_a_raised_cap_admits_a_waiter_at_once(fake_time: FakeClock) -> None:
     """When a success raises the cap, a waiting call starts without waiting for a release."""
     limiter = make_limiter(fake_time, max_concurrent_calls=4, recover_after_successes=1)
     admitted = asyncio.Event()
@@ -258,7 +235,7 @@ async def test_a_raised_cap_admits_a_waiter_at_once(fake_time: FakeTime) -> None
     assert limiter.in_flight == 0
 
 
-async def test_a_lower_cap_evicts_no_call_in_flight(fake_time: FakeTime) -> None:
+async def test_a_lower_cap_evicts_no_call_in_flight(fake_time: FakeClock) -> None:
     """Halving the cap keeps the calls in flight; new calls start only once fewer than the cap remain."""
     limiter = make_limiter(fake_time, max_concurrent_calls=4)
     admitted = asyncio.Event()
@@ -283,14 +260,14 @@ async def test_a_lower_cap_evicts_no_call_in_flight(fake_time: FakeTime) -> None
     assert limiter.in_flight == 0
 
 
-async def test_pause_holds_new_calls_until_the_longest_pause_ends(fake_time: FakeTime) -> None:
+async def test_pause_holds_new_calls_until_the_longest_pause_ends(fake_time: FakeClock) -> None:
     """0023 pauses: a call in flight goes on, new calls start only when the longest pause is over."""
     limiter = make_limiter(fake_time, max_concurrent_calls=5)
     started_at_s: list[float] = []
 
     async def call() -> None:
         async with limiter.slot("batch-a"):
-            started_at_s.append(fake_time.clock())
+            started_at_s.append(fake_time())
 
     async with AsyncExitStack() as stack:
         permit = await take(limiter, stack)
@@ -306,7 +283,7 @@ async def test_pause_holds_new_calls_until_the_longest_pause_ends(fake_time: Fak
     assert limiter.paused_for_s == 0
 
 
-async def test_a_longer_pause_during_the_wait_extends_it(fake_time: FakeTime) -> None:
+async def test_a_longer_pause_during_the_wait_extends_it(fake_time: FakeClock) -> None:
     """A 0023 arriving while calls wait out a pause pushes their start to the end of the new pause."""
     limiter = make_limiter(fake_time, max_concurrent_calls=5)
     limiter.pause(5)
@@ -317,34 +294,34 @@ async def test_a_longer_pause_during_the_wait_extends_it(fake_time: FakeTime) ->
 
     fake_time.on_sleep = quota_error_at_start
     async with limiter.slot("batch-a"):
-        assert fake_time.clock() == 20
+        assert fake_time() == 20
     assert fake_time.sleeps_s == [5, 15]
 
 
-async def test_calls_per_second_spaces_admissions(fake_time: FakeTime) -> None:
+async def test_calls_per_second_spaces_admissions(fake_time: FakeClock) -> None:
     """At 2 calls/s, no more than 2 start in any second: 6 concurrent calls take 2 s of fake time."""
     limiter = make_limiter(fake_time, max_concurrent_calls=10, calls_per_second=2)
     started_at_s: list[float] = []
 
     async def call() -> None:
         async with limiter.slot("batch-a"):
-            started_at_s.append(fake_time.clock())
+            started_at_s.append(fake_time())
 
     await asyncio.gather(*(call() for _ in range(6)))
     assert started_at_s == [0, 0, 1, 1, 2, 2]
 
 
-async def test_calls_per_second_below_one(fake_time: FakeTime) -> None:
+async def test_calls_per_second_below_one(fake_time: FakeClock) -> None:
     """At 0.5 calls/s, calls start 2 s apart."""
     limiter = make_limiter(fake_time, max_concurrent_calls=10, calls_per_second=0.5)
     started_at_s: list[float] = []
     for _ in range(3):
         async with limiter.slot("batch-a"):
-            started_at_s.append(fake_time.clock())
+            started_at_s.append(fake_time())
     assert started_at_s == [0, 2, 4]
 
 
-async def test_cancelled_waiters_leak_no_slot(fake_time: FakeTime) -> None:
+async def test_cancelled_waiters_leak_no_slot(fake_time: FakeClock) -> None:
     """Cancelling queued waiters, or one admitted in the same instant, frees everything they held."""
     limiter = make_limiter(fake_time, max_concurrent_calls=2)
     order: list[str] = []
@@ -380,7 +357,7 @@ async def test_cancelled_waiters_leak_no_slot(fake_time: FakeTime) -> None:
         assert limiter.in_flight == 2
 
 
-async def test_cancelling_the_waiter_doing_the_timed_wait_hands_it_on(fake_time: FakeTime) -> None:
+async def test_cancelling_the_waiter_doing_the_timed_wait_hands_it_on(fake_time: FakeClock) -> None:
     """If the waiter sleeping out a pause is cancelled, the next one takes over the wait."""
     limiter = make_limiter(fake_time, max_concurrent_calls=2)
     fake_time.gate = asyncio.Event()
@@ -401,12 +378,12 @@ async def test_cancelling_the_waiter_doing_the_timed_wait_hands_it_on(fake_time:
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
-async def _start_at(limiter: DomainLimiter, fake_time: FakeTime) -> float:
+async def _start_at(limiter: DomainLimiter, fake_time: FakeClock) -> float:
     async with limiter.slot("batch-b"):
-        return fake_time.clock()
+        return fake_time()
 
 
-async def test_an_exception_inside_the_slot_releases_it(fake_time: FakeTime) -> None:
+async def test_an_exception_inside_the_slot_releases_it(fake_time: FakeClock) -> None:
     """A call that raises gives its slot back, to the next waiter."""
     limiter = make_limiter(fake_time, max_concurrent_calls=1)
 
@@ -421,7 +398,7 @@ async def test_an_exception_inside_the_slot_releases_it(fake_time: FakeTime) -> 
     assert limiter.in_flight == 0
 
 
-async def test_snapshot(fake_time: FakeTime) -> None:
+async def test_snapshot(fake_time: FakeClock) -> None:
     """snapshot() names the domain and reports cap, max cap, calls in flight and waiting, and the pause."""
     limiter = make_limiter(fake_time, max_concurrent_calls=4)
     assert limiter.snapshot() == {

@@ -7,18 +7,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from samples import png
 from webhook_receiver import Receiver
-from worker_fixtures import WorkerSetup, write_config
+from worker_fixtures import MakeSetup, write_config
 
 from ocrbatch.emulator.faults import ScriptedFault
 
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 TOKEN = "api-token-for-tests-0123456789"
 
 

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,16 +16,13 @@ from typing import Any
 import aioboto3
 from samples import png
 from test_serve import TOKEN, _url_from_log
-from test_worker import create_batch
-from worker_fixtures import WorkerSetup, keys, write_config
+from worker_fixtures import MakeSetup, WorkerSetup, create_batch, keys, write_config
 
 from ocrbatch.batches.events import Upload
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.service.sqs import SqsConsumer
 from ocrbatch.settings import SqsSettings, StorageSettings
 from ocrbatch.storage.factory import StorageFactory
-
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 
 
 def _session(storage: StorageSettings) -> aioboto3.Session:

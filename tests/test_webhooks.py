@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 from samples import png
-from test_worker import create_batch
 from webhook_receiver import Receiver
+from worker_fixtures import create_batch
 
 from ocrbatch.batches.layout import OUTBOX_PREFIX
 from ocrbatch.batches.spec import Batch

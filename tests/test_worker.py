@@ -4,36 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 from openpyxl import load_workbook
 from samples import jpeg, pdf, png, tiff
 from structlog.testing import capture_logs
-from worker_fixtures import WorkerSetup, keys, read_json, with_domain
+from worker_fixtures import MakeSetup, create_batch, keys, read_json, with_domain
 
-from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import Worker
-
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
-
-
-async def create_batch(setup: WorkerSetup, settings: Settings, **fields: object) -> str:
-    spec = {
-        "name": "receipts",
-        "domain": "receipts",
-        "input_path": f"s3://{setup.bucket}/in",
-        "result_path": f"s3://{setup.bucket}/out",
-        **fields,
-    }
-    async with StorageFactory(settings.storage) as storages:
-        store = await batch_store_in(settings, storages)
-        return (await store.create(parse_spec(spec))).batch.id
 
 
 async def batch_status(settings: Settings, batch_id: str) -> tuple[str, str | None]:

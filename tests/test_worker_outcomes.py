@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from samples import png
 from structlog.testing import capture_logs
-from worker_fixtures import WorkerSetup, keys, read_json
+from worker_fixtures import MakeSetup, create_batch, keys, read_json
 
-from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.emulator.faults import ScriptedFault
@@ -18,20 +17,6 @@ from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import PassResult, Worker
-
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
-
-
-async def create_batch(setup: WorkerSetup, settings: Settings, **fields: object) -> str:
-    spec = {
-        "name": "receipts",
-        "domain": "receipts",
-        "input_path": f"s3://{setup.bucket}/in",
-        "result_path": f"s3://{setup.bucket}/out",
-        **fields,
-    }
-    async with StorageFactory(settings.storage) as storages:
-        return (await (await batch_store_in(settings, storages)).create(parse_spec(spec))).batch.id
 
 
 async def one_pass(

@@ -7,19 +7,17 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from samples import png
 from webhook_receiver import Receiver
-from worker_fixtures import WorkerSetup, keys, write_config
+from worker_fixtures import MakeSetup, WorkerSetup, keys, write_config
 
 from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.batch_run import item_tasks_per_batch
 
-MakeSetup = Callable[..., Awaitable[WorkerSetup]]
 INPUTS = 60
 
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import batch_store_in
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.locations import Location
 from ocrbatch.settings import Settings, StorageSettings
 from ocrbatch.storage.base import Storage
+from ocrbatch.storage.factory import StorageFactory
+
+MakeSetup = Callable[..., Awaitable["WorkerSetup"]]  # the `make_worker_setup` fixture
 
 FAST_WORKER = {
     "max_attempts": 8,
@@ -66,6 +72,20 @@ class WorkerSetup:
 
     def location(self, prefix: str) -> Location:
         return Location.parse(f"s3://{self.bucket}/{prefix}")
+
+
+async def create_batch(setup: WorkerSetup, settings: Settings, **fields: object) -> str:
+    """Create a batch reading `in/` and writing `out/` of the setup's bucket; returns its id."""
+    spec = {
+        "name": "receipts",
+        "domain": "receipts",
+        "input_path": f"s3://{setup.bucket}/in",
+        "result_path": f"s3://{setup.bucket}/out",
+        **fields,
+    }
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        return (await store.create(parse_spec(spec))).batch.id
 
 
 async def keys(storage: Storage, prefix: str = "") -> list[str]:

@@ -22,9 +22,8 @@ import yaml
 from ocrbatch.batches.spec import BatchStatus, parse_spec
 from ocrbatch.batches.store import BatchStore, open_batch_store
 from ocrbatch.cli import output as cli_output
-from ocrbatch.cli.engine_tmp import engine_command
 from ocrbatch.cli.operations import estimate_command, retry_failed_command, status_command
-from ocrbatch.cli.servers import emulator_command
+from ocrbatch.cli.servers import emulator_command, engine_command
 from ocrbatch.demo.runner import run_demo
 from ocrbatch.errors import (
     BatchNotFound,
