@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.live import Live
@@ -15,12 +15,10 @@ from ocrbatch.batches.layout import FAILED_PREFIX, failed_input_key
 from ocrbatch.batches.report import read_report
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.cli import output as cli_output
+from ocrbatch.cli.state import CliState
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.estimate import estimate_batch
-
-if TYPE_CHECKING:
-    from ocrbatch.cli.root import CliState
 
 
 @click.command("estimate")

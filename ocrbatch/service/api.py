@@ -54,7 +54,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
 }
 
-log = structlog.get_logger("ocrbatch.service.api")
+log = structlog.get_logger("ocrbatch.api")
 
 
 class ApiError(Exception):

@@ -25,7 +25,7 @@ from ocrbatch.storage.base import Storage
 from ocrbatch.storage.leases import Leases, new_owner
 from ocrbatch.types import Sleep
 
-log = structlog.get_logger("ocrbatch.storage.claims")
+log = structlog.get_logger("ocrbatch.claims")
 CLAIM_PREFIX = "claims/"
 WORKERS = "_workers"  # the pseudo-batch under which each running worker claims its own owner id
 # This process's identity in claims: a restart that gets the same pid (pid 1 in a container) differs.

@@ -45,7 +45,7 @@ from ocrbatch.worker.outcomes import ItemOutcomes
 from ocrbatch.worker.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, needs_bytes, prepare_item
 from ocrbatch.worker.result_files import merge_responses
 
-log = structlog.get_logger("ocrbatch.worker.worker")
+log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
 
 

@@ -25,7 +25,7 @@ from ocrbatch.worker.discovery import DiscoveredItem
 from ocrbatch.worker.prepare import PreparedItem
 from ocrbatch.worker.result_files import CONTENT_TYPES, render_json, render_xlsx
 
-log = structlog.get_logger("ocrbatch.worker.worker")
+log = structlog.get_logger("ocrbatch.worker")
 
 
 class ItemOutcomes:

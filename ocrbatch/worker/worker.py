@@ -32,7 +32,7 @@ from ocrbatch.worker.batch_run import BatchRun, PassContext
 from ocrbatch.worker.limiter import DomainLimiter
 from ocrbatch.worker.prepare import MemoryBudget
 
-log = structlog.get_logger("ocrbatch.worker.worker")
+log = structlog.get_logger("ocrbatch.worker")
 # Announcements processed at once; beyond that an announcement starts a pass, which finds the rest.
 MAX_ANNOUNCEMENTS_IN_FLIGHT = 64
 
