@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from samples import png
+from structlog.testing import capture_logs
 from test_serve import TOKEN, _url_from_log
 from webhook_receiver import Receiver
 from worker_fixtures import MakeSetup, create_batch, write_config
@@ -209,18 +210,22 @@ async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worke
         busy_pass = asyncio.create_task(worker.run_pass())
         await setup.emulator.wait_for_in_flight(1)
         await setup.inputs.write("fresh.png", png(120, 80))
-        worker.announce([Upload(setup.bucket, "in/fresh.png")])
-        await worker.wait_for_announcements()
+        with capture_logs() as logs:
+            worker.announce([Upload(setup.bucket, "in/fresh.png")])
+            await worker.wait_for_announcements()
         assert not busy_pass.done()
         assert await setup.results.head("fresh.png.json")
-        assert not worker.pass_requested
+        assert not [entry for entry in logs if entry["event"] == "worker.pass_requested"]
 
         other = ItemClaims(control, ttl_s=60)
         await setup.inputs.write("held.png", png(130, 80))
         assert await other.take(batch_id, "held.png")
-        worker.announce([Upload(setup.bucket, "in/held.png")])
-        await worker.wait_for_announcements()
-        assert worker.pass_requested  # the next pass will look at it again
+        with capture_logs() as logs:
+            worker.announce([Upload(setup.bucket, "in/held.png")])
+            await worker.wait_for_announcements()
+        requested = [entry for entry in logs if entry["event"] == "worker.pass_requested"]
+        assert requested  # the next pass will look at it again
+        assert requested[0]["reason"] == "announced inputs left unsettled"
         worker.stop()
         busy_pass.cancel()
         await asyncio.gather(busy_pass, return_exceptions=True)

@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable
 
 import pytest
+from fake_clock import FakeClock
 from openpyxl import load_workbook
 from samples import jpeg, pdf, png, tiff
 from structlog.testing import capture_logs
@@ -18,6 +19,8 @@ from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import Worker
+
+PROGRESS_INTERVAL_S = 3600.0  # only the progress ticker waits this long: the test ends its waits
 
 
 async def batch_status(settings: Settings, batch_id: str) -> tuple[str, str | None]:
@@ -65,7 +68,7 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
             "seed": 3,
         },
     )
-    settings = setup.settings()
+    settings = setup.settings(progress_interval_s=PROGRESS_INTERVAL_S)
     good = good_inputs(300)
     for key, data in good.items():
         await setup.inputs.write(key, data)
@@ -73,9 +76,26 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
         await setup.inputs.write(key, data)
     await setup.inputs.write("bad/animation.gif", b"GIF89a....")
     batch_id = await create_batch(setup, settings)
+    clock = FakeClock(now_s=0.0)
+    recognised = [100, 200, 300]  # the progress ticker's waits end at these numbers of results
+
+    async def sleep(delay_s: float) -> None:
+        """Backoffs pass at once; each wait of the ticker ends at the next number of results."""
+        if delay_s == PROGRESS_INTERVAL_S:
+            if not recognised:
+                await asyncio.Event().wait()  # no more progress lines: the pass cancels the ticker
+            wanted = recognised.pop(0)
+            await setup.emulator.wait_until(lambda: sum(setup.emulator.recognitions.values()) >= wanted)
+        await clock.sleep(delay_s)
 
     with capture_logs() as logs:
-        assert await run_worker(settings, once=True) == 0
+        async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+            store = await batch_store_in(settings, storages)
+            worker = Worker(
+                settings, store=store, storages=storages, session=session, sleep=sleep, clock=clock
+            )
+            outcome = await asyncio.wait_for(worker.run_pass(), timeout=50)
+    assert outcome.errors == {}
 
     result_keys = set(await keys(setup.results))
     assert {key + ".json" for key in good} <= result_keys
@@ -94,6 +114,10 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
     assert await batch_status(settings, batch_id) == ("available", None)
     progress = [entry for entry in logs if entry["event"] == "batch.progress"]
     assert progress, "no progress line while 300 items were processed"
+    assert len(progress) == 3  # one line per wait of the ticker that ended
+    done = [entry["done"] for entry in progress]
+    assert done == sorted(done), done  # the lines show the batch advancing
+    assert done[0] < done[-1], done
     assert {"done", "total", "rate_per_s", "eta_s", "batch_id"} <= set(progress[-1])
     assert progress[-1]["total"] == 305
     done = [entry for entry in logs if entry["event"] == "item.done"]

@@ -68,7 +68,7 @@ class PassContext:
     stopping: asyncio.Event
     set_status: Callable[[Batch, Any, str | None], Awaitable[None]]
     metrics: WorkerMetrics
-    webhooks: WebhookService | None = None
+    webhooks: WebhookService
     claims: ItemClaims | None = None  # None: this process is the only worker (tests, `run --once` alone)
     dead_domains: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> reason
 
@@ -143,8 +143,7 @@ class BatchRun:
         workers = [
             asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
         ]
-        if self.context.webhooks is not None:
-            await self.context.webhooks.attach(self.batch, self._results)
+        await self.context.webhooks.attach(self.batch, self._results)
         try:
             if self._keys is None:
                 await self._discover(queue)
@@ -168,8 +167,7 @@ class BatchRun:
             # status nor a report built from part of the listing would be true.
             log.info("batch.interrupted", **self.report.progress(self.context.clock()))
             return
-        webhooks = self.context.webhooks
-        note = webhooks.status_note(self.batch.id) if webhooks is not None else None
+        note = self.context.webhooks.status_note(self.batch.id)
         if self.fatal_reason is None and (self.report.pending_found or note):
             await self.context.set_status(self.batch, "available", note)
         await self.write_report()

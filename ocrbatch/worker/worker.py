@@ -45,6 +45,17 @@ class PassResult:
     errors: dict[str, str] = field(default_factory=dict)  # batch id -> reason
 
 
+class _NotRunnable(Exception):
+    """The batch cannot run now: paused or in error already, its domain is not configured, or its
+    locations cannot be opened (`unreachable`). `new_status`: its status must now say so."""
+
+    def __init__(self, reason: str, *, new_status: bool = True, unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.new_status = new_status
+        self.unreachable = unreachable
+
+
 class Worker:
     """Runs passes over every active batch; one instance per process."""
 
@@ -64,6 +75,12 @@ class Worker:
         self._storages = storages
         self._sleep = sleep
         self._clock = clock
+        self.stopping = asyncio.Event()
+        self._triggered = asyncio.Event()
+        self._runs: list[BatchRun] = []
+        self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
+        self._announcements: set[asyncio.Task[None]] = set()
+        self.metrics = WorkerMetrics()
         self.limiters = {
             name: DomainLimiter(
                 name,
@@ -74,25 +91,6 @@ class Worker:
             )
             for name, domain in settings.domains.items()
         }
-        self.stopping = asyncio.Event()
-        self._triggered = asyncio.Event()
-        self.metrics = WorkerMetrics()
-        self.metrics.watch(self._live_state)
-        self._runs: list[BatchRun] = []
-        self.context = PassContext(
-            settings=settings,
-            limiters=self.limiters,
-            clients={
-                name: OcrClient.for_domain(session, domain) for name, domain in settings.domains.items()
-            },
-            budget=MemoryBudget(settings.worker.prefetch_memory_mb * 1024 * 1024),
-            sleep=sleep,
-            clock=clock,
-            stopping=self.stopping,
-            set_status=self._set_status,
-            metrics=self.metrics,
-            claims=claims,
-        )
         self.webhooks = WebhookService(
             settings.webhook,
             session,
@@ -107,9 +105,22 @@ class Worker:
             metrics=self.metrics,
             claims=claims,
         )
-        self.context.webhooks = self.webhooks
-        self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
-        self._announcements: set[asyncio.Task[None]] = set()
+        self.context = PassContext(
+            settings=settings,
+            limiters=self.limiters,
+            clients={
+                name: OcrClient.for_domain(session, domain) for name, domain in settings.domains.items()
+            },
+            budget=MemoryBudget(settings.worker.prefetch_memory_mb * 1024 * 1024),
+            sleep=sleep,
+            clock=clock,
+            stopping=self.stopping,
+            set_status=self._set_status,
+            metrics=self.metrics,
+            webhooks=self.webhooks,
+            claims=claims,
+        )
+        self.metrics.watch(self._live_state)
 
     async def finish(self, timeout_s: float) -> None:
         """Make chunks of what is buffered and give deliveries `timeout_s` to complete; whatever
@@ -127,7 +138,7 @@ class Worker:
         """Process uploads an event announced now, beside any pass (which may be long); when too
         many announcements are under way, or one leaves items unsettled, start a pass instead."""
         if len(self._announcements) >= MAX_ANNOUNCEMENTS_IN_FLIGHT or self.stopping.is_set():
-            self.trigger()
+            self.trigger("too many announcements under way")
             return
         task = asyncio.create_task(self._process_announced(uploads))
         self._announcements.add(task)
@@ -140,20 +151,16 @@ class Worker:
             log.error("events.processing_failed", error=str(exc))
             settled = False
         if not settled and not self.stopping.is_set():
-            self.trigger()
+            self.trigger("announced inputs left unsettled")
 
     async def wait_for_announcements(self) -> None:
         """Until every announcement under way is processed (after `stop()`, that is quick)."""
         while self._announcements:
             await asyncio.gather(*self._announcements, return_exceptions=True)
 
-    @property
-    def pass_requested(self) -> bool:
-        """A pass was asked for (`trigger`) since the last one started."""
-        return self._triggered.is_set()
-
-    def trigger(self) -> None:
+    def trigger(self, reason: str) -> None:
         """Start the next pass now (an upload was announced) rather than at the next poll."""
+        log.info("worker.pass_requested", reason=reason)
         self._triggered.set()
 
     async def run_forever(self) -> None:
@@ -179,23 +186,13 @@ class Worker:
         self._statuses = {batch.id: (batch.status, batch.status_reason) for batch in batches}
         runs = []
         for batch in batches:
-            if batch.status in ("paused", "error"):
-                if batch.status == "error":
-                    result.errors[batch.id] = batch.status_reason or "error"
-                continue
-            if batch.domain not in self.settings.domains:
-                reason = f"domain {batch.domain!r} is not configured"
-                await self._set_status(batch, "error", reason)
-                result.errors[batch.id] = reason
-                continue
             try:
-                inputs = await self._storages.open(batch.input_location)
-                results = await self._storages.open(batch.result_location, create=True)
-            except StorageError as exc:
-                await self._set_status(batch, "error", str(exc))
-                result.errors[batch.id] = str(exc)
-                continue
-            runs.append(BatchRun(self.context, batch, inputs, results))
+                runs.append(await self._batch_run(batch))
+            except _NotRunnable as refused:
+                if refused.new_status:
+                    await self._set_status(batch, "error", refused.reason)
+                if batch.status != "paused":
+                    result.errors[batch.id] = refused.reason
         self._runs = runs
         ticker = asyncio.create_task(self._tick(runs))
         try:
@@ -218,18 +215,21 @@ class Worker:
         """Process the announced inputs now, beside any pass; True once every one is settled
         (result or failure record written, not a document, gone, or its batch is not running).
         False when some are left pending (shutdown, a fatal error) or held by another worker."""
-        runs = []
+        runs, settled = [], True
         for stored in await self._store.list_batches():
             batch = stored.batch
             prefix = batch.input_location.prefix
             keys = sorted({upload.key[len(prefix) :] for upload in uploads if batches_for(upload, [batch])})
-            if not keys or batch.status in ("paused", "error") or batch.domain not in self.settings.domains:
-                continue  # the pass sets such batches' status; their inputs wait for it
-            inputs = await self._storages.open(batch.input_location)
-            results = await self._storages.open(batch.result_location, create=True)
-            runs.append(BatchRun(self.context, batch, inputs, results, keys=keys))
+            if not keys:
+                continue
+            try:
+                runs.append(await self._batch_run(batch, keys=keys))
+            except _NotRunnable as refused:
+                # The pass sets such batches' status; their inputs wait for it.
+                if refused.unreachable:
+                    log.error("batch.announced_failed", batch_id=batch.id, error=refused.reason)
+                    settled = False
         outcomes = await asyncio.gather(*(run.run() for run in runs), return_exceptions=True)
-        settled = True
         for run, outcome in zip(runs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("batch.announced_failed", batch_id=run.batch.id, error=str(outcome))
@@ -237,6 +237,20 @@ class Worker:
             elif run.unsettled:
                 settled = False
         return settled
+
+    async def _batch_run(self, batch: Batch, *, keys: list[str] | None = None) -> BatchRun:
+        """A run of the batch over its whole input, or over the announced `keys`; `_NotRunnable`
+        says why the batch cannot run now."""
+        if batch.status in ("paused", "error"):
+            raise _NotRunnable(batch.status_reason or batch.status, new_status=False)
+        if batch.domain not in self.settings.domains:
+            raise _NotRunnable(f"domain {batch.domain!r} is not configured")
+        try:
+            inputs = await self._storages.open(batch.input_location)
+            results = await self._storages.open(batch.result_location, create=True)
+        except StorageError as exc:
+            raise _NotRunnable(str(exc), unreachable=True) from None
+        return BatchRun(self.context, batch, inputs, results, keys=keys)
 
     def _live_state(self) -> LiveState:
         """What the metrics' gauges show now."""
@@ -251,7 +265,7 @@ class Worker:
         worker = self.settings.worker
         last_report_s = self._clock()
         while True:
-            await asyncio.sleep(worker.progress_interval_s)
+            await self._sleep(worker.progress_interval_s)
             for run in runs:
                 if run.active:
                     log.info("batch.progress", **run.report.progress(self._clock()))
