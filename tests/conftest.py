@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from emulator_fixtures import StartEmulator
 from moto.server import ThreadedMotoServer
+from process_fixtures import ServeProcess
+from process_fixtures import serve_process as start_serve_process
 from pydantic import SecretStr
 from worker_fixtures import WorkerSetup
 
@@ -184,3 +186,15 @@ async def make_worker_setup(
         return WorkerSetup(bucket, emulator, s3_settings, inputs, results)
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: `ocrbatch serve` as a real child process.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve_process() -> ServeProcess:
+    """`async with serve_process(config) as served:` a running `ocrbatch serve` whose API listens at
+    `served.url`; on exit it is stopped with SIGTERM and must exit 0."""
+    return start_serve_process

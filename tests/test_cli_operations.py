@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from process_fixtures import start_ocrbatch
 from samples import pdf, png
 from worker_fixtures import MakeSetup, create_batch, keys, write_config
 
@@ -16,21 +15,9 @@ from ocrbatch.emulator.faults import ScriptedFault
 
 
 async def ocrbatch(config: Path, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "--config",
-        str(config),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
+    """The exit code and stdout of `ocrbatch ARGS` (its stderr, where the CLI logs, left out)."""
+    process = await start_ocrbatch(config, *args, stderr=asyncio.subprocess.DEVNULL)
+    return await process.wait(timeout_s=120), process.output
 
 
 async def estimate(config: Path) -> dict[str, Any]:

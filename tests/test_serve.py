@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 import aiohttp
+from process_fixtures import TOKEN, ServeProcess, start_ocrbatch
 from prometheus_client.parser import text_string_to_metric_families
 from samples import png
 from webhook_receiver import Receiver
@@ -17,18 +17,10 @@ from worker_fixtures import MakeSetup, write_config
 
 from ocrbatch.emulator.faults import ScriptedFault
 
-TOKEN = "api-token-for-tests-0123456789"
 
-
-async def _url_from_log(stream: asyncio.StreamReader) -> str:
-    while line := await stream.readline():
-        if b'"event": "api.listening"' in line:
-            url: str = json.loads(line)["url"]
-            return url
-    raise AssertionError("serve ended without listening")
-
-
-async def test_serve_runs_the_api_beside_the_worker(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+async def test_serve_runs_the_api_beside_the_worker(
+    make_worker_setup: MakeSetup, serve_process: ServeProcess, tmp_path: Path
+) -> None:
     """A batch created through the API gets its upload recognised by the same process; health,
     status and auth work; SIGTERM stops it with exit code 0."""
     receiver = Receiver()
@@ -37,23 +29,9 @@ async def test_serve_runs_the_api_beside_the_worker(make_worker_setup: MakeSetup
     config = write_config(setup, tmp_path / "ocrbatch.toml")
     with config.open("a", encoding="utf-8") as file:
         file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\n[webhook]\nidle_flush_s = 0.1\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "--config",
-        str(config),
-        "serve",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
     try:
-        url = await asyncio.wait_for(_url_from_log(process.stdout), timeout=60)
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        async with aiohttp.ClientSession() as session:
+        async with serve_process(config) as served, aiohttp.ClientSession() as session:
+            url, auth = served.url, {"Authorization": f"Bearer {TOKEN}"}
             async with session.get(url + "/healthz") as response:
                 assert response.status == 200
             async with session.get(url + "/api/v1/batches") as response:
@@ -70,7 +48,7 @@ async def test_serve_runs_the_api_beside_the_worker(make_worker_setup: MakeSetup
                 batch_id = (await response.json())["id"]
             setup.emulator.faults.script([ScriptedFault(code="0500", name="upload.png")])  # one retry
             await setup.inputs.write("upload.png", png(321, 100))
-            await asyncio.wait_for(receiver.wait_for(1), timeout=60)  # recognised and delivered
+            await receiver.wait_for(1, timeout_s=60)  # recognised and delivered
             assert receiver.received[0].payload["items"][0]["key"] == "upload.png"
             async with session.get(f"{url}/api/v1/batches/{batch_id}/status", headers=auth) as response:
                 status = await response.json()
@@ -90,8 +68,6 @@ async def test_serve_runs_the_api_beside_the_worker(make_worker_setup: MakeSetup
         assert samples[("ocrbatch_webhook_chunks_total", (("outcome", "sent"),))] == 1
         assert samples[("ocrbatch_webhook_outbox_chunks", ())] == 0
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
         await receiver.stop()
 
 
@@ -112,21 +88,11 @@ async def test_serve_refuses_a_public_address_without_a_token(
     config = write_config(setup, tmp_path / "ocrbatch.toml")
     with config.open("a", encoding="utf-8") as file:
         file.write('[api]\nhost = "0.0.0.0"\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "--config",
-        str(config),
-        "serve",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 2
-    assert err.decode().startswith("error: ")
-    assert "token" in err.decode()
+    process = await start_ocrbatch(config, "serve")
+    assert await process.wait() == 2
+    assert len(process.lines) == 1, process.output  # its stdout and stderr: the one line
+    assert process.lines[0].startswith("error: ")
+    assert "token" in process.lines[0]
 
 
 def dockerfile_instruction(name: str) -> list[str]:
@@ -150,17 +116,10 @@ async def test_the_container_entrypoint_and_healthcheck_work_outside_docker(
     with config.open("a", encoding="utf-8") as file:
         file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\n')
     script = str(Path(sys.executable).parent / entrypoint[0])
-    process = await asyncio.create_subprocess_exec(
-        script,
-        *entrypoint[1:],
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "OCRBATCH_CONFIG": str(config), "PYTHONUNBUFFERED": "1"},
+    process = await start_ocrbatch(
+        None, *entrypoint[1:], command=[script], env={"OCRBATCH_CONFIG": str(config)}
     )
-    assert process.stdout is not None
-    url = await asyncio.wait_for(_url_from_log(process.stdout), timeout=60)
-    port = url.rsplit(":", 1)[1]
+    port = str((await process.wait_for_log("api.listening"))["url"]).rsplit(":", 1)[1]
     assert healthcheck[0] == "python"
     check = [sys.executable, *healthcheck[1:]]  # the image's python is this one here
 
@@ -174,6 +133,5 @@ async def test_the_container_entrypoint_and_healthcheck_work_outside_docker(
         return await asyncio.wait_for(probe.wait(), timeout=30) == 0
 
     assert await healthy()
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+    assert await process.stop() == 0
     assert not await healthy()

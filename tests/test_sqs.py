@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aioboto3
+from process_fixtures import TOKEN, ServeProcess
 from samples import png
-from test_serve import TOKEN, _url_from_log
 from worker_fixtures import MakeSetup, WorkerSetup, create_batch, keys, write_config
 
 from ocrbatch.batches.events import Upload
@@ -72,35 +67,6 @@ async def _messages_left(storage: StorageSettings, queue_url: str) -> int:
     return sum(int(value) for value in attributes.values())
 
 
-@asynccontextmanager
-async def _serve(config: Path) -> AsyncIterator[str]:
-    """`ocrbatch serve` as a process; yields its URL, then stops it with SIGTERM (exit code 0)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "--config",
-        str(config),
-        "serve",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    drain: asyncio.Task[bytes] | None = None
-    try:
-        url = await asyncio.wait_for(_url_from_log(process.stdout), timeout=60)
-        drain = asyncio.create_task(process.stdout.read())  # keep the pipe from filling up
-        yield url
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), timeout=60)
-        output = (await drain).decode() if drain is not None else ""
-        assert code == 0, output[-3000:]
-
-
 def _serve_config(setup: WorkerSetup, path: Path, queue_url: str | None, **worker: Any) -> Path:
     config = write_config(setup, path, **worker)
     with config.open("a", encoding="utf-8") as file:
@@ -119,25 +85,33 @@ async def _wait_for_results(setup: WorkerSetup, wanted: set[str], timeout_s: flo
         while not wanted <= set(await keys(setup.results)):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(poll(), timeout=timeout_s)
+    try:
+        await asyncio.wait_for(poll(), timeout=timeout_s)
+    except TimeoutError:
+        missing = sorted(wanted - set(await keys(setup.results)))
+        raise AssertionError(f"no {missing} in the results after {timeout_s} s") from None
 
 
-async def test_an_upload_notified_through_sqs_gets_its_result_within_two_seconds(
-    make_worker_setup: MakeSetup, tmp_path: Path
+async def test_an_upload_notified_through_sqs_gets_its_result_without_waiting_for_a_pass(
+    make_worker_setup: MakeSetup, serve_process: ServeProcess, tmp_path: Path
 ) -> None:
-    """S3 -> SQS -> serve: an upload is recognised within 2 s with polling an hour away, and its
-    message is deleted once the result is written; an upload outside the batch is ignored."""
+    """S3 -> SQS -> serve: with the next pass an hour away, the message makes serve recognise the
+    upload (no pass did), and it is deleted once the result is written; an upload that is not a
+    document is ignored."""
     setup = await make_worker_setup()
     settings = setup.settings()
     await create_batch(setup, settings)
     queue_url = await _queue_for_uploads(setup)
     config = _serve_config(setup, tmp_path / "ocrbatch.toml", queue_url, poll_interval_s=3600.0)
-    async with _serve(config):
-        await _wait_for_results(setup, {"_report.json"}, timeout_s=30)  # the first pass is over
-        started = asyncio.get_running_loop().time()
+    async with serve_process(config) as served:
+        await served.wait_for_log("batch.pass_done")  # the first pass is over; the next is an hour away
         await setup.inputs.write("fresh upload.png", png(123, 45))
-        await _wait_for_results(setup, {"fresh upload.png.json"}, timeout_s=2.0)
-        assert asyncio.get_running_loop().time() - started < 2.0
+        await served.wait_for_log("sqs.message_done", uploads=1, settled=True)
+        await served.wait_for_log("item.done", key="fresh upload.png", outcome="succeeded")
+        assert "fresh upload.png.json" in await keys(setup.results)
+        # The message, not a pass, made the result.
+        assert len(served.events("batch.pass_done")) == 1
+        assert served.events("worker.pass_requested") == []
         async with _session(setup.storage_settings).client(
             "s3", endpoint_url=setup.storage_settings.endpoint_url
         ) as s3:
@@ -152,11 +126,15 @@ async def _wait_for_messages(storage: StorageSettings, queue_url: str, count: in
         while await _messages_left(storage, queue_url) != count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(poll(), timeout=30)
+    try:
+        await asyncio.wait_for(poll(), timeout=30)
+    except TimeoutError:
+        left = await _messages_left(storage, queue_url)
+        raise AssertionError(f"{left} message(s) left in the queue after 30 s, not {count}") from None
 
 
 async def test_two_replicas_on_one_queue_process_every_item_exactly_once(
-    make_worker_setup: MakeSetup, tmp_path: Path
+    make_worker_setup: MakeSetup, serve_process: ServeProcess, tmp_path: Path
 ) -> None:
     """Two serve processes consume one queue while reconciling every second: each of 40 uploads gets
     its result, the emulator recognised each exactly once, and every message was deleted."""
@@ -168,7 +146,7 @@ async def test_two_replicas_on_one_queue_process_every_item_exactly_once(
         _serve_config(setup, tmp_path / f"replica-{index}.toml", queue_url, poll_interval_s=1.0)
         for index in range(2)
     ]
-    async with _serve(configs[0]), _serve(configs[1]):
+    async with serve_process(configs[0]), serve_process(configs[1]):
         uploads = {f"batch/scan-{index:03}.png": png(150 + index, 90) for index in range(40)}
         await asyncio.gather(*(setup.inputs.write(key, data) for key, data in uploads.items()))
         await _wait_for_results(setup, {key + ".json" for key in uploads}, timeout_s=60)
@@ -181,18 +159,19 @@ async def test_two_replicas_on_one_queue_process_every_item_exactly_once(
         assert await keys(control, "claims/") == []
 
 
-async def test_an_upload_notified_through_an_sns_subscription_gets_its_result_within_two_seconds(
-    make_worker_setup: MakeSetup, tmp_path: Path
+async def test_an_upload_notified_through_an_sns_subscription_gets_its_result_without_a_pass(
+    make_worker_setup: MakeSetup, serve_process: ServeProcess, tmp_path: Path
 ) -> None:
-    """S3 -> SNS -> HTTP subscription on serve's event endpoint (token in the query): the upload is
-    recognised within 2 s with polling an hour away."""
+    """S3 -> SNS -> HTTP subscription on serve's event endpoint (token in the query): with the next
+    pass an hour away, the notification makes serve recognise the upload (no pass did)."""
     setup = await make_worker_setup()
     settings = setup.settings()
     await create_batch(setup, settings)
     config = _serve_config(setup, tmp_path / "ocrbatch.toml", None, poll_interval_s=3600.0)
     storage = setup.storage_settings
-    async with _serve(config) as url:
-        await _wait_for_results(setup, {"_report.json"}, timeout_s=30)
+    async with serve_process(config) as served:
+        url = served.url
+        await served.wait_for_log("batch.pass_done")  # the first pass is over; the next is an hour away
         session = _session(storage)
         async with (
             session.client("sns", endpoint_url=storage.endpoint_url) as sns,
@@ -208,10 +187,13 @@ async def test_an_upload_notified_through_an_sns_subscription_gets_its_result_wi
                     "TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*"]}]
                 },
             )
-        started = asyncio.get_running_loop().time()
         await setup.inputs.write("via sns.png", png(222, 111))
-        await _wait_for_results(setup, {"via sns.png.json"}, timeout_s=2.0)
-        assert asyncio.get_running_loop().time() - started < 2.0
+        await served.wait_for_log("events.received", uploads=1, for_batches=1)
+        await served.wait_for_log("item.done", key="via sns.png", outcome="succeeded")
+        assert "via sns.png.json" in await keys(setup.results)
+        # The notification, not a pass, made the result.
+        assert len(served.events("batch.pass_done")) == 1
+        assert served.events("worker.pass_requested") == []
     assert json.loads(json.dumps(setup.emulator.stats()["recognitions"])) == {"via sns.png": 1}
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 
+from process_fixtures import OcrbatchProcess, start_ocrbatch
 from samples import png
 from webhook_receiver import Receiver
 from worker_fixtures import MakeSetup, WorkerSetup, keys, write_config
@@ -40,21 +39,9 @@ async def prepare(setup: WorkerSetup, tmp_path: Path, **batch: object) -> tuple[
     return config, names
 
 
-async def start_worker(config: Path, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as output:  # the child has its own copy of the descriptor
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ocrbatch",
-            "--config",
-            str(config),
-            "run",
-            "--once",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+async def start_worker(config: Path) -> OcrbatchProcess:
+    """`ocrbatch run --once` as a process."""
+    return await start_ocrbatch(config, "run", "--once")
 
 
 async def result_sources(setup: WorkerSetup) -> set[str]:
@@ -71,9 +58,9 @@ async def test_sigkill_halfway_then_restart_loses_nothing(
     )
     config, names = await prepare(setup, tmp_path)
     emulator = setup.emulator
-    process = await start_worker(config, tmp_path / "worker.log")
+    process = await start_worker(config)
     await asyncio.wait_for(emulator.wait_until(lambda: len(emulator.recognitions) >= INPUTS // 2), timeout=60)
-    process.kill()
+    process.process.kill()
     in_flight_at_kill = set(emulator.names_in_flight)
     assert await process.wait() == -signal.SIGKILL
     # Calls the dead worker had sent still finish at the service (and count); wait for them.
@@ -82,8 +69,8 @@ async def test_sigkill_halfway_then_restart_loses_nothing(
     unsettled = in_flight_at_kill | (set(emulator.recognitions) - stored)
     assert 0 < len(stored) < INPUTS, f"{len(stored)} results stored at the kill"
 
-    restarted = await start_worker(config, tmp_path / "worker.log")
-    assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
+    restarted = await start_worker(config)
+    assert await restarted.wait() == 0
     final = await result_sources(setup)
     assert final == set(names), f"missing after the restart: {sorted(set(names) - final)}"
     twice = set(emulator.stats()["recognised_more_than_once"])
@@ -99,12 +86,11 @@ async def test_sigterm_lets_in_flight_items_finish(make_worker_setup: MakeSetup,
     )
     config, names = await prepare(setup, tmp_path)
     emulator = setup.emulator
-    process = await start_worker(config, tmp_path / "worker.log")
+    process = await start_worker(config)
     await asyncio.wait_for(emulator.wait_until(lambda: len(emulator.recognitions) >= 10), timeout=60)
     await emulator.wait_for_in_flight(1)
     in_flight = set(emulator.names_in_flight)
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+    assert await process.stop(signal.SIGTERM) == 0
     stored = await result_sources(setup)
     assert in_flight <= stored
     assert len(stored) < len(names)
@@ -112,9 +98,8 @@ async def test_sigterm_lets_in_flight_items_finish(make_worker_setup: MakeSetup,
     for key in await keys(setup.results):
         if key.endswith(".json"):
             json.loads((await setup.results.read(key)).data)  # every object is whole
-    log = (tmp_path / "worker.log").read_text(encoding="utf-8")
-    assert '"event": "worker.stopping"' in log
-    assert '"event": "batch.interrupted"' in log
+    assert process.events("worker.stopping")
+    assert process.events("batch.interrupted")
     settings = setup.settings()
     async with StorageFactory(settings.storage) as storages:
         batch = (await (await batch_store_in(settings, storages)).get("scans")).batch
@@ -127,34 +112,12 @@ async def test_a_second_signal_exits_at_once(make_worker_setup: MakeSetup, tmp_p
     config, _ = await prepare(setup, tmp_path)
     emulator = setup.emulator
     emulator.hold()  # calls stay in flight, so the first signal has something to wait for
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "--config",
-        str(config),
-        "run",
-        "--once",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
+    process = await start_worker(config)
     await asyncio.wait_for(emulator.wait_for_in_flight(1), timeout=60)
-    process.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(_line_containing(process.stdout, b'"event": "worker.stopping"'), timeout=30)
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), timeout=30) == 130
+    process.process.send_signal(signal.SIGTERM)
+    await process.wait_for_log("worker.stopping", timeout_s=30)
+    assert await process.stop(signal.SIGTERM, timeout_s=30) == 130
     emulator.release()
-
-
-async def _line_containing(stream: asyncio.StreamReader, text: bytes) -> None:
-    """Read the worker's log lines until one holds `text`."""
-    while line := await stream.readline():
-        if text in line:
-            return
-    raise AssertionError(f"the worker's log ended without {text!r}")
 
 
 async def test_chunks_in_the_outbox_survive_a_sigkill(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
@@ -166,14 +129,13 @@ async def test_chunks_in_the_outbox_survive_a_sigkill(make_worker_setup: MakeSet
         setup = await make_worker_setup(max_concurrent_calls=5)
         config, names = await prepare(setup, tmp_path, webhook={"url": receiver.url})
         receiver.gate.clear()  # the receiver takes the request and never answers
-        process = await start_worker(config, tmp_path / "worker.log")
-        await asyncio.wait_for(receiver.wait_for_held(1), timeout=60)
-        process.kill()
-        assert await process.wait() == -signal.SIGKILL
+        process = await start_worker(config)
+        await receiver.wait_for_held(1, timeout_s=60)
+        assert await process.stop(signal.SIGKILL) == -signal.SIGKILL
         held_id = receiver.held[0].headers["webhook-id"]
         receiver.gate.set()
-        restarted = await start_worker(config, tmp_path / "worker.log")
-        assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
+        restarted = await start_worker(config)
+        assert await restarted.wait() == 0
         delivered = [request for request in receiver.accepted if request.headers["webhook-id"] == held_id]
         assert delivered, "the chunk from the outbox was not delivered after the restart"
         assert sorted(entry["key"] for entry in delivered[0].payload["items"]) == names
@@ -193,25 +155,12 @@ async def test_finished_items_not_yet_in_a_chunk_survive_a_sigkill(
         config, names = await prepare(setup, tmp_path, webhook={"url": receiver.url})
         with config.open("a", encoding="utf-8") as file:
             file.write("[webhook]\nidle_flush_s = 3600\n")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ocrbatch",
-            "--config",
-            str(config),
-            "run",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert process.stdout is not None
-        await asyncio.wait_for(_line_containing(process.stdout, b'"event": "batch.pass_done"'), timeout=60)
-        process.kill()
-        await process.wait()
+        process = await start_ocrbatch(config, "run")
+        await process.wait_for_log("batch.pass_done")
+        await process.stop(signal.SIGKILL)
         assert receiver.accepted == []
-        restarted = await start_worker(config, tmp_path / "worker.log")
-        assert await asyncio.wait_for(restarted.wait(), timeout=60) == 0
+        restarted = await start_worker(config)
+        assert await restarted.wait() == 0
         delivered = [item["key"] for request in receiver.accepted for item in request.payload["items"]]
         assert sorted(delivered) == names
         assert [key for key in await keys(setup.results, "_outbox/") if key != "_outbox/sequence.json"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,9 @@ class Receiver:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def wait_for(self, count: int) -> None:
-        """Until `count` requests have been answered 2xx."""
-        async with self.arrived:
-            await self.arrived.wait_for(lambda: len(self.accepted) >= count)
+    async def wait_for(self, count: int, *, timeout_s: float = 30) -> None:
+        """Until `count` requests have been answered 2xx; fails after `timeout_s` saying how many were."""
+        await self._wait(lambda: len(self.accepted) >= count, timeout_s, f"{count} accepted requests")
 
     @property
     def accepted(self) -> list[Received]:
@@ -62,10 +62,19 @@ class Receiver:
     _statuses: list[int] = field(default_factory=list)
     held: list[Received] = field(default_factory=list)
 
-    async def wait_for_held(self, count: int) -> None:
+    async def wait_for_held(self, count: int, *, timeout_s: float = 30) -> None:
         """Until `count` requests have arrived while the gate was closed (they are not answered yet)."""
-        async with self.arrived:
-            await self.arrived.wait_for(lambda: len(self.held) >= count)
+        await self._wait(lambda: len(self.held) >= count, timeout_s, f"{count} held requests")
+
+    async def _wait(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        try:
+            async with self.arrived:
+                await asyncio.wait_for(self.arrived.wait_for(done), timeout=timeout_s)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {what} within {timeout_s} s: {len(self.received)} answered "
+                f"({len(self.accepted)} with 2xx), {len(self.held)} held"
+            ) from None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
