@@ -29,153 +29,23 @@ from typing import Literal, NoReturn
 import click
 
 from ocrbatch.demo import samples
+from ocrbatch.demo.script import (
+    DOMAIN_CAP,
+    DOMAINS,
+    MARKER,
+    SECRET,
+    STEPS,
+    apply_file,
+    demo_config,
+    write_samples,
+)
 from ocrbatch.demo.summary import print_summary
 from ocrbatch.demo.webhooks import WebhookReceiver
 from ocrbatch.engine.tesseract import EngineUnavailable, detect_tesseract, missing_languages
 
 DemoEngine = Literal["auto", "tesseract", "emulator"]
-MARKER = "# Written by `ocrbatch demo`"
-SECRET = "demo-secret"  # noqa: S105  (the loopback OCR service's key, also written to the demo's config)
 STEP_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 10
-# Three General domains, one per language, because a batch has one language and a General domain
-# one batch; they share the OCR service, whose cap is the sum of theirs.
-DOMAIN_CAP = 2
-DOMAINS = {"ocr-ko": "ko", "ocr-ja": "ja", "ocr-zh-tw": "zh-TW"}
-DEMO_CONFIG_HEAD = f"""\
-{MARKER}: local directories and the {{service}}, no cloud account.
-[storage]
-control_path = "control"
-
-[worker]
-backoff_initial_s = 0.2
-progress_interval_s = 2
-
-[logging]
-format = "console"
-level = "info"
-"""
-DEMO_DOMAIN = """
-[domains.{name}]
-kind = "general"
-invoke_url = "{url}/general"
-secret = "{secret}"
-max_concurrent_calls = {cap}
-default_language = "{language}"
-"""
-
-APPLY_FILE = """\
-# Batches declared for `ocrbatch batch apply` (GitOps style): the Korean one as created above,
-# and one per other language; the Japanese batch writes Excel workbooks.
-batches:
-  - name: 영수증-2026
-    domain: ocr-ko
-    language: ko
-    long_image: true
-    input_path: inbox/ko
-    result_path: results/ko
-    webhook: {{url: "{hook}/ko", secret_file: webhook-secret.txt}}
-  - name: 請求書＿日本
-    domain: ocr-ja
-    language: ja
-    file_format: xls
-    input_path: inbox/ja
-    result_path: results/ja
-    webhook: {{url: "{hook}/ja", secret_file: webhook-secret.txt}}
-  - name: 發票-臺灣
-    domain: ocr-zh-tw
-    language: zh-TW
-    input_path: inbox/zh-TW
-    result_path: results/zh-TW
-    webhook: {{url: "{hook}/zh-TW", secret_file: webhook-secret.txt}}
-"""
-
-# (arguments, expected exit code, what the step shows); `{hook}` is the webhook receiver's URL.
-STEPS: list[tuple[list[str], int, str]] = [
-    (["config", "check"], 0, "the effective settings, secrets masked"),
-    (
-        [
-            "batch",
-            "create",
-            "--name",
-            "영수증-2026",
-            "--domain",
-            "ocr-ko",
-            "--language",
-            "ko",
-            "--long-image",
-            "--input",
-            "inbox/ko",
-            "--result",
-            "results/ko",
-            "--webhook-url",
-            "{hook}/ko",
-            "--webhook-secret-file",
-            "webhook-secret.txt",
-        ],
-        0,
-        "a General OCR batch for long receipts too, posting results to a webhook",
-    ),
-    (
-        [
-            "batch",
-            "create",
-            "--name",
-            "second-korean",
-            "--domain",
-            "ocr-ko",
-            "--input",
-            "inbox/other",
-            "--result",
-            "results/other",
-        ],
-        2,
-        "refused: only one batch per General domain",
-    ),
-    (
-        [
-            "batch",
-            "create",
-            "--name",
-            "nested",
-            "--domain",
-            "ocr-ja",
-            "--input",
-            "inbox/ja",
-            "--result",
-            "inbox/ja/results",
-        ],
-        2,
-        "refused: the result path lies inside the input path",
-    ),
-    (
-        [
-            "batch",
-            "create",
-            "--name",
-            "bad name!",
-            "--domain",
-            "ocr-ja",
-            "--input",
-            "inbox/ja",
-            "--result",
-            "results/ja",
-        ],
-        2,
-        "refused: space and '!' are not allowed in names",
-    ),
-    (["batch", "list", "--search", "영수"], 0, "search by name"),
-    (
-        ["batch", "apply", "-f", "batches.yaml", "--dry-run"],
-        0,
-        "what applying the declared batches would change",
-    ),
-    (["batch", "apply", "-f", "batches.yaml"], 0, "apply: a Japanese and a Chinese batch are added"),
-    (["batch", "apply", "-f", "batches.yaml"], 0, "apply again: nothing changes (idempotent)"),
-    (["run", "--once"], 0, "the worker: every input becomes a result or a failure record"),
-    (["run", "--once"], 0, "again: everything is done, so no API call is made"),
-    (["batch", "list"], 0, "the batches after the run"),
-]
 _STREAMED = ("run",)  # steps whose output is shown as it comes: the worker's progress
 
 
@@ -240,13 +110,13 @@ def _run(workdir: Path, engine: DemoEngine) -> int:
     (workdir / "webhook-secret.txt").write_text(secret + "\n", encoding="utf-8")
     with WebhookReceiver(workdir / "webhooks", secret) as receiver:
         click.secho(f"webhook receiver listening on {receiver.url}", bold=True)
-        (workdir / "batches.yaml").write_text(APPLY_FILE.format(hook=receiver.url), encoding="utf-8")
+        (workdir / "batches.yaml").write_text(apply_file(receiver.url), encoding="utf-8")
         with _start_service(use_engine) as service:
             try:
                 url = _first_line(service)
                 service_name = "local OCR engine (Tesseract)" if use_engine else "CLOVA emulator"
                 click.secho(f"{service_name} listening on {url}", bold=True)
-                (workdir / "ocrbatch.toml").write_text(_config(url, use_engine), encoding="utf-8")
+                (workdir / "ocrbatch.toml").write_text(demo_config(url, use_engine), encoding="utf-8")
                 code, worker_s = _run_steps(workdir, receiver.url)
                 if code == 0:
                     print_summary(
@@ -281,15 +151,6 @@ def _choose_engine(engine: DemoEngine) -> bool:
         )
         return False
     return True
-
-
-def _config(url: str, use_engine: bool) -> str:
-    service = "local OCR engine (Tesseract)" if use_engine else "CLOVA emulator"
-    domains = "".join(
-        DEMO_DOMAIN.format(name=name, url=url, secret=SECRET, cap=DOMAIN_CAP, language=language)
-        for name, language in DOMAINS.items()
-    )
-    return DEMO_CONFIG_HEAD.format(service=service) + domains
 
 
 def _start_service(use_engine: bool) -> subprocess.Popen[str]:
@@ -389,24 +250,3 @@ def _cli(workdir: Path, args: list[str], *, stream: bool) -> int:
             if process.poll() is None:  # interrupted: the worker gets its graceful shutdown
                 _stop(process)
         return process.wait()
-
-
-def write_samples(inbox: Path) -> int:
-    """The sample documents, one folder per batch; returns how many files were written."""
-    korean, japanese, chinese = inbox / "ko", inbox / "ja", inbox / "zh-TW"
-    text = samples.SAMPLE_TEXT
-    files: dict[Path, bytes] = {
-        korean / "invoice-ko.png": samples.encode(samples.text_page(text["ko"], "ko"), "PNG"),
-        korean / "invoice-en.jpg": samples.encode(samples.text_page(text["en"], "en"), "JPEG"),
-        korean / "price-table.png": samples.encode(samples.table_page(), "PNG"),
-        korean / "contract-12-pages.pdf": samples.contract_pdf(12),
-        korean / "long-receipt.png": samples.encode(samples.long_receipt(), "PNG"),
-        korean / "broken.jpg": b"\xff\xd8\xff\xe0 not really a JPEG",
-        korean / "logo.gif": b"GIF89a",
-        japanese / "seikyusho.png": samples.encode(samples.text_page(text["ja"], "ja"), "PNG"),
-        chinese / "fapiao.png": samples.encode(samples.text_page(text["zh-TW"], "zh-TW"), "PNG"),
-    }
-    for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return len(files)

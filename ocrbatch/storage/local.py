@@ -16,19 +16,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import heapq
-import json
 import os
 import secrets
 import stat
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from itertools import islice
-from typing import IO, Any
+from typing import Any
 
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError, UnsupportedOperation
 from ocrbatch.locations import Location
@@ -40,93 +35,13 @@ from ocrbatch.storage.base import (
     check_key,
     check_metadata,
 )
+from ocrbatch.storage.sidecar import Sidecar, file_mtime, stat_etag
+from ocrbatch.storage.walk import SORT_RUN_ENTRIES, walk_files
 
 PRIVATE_DIR = ".ocrbatch"
-SORT_RUN_ENTRIES = 10_000  # names of one directory sorted in memory; more are merged from runs
-SORT_READ_BYTES = 16 * 1024
 STALE_TEMP_FILE_S = 3600.0  # a temp file this old was left by a write a crash cut short
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-_SIDECAR_VERSION = 1
-_SIDECAR_FIELDS: dict[str, Any] = {
-    "etag": str,
-    "ino": int,
-    "size": int,
-    "mtime_ns": int,
-    "content_type": (str, type(None)),
-    "metadata": dict,
-}
-
-
-@dataclass(frozen=True)
-class _Sidecar:
-    """What ocrbatch recorded when it wrote a file, valid only for that exact file."""
-
-    etag: str
-    ino: int
-    size: int
-    mtime_ns: int
-    content_type: str | None
-    metadata: dict[str, str]
-
-    def describes(self, st: os.stat_result) -> bool:
-        """True when `st` is the file this sidecar was written for (a rename keeps all three)."""
-        return (self.ino, self.size, self.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def to_json(self) -> bytes:
-        return json.dumps({"version": _SIDECAR_VERSION, **asdict(self)}, ensure_ascii=False).encode()
-
-    @classmethod
-    def from_json(cls, text: bytes) -> _Sidecar | None:
-        """The sidecar in `text`, or None when this version did not write it (treated as absent)."""
-        try:
-            doc = json.loads(text)
-            fields = {name: doc[name] for name in _SIDECAR_FIELDS}
-        except (ValueError, KeyError, TypeError):
-            return None
-        valid = doc.get("version") == _SIDECAR_VERSION and all(
-            isinstance(fields[name], kind) for name, kind in _SIDECAR_FIELDS.items()
-        )
-        if not valid or not all(isinstance(value, str) for value in fields["metadata"].values()):
-            return None
-        return cls(**fields)
-
-
-def _stat_etag(st: os.stat_result) -> str:
-    """The etag of a file ocrbatch did not write: changes whenever its mtime or size does."""
-    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
-def _mtime(st: os.stat_result) -> datetime:
-    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)
-
-
-def _sort_key(entry: tuple[str, bool]) -> bytes:
-    """Sibling order that yields S3's key order: directory `d` holds keys starting with `d/`."""
-    name, is_dir = entry
-    return (name + "/" if is_dir else name).encode()
-
-
-def _entry(sort_key: bytes) -> tuple[str, bool]:
-    """The (name, is_dir) entry back from its sort key (names cannot hold "/")."""
-    text = sort_key.decode()
-    return (text[:-1], True) if text.endswith("/") else (text, False)
-
-
-def _spill(sorted_keys: list[bytes]) -> IO[bytes]:
-    """A sorted run of sort keys in an anonymous temporary file, NUL-separated (names hold no NUL)."""
-    spilled = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the merge that reads it
-    for key in sorted_keys:
-        spilled.write(key + b"\0")
-    spilled.seek(0)
-    return spilled
-
-
-def _records(spilled: IO[bytes]) -> Iterator[bytes]:
-    pending = b""
-    while block := spilled.read(SORT_READ_BYTES):
-        *complete, pending = (pending + block).split(b"\0")
-        yield from complete
 
 
 def _fsync_dir(path: str) -> None:
@@ -253,11 +168,11 @@ class LocalStorage(Storage):
         """The object's info, from its sidecar when that describes exactly the file behind `st`."""
         sidecar = None
         with suppress(OSError), open(self._meta_path(key), "rb") as file:
-            sidecar = _Sidecar.from_json(file.read())
+            sidecar = Sidecar.from_json(file.read())
         if sidecar is not None and not sidecar.describes(st):
             sidecar = None
-        etag = sidecar.etag if sidecar else _stat_etag(st)
-        info = ObjectInfo(key=key, size=st.st_size, etag=etag, last_modified=_mtime(st))
+        etag = sidecar.etag if sidecar else stat_etag(st)
+        info = ObjectInfo(key=key, size=st.st_size, etag=etag, last_modified=file_mtime(st))
         if not details or sidecar is None:
             return info
         return ObjectInfo(
@@ -279,79 +194,14 @@ class LocalStorage(Storage):
             return list(islice(walker, page_size))
 
     def _walk(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
-        """The objects under `prefix` in S3's key order, reading one directory at a time.
-
-        The walk starts in the deepest directory the prefix names and filters its entries by the
-        rest of the prefix. Subtrees sorting entirely before `start_after` are never read.
-        """
+        """The objects under `prefix` after `start_after`, in key order (`walk.py`), without their
+        metadata (listings on S3 cannot see it either)."""
         if root_error := self._root_error():
             raise root_error
-        dir_key, _, name_prefix = prefix.rpartition("/")
-        segments = dir_key.split("/") if dir_key else []
-        if any(seg in ("", ".", "..") or "\0" in seg for seg in segments) or segments[:1] == [PRIVATE_DIR]:
-            return  # no key can lie under such a prefix
-        after = start_after.encode() if start_after is not None else None
-        start = os.path.join(self._root, *segments)
-        base = dir_key + "/" if dir_key else ""
-        stack = [(base, start, iter(self._entries(start, name_prefix, at_root=not segments)))]
-        while stack:
-            dir_key, dir_path, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                continue
-            name, is_dir = entry
-            key, path = dir_key + name, os.path.join(dir_path, name)
-            if is_dir:
-                sub = (key + "/").encode()
-                if after is None or sub > after or after.startswith(sub):
-                    stack.append((key + "/", path, iter(self._entries(path, "", at_root=False))))
-                continue
-            if after is not None and key.encode() <= after:
-                continue
-            try:
-                st = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # deleted since its directory was read, or a dangling symlink
-            if stat.S_ISREG(st.st_mode):
-                yield self._info(key, st, details=False)
-
-    def _entries(self, path: str, name_prefix: str, *, at_root: bool) -> Iterator[tuple[str, bool]]:
-        """The directory's (name, is_dir) entries in key order; none when it is gone.
-
-        Symlinked directories are not followed (a cycle would never end); symlinked files are.
-        Names that are not UTF-8 (os gives them with surrogates) cannot be keys and are skipped.
-        A directory of more than `sort_run_entries` names is sorted in runs spilled to temporary
-        files and merged, so memory stays flat however many files one directory holds.
-        """
-        runs: list[IO[bytes]] = []
-        run: list[bytes] = []
-        try:
-            with os.scandir(path) as scan:
-                for entry in scan:
-                    name = entry.name
-                    if (at_root and name == PRIVATE_DIR) or not name.startswith(name_prefix):
-                        continue
-                    with suppress(UnicodeEncodeError):
-                        run.append(_sort_key((name, entry.is_dir(follow_symlinks=False))))
-                    if len(run) >= self._sort_run_entries:
-                        runs.append(_spill(sorted(run)))
-                        run = []
-        except (FileNotFoundError, NotADirectoryError):
-            for spilled in runs:
-                spilled.close()
-            return
-        run.sort()
-        if not runs:
-            yield from (_entry(key) for key in run)
-            return
-        runs.append(_spill(run))
-        del run
-        try:
-            yield from (_entry(key) for key in heapq.merge(*(_records(spilled) for spilled in runs)))
-        finally:
-            for spilled in runs:
-                spilled.close()
+        for key, st in walk_files(
+            self._root, prefix, start_after, hidden=PRIVATE_DIR, run_entries=self._sort_run_entries
+        ):
+            yield self._info(key, st, details=False)
 
     # ---- read, head ----
 
@@ -454,7 +304,7 @@ class LocalStorage(Storage):
             try:
                 st = self._temp_file(data, temp_paths)
                 etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
-                sidecar = _Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
+                sidecar = Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
                 self._temp_file(sidecar.to_json(), temp_paths)
                 data_temp, meta_temp = temp_paths
                 with self._locked():
@@ -479,7 +329,7 @@ class LocalStorage(Storage):
                     with suppress(OSError):
                         os.unlink(temp)
             _fsync_dir(os.path.dirname(path))
-        return ObjectInfo(key, len(data), etag, _mtime(st), sidecar.metadata, sidecar.content_type)
+        return ObjectInfo(key, len(data), etag, file_mtime(st), sidecar.metadata, sidecar.content_type)
 
     def _delete_sync(self, key: str, path: str, if_match: str | None) -> None:
         meta_path = self._meta_path(key)

@@ -2,7 +2,7 @@
 
 Discovery feeds a bounded queue; a pool of item tasks reads ahead (within the shared memory budget)
 and then waits for a call slot of the domain's limiter, so a slot never waits on storage. Calls are
-retried with backoff; a fatal domain error stops the batch (and, for the domain's own
+retried with backoff (`calls.py`); a fatal domain error stops the batch (and, for the domain's own
 configuration, every batch on the domain) and leaves its items pending.
 """
 
@@ -22,9 +22,8 @@ from ocrbatch.batches.layout import REPORT_KEY, RESULT_SUFFIX, result_key
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
 from ocrbatch.clova.billing import billable_units
-from ocrbatch.clova.client import OcrCall, OcrClient
+from ocrbatch.clova.client import OcrClient
 from ocrbatch.clova.contract import ErrorClass, OcrError, OcrResponse
-from ocrbatch.clova.retries import ocr_retrying
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import Settings
@@ -32,6 +31,7 @@ from ocrbatch.storage.base import ObjectInfo, Storage
 from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
+from ocrbatch.worker.calls import BatchCalls, BatchStopped, CallFailed
 from ocrbatch.worker.discovery import (
     REASON_NEW,
     DiscoveredItem,
@@ -42,7 +42,7 @@ from ocrbatch.worker.discovery import (
 )
 from ocrbatch.worker.limiter import DomainLimiter
 from ocrbatch.worker.outcomes import ItemOutcomes
-from ocrbatch.worker.prepare import ItemRefused, MemoryBudget, Part, PreparedItem, needs_bytes, prepare_item
+from ocrbatch.worker.prepare import ItemRefused, MemoryBudget, PreparedItem, needs_bytes, prepare_item
 from ocrbatch.worker.result_files import merge_responses
 
 log = structlog.get_logger("ocrbatch.worker")
@@ -73,19 +73,6 @@ class PassContext:
     dead_domains: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> reason
 
 
-class _CallFailed(Exception):
-    """A call that failed for good, with the attempts it took (tenacity's error alone loses them)."""
-
-    def __init__(self, error: OcrError, attempts: int) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempts = attempts
-
-
-class _BatchStopped(Exception):
-    """The batch was stopped (fatal error on its domain, or shutdown): leave the item pending."""
-
-
 class BatchRun:
     """One batch during one pass, or (with `keys`) the inputs an event announced."""
 
@@ -102,7 +89,6 @@ class BatchRun:
         self.batch = batch
         self.domain = context.settings.domains[batch.domain]
         self.limiter = context.limiters[batch.domain]
-        self.client = context.clients[batch.domain]
         self.suffix = RESULT_SUFFIX[batch.file_format]
         self.report = BatchReport(batch.id, batch.name, datetime.now(UTC), context.clock())
         self.fatal_reason: str | None = None
@@ -120,6 +106,17 @@ class BatchRun:
             report=self.report,
             metrics=context.metrics,
             webhooks=context.webhooks,
+        )
+        self.calls = BatchCalls(
+            batch,
+            limiter=self.limiter,
+            client=context.clients[batch.domain],
+            report=self.report,
+            metrics=context.metrics,
+            settings=context.settings.worker,
+            clock=context.clock,
+            sleep=context.sleep,
+            stopped=lambda: self.stopped,
         )
         self._keys = keys
         # Announced keys not settled by this run (left pending, or held by another worker).
@@ -280,13 +277,13 @@ class BatchRun:
         responses: list[OcrResponse] = []
         try:
             for part in prepared.parts:
-                response, part_attempts = await self._call(item, prepared.image_format, part)
+                response, part_attempts = await self.calls.call(item.key, prepared.image_format, part)
                 attempts += part_attempts
                 responses.append(response)
-        except _BatchStopped:
+        except BatchStopped:
             self._leave_pending(item.key)
             return None
-        except _CallFailed as failed_call:
+        except CallFailed as failed_call:
             error, attempts = failed_call.error, attempts + failed_call.attempts
             if error.error_class.fatal:
                 await self._stop_batch(error)
@@ -336,65 +333,6 @@ class BatchRun:
         return dataclasses.replace(
             item, etag=current.etag, size=current.size, last_modified=current.last_modified
         )
-
-    async def _call(self, item: DiscoveredItem, fmt: str, part: Part) -> tuple[OcrResponse, int]:
-        """One part through the limiter with retries; returns the response and the attempts it took."""
-        settings = self.context.settings.worker
-        call = OcrCall(
-            name=part.image_name(item.key),
-            image_format=fmt,
-            data=part.data,
-            url=part.url,
-            lang=self.batch.language,
-            template_ids=tuple(self.batch.template_ids or ()),
-            table_detection=bool(self.batch.table_extraction),
-        )
-        attempts = 0
-        try:
-            async for attempt in ocr_retrying(
-                max_attempts=settings.max_attempts,
-                backoff_initial_s=settings.backoff_initial_s,
-                backoff_max_s=settings.backoff_max_s,
-                sleep=self.context.sleep,
-            ):
-                with attempt:
-                    if self.stopped:
-                        raise _BatchStopped
-                    attempts += 1
-                    response = await self._one_call(call)
-                    return response, attempts
-        except OcrError as error:
-            raise _CallFailed(error, attempts) from error
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    async def _one_call(self, call: OcrCall) -> OcrResponse:
-        async with self.limiter.slot(self.batch.id) as permit:
-            self.report.calls += 1
-            started_s = self.context.clock()
-            try:
-                response = await self.client.recognize(call)
-            except OcrError as error:
-                if error.error_class is ErrorClass.RATE_LIMITED:
-                    permit.rate_limited()
-                elif error.error_class is ErrorClass.QUOTA:
-                    self.limiter.pause(error.retry_after_s or self.context.settings.worker.quota_pause_s)
-                elif error.error_class is not ErrorClass.TRANSPORT:
-                    permit.succeeded()  # the service answered: the concurrency was fine
-                if error.error_class.retryable:
-                    code = error.code or error.error_class.value
-                    self.report.retries_by_code[code] += 1
-                    self.context.metrics.retries.labels(domain=self.batch.domain, code=code).inc()
-                raise
-            finally:
-                self.context.metrics.call_seconds.labels(domain=self.batch.domain).observe(
-                    self.context.clock() - started_s
-                )
-            permit.succeeded()
-        errors = [image for image in response.images if image.infer_result == "ERROR"]
-        if errors:
-            self.report.retries_by_code["ERROR"] += 1
-            raise OcrError(ErrorClass.SERVICE, f"inferResult ERROR: {errors[0].message or 'no message'}")
-        return response
 
     async def _stop_batch(self, error: OcrError) -> None:
         reason = f"{error.code or error.error_class.value}: {error.detail}"
