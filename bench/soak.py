@@ -42,7 +42,8 @@ from bench.soak_world import (
 from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.emulator.faults import FaultSettings, ScriptedFault
-from ocrbatch.emulator.server import Emulator, EmulatorSettings
+from ocrbatch.emulator.server import Emulator
+from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.settings import WorkerSettings, load_settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.batch_run import item_tasks_per_batch

@@ -18,7 +18,8 @@ from pydantic import SecretStr
 from worker_fixtures import WorkerSetup
 
 from ocrbatch.clova.client import open_ocr_session
-from ocrbatch.emulator.server import Emulator, EmulatorSettings
+from ocrbatch.emulator.server import Emulator
+from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage.base import Storage

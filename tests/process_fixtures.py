@@ -18,15 +18,20 @@ _TAIL_LINES = 40
 
 
 class OcrbatchProcess:
-    """A running `ocrbatch` command whose stdout and stderr (its log) are read into `lines`."""
+    """A running `ocrbatch` command whose stdout (with its stderr, unless that is a pipe of its own)
+    is read into `lines`, and a stderr pipe into `error_lines`."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         if process.stdout is None:
             raise ValueError("the process's stdout must be a pipe")
         self.process = process
         self.lines: list[str] = []
+        self.error_lines: list[str] = []
         self._arrived = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read(process.stdout))
+        self._reader = asyncio.create_task(self._read(process.stdout, self.lines))
+        self._readers = [self._reader]
+        if process.stderr is not None:
+            self._readers.append(asyncio.create_task(self._read(process.stderr, self.error_lines)))
 
     @property
     def output(self) -> str:
@@ -64,12 +69,31 @@ class OcrbatchProcess:
             raise AssertionError(self.explain(f"the process ended without logging {event!r} {fields}"))
         return found[0]
 
+    async def line(self, index: int, *, timeout_s: float = 60) -> str:
+        """Line `index` (from 0) of its stdout, once it has printed it."""
+
+        def printed() -> bool:
+            return len(self.lines) > index or self._reader.done()
+
+        try:
+            async with self._arrived:
+                await asyncio.wait_for(self._arrived.wait_for(printed), timeout=timeout_s)
+        except TimeoutError:
+            raise AssertionError(self.explain(f"no line {index + 1} within {timeout_s} s")) from None
+        if len(self.lines) <= index:
+            raise AssertionError(self.explain(f"the process ended before line {index + 1}"))
+        return self.lines[index]
+
     async def wait(self, *, timeout_s: float = 60) -> int:
-        """The exit code, once the process has ended and its output is read."""
+        """The exit code, once the process has ended and its output is read; a process that does
+        not end within `timeout_s` is killed and the test fails."""
         try:
             code = await asyncio.wait_for(self.process.wait(), timeout=timeout_s)
-            await asyncio.wait_for(self._reader, timeout=timeout_s)
+            await asyncio.wait_for(asyncio.gather(*self._readers), timeout=timeout_s)
         except TimeoutError:
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
             raise AssertionError(self.explain(f"the process did not end within {timeout_s} s")) from None
         return code
 
@@ -80,14 +104,15 @@ class OcrbatchProcess:
         return await self.wait(timeout_s=timeout_s)
 
     def explain(self, what: str) -> str:
-        """`what` went wrong, followed by the last lines of the process's log."""
-        return f"{what}; the log ends with:\n" + "\n".join(self.lines[-_TAIL_LINES:])
+        """`what` went wrong, followed by the last lines of the process's output."""
+        tail = (self.lines + self.error_lines)[-_TAIL_LINES:]
+        return f"{what}; the output ends with:\n" + "\n".join(tail)
 
-    async def _read(self, stream: asyncio.StreamReader) -> None:
+    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
         try:
             while line := await stream.readline():
                 async with self._arrived:
-                    self.lines.append(line.decode(errors="replace").rstrip("\n"))
+                    into.append(line.decode(errors="replace").rstrip("\n"))
                     self._arrived.notify_all()
         finally:
             async with self._arrived:

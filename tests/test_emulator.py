@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import os
 import re
-import signal
 import subprocess
 import sys
 from typing import Any
 
 import aiohttp
 import pytest
-from emulator_fixtures import StartEmulator, client_for, png_bytes
+from click.testing import CliRunner
+from emulator_fixtures import StartEmulator, calls_at_once, client_for, png_bytes, server_command
+from pydantic import ValidationError
 from pypdf import PdfWriter
 
 from ocrbatch.cli.servers import emulator_command
@@ -29,28 +28,12 @@ async def test_fifty_concurrent_calls_against_a_cap_of_five(
 ) -> None:
     """50 concurrent calls, cap 5: peak in-flight is 5, the other 45 get 0025, and the counts add up."""
     emulator = await start_emulator(max_concurrent_calls=5)
-    client = client_for(ocr_session, emulator)
     image = png_bytes()
-    emulator.hold()
-    tasks = [
-        asyncio.create_task(client.recognize(OcrCall(name=f"img-{n:02}.png", image_format="png", data=image)))
-        for n in range(50)
-    ]
-    refused = []
-    for finished in asyncio.as_completed(tasks):
-        try:
-            await finished
-        except OcrError as error:
-            refused.append(error)
-        if len(refused) == 45:
-            break
-    await emulator.wait_for_in_flight(5)
-    emulator.release()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    answered = [result for result in results if not isinstance(result, BaseException)]
+    calls = [OcrCall(name=f"img-{n:02}.png", image_format="png", data=image) for n in range(50)]
+    burst = await calls_at_once(emulator, client_for(ocr_session, emulator), calls, admitted=5)
     stats = emulator.stats()
-    assert {error.code for error in refused} == {"0025"}
-    assert len(answered) == 5
+    assert {error.code for error in burst.refused} == {"0025"}
+    assert len(burst.answered) == 5
     assert stats["peak_in_flight"] == 5
     assert stats["domains"]["general"]["peak_in_flight"] == 5
     assert stats["calls"] == 50
@@ -184,6 +167,9 @@ async def test_admin_endpoints(start_emulator: StartEmulator, ocr_session: aioht
     assert "unknown error code" in body["error"]
     assert (await post("/_emulator/faults", {"failure_rate": 1.0}))[1]["failure_rate"] == 1.0
     assert (await post("/_emulator/faults", {"failure_rate": 2}))[0] == 400
+    status, body = await post("/_emulator/faults", {"drop_rate": 0.5})  # 1.0 + 0.5: over 1
+    assert status == 400
+    assert "the fault rates add up to more than 1" in body["error"]
     async with ocr_session.get(emulator.url + "/_emulator/stats") as response:
         stats = await response.json()
     assert stats["calls"] == 1
@@ -213,6 +199,21 @@ def test_fault_plan_is_deterministic_and_honours_rates() -> None:
     assert first.decide("only-me.png").code == "0500"
     assert first.decide("only-me.png").code == "0500"
     assert first.scripted_left == 0
+
+
+def test_fault_rates_add_up_to_at_most_one() -> None:
+    """Fault rates are bands of one draw per call: together they may cover every call, no more."""
+    with pytest.raises(ValidationError, match="the fault rates add up to more than 1"):
+        FaultSettings(error_rate=0.5, drop_rate=0.3, error_result_rate=0.3)
+    assert FaultSettings(error_rate=0.5, drop_rate=0.5).drop_rate == 0.5
+    assert FaultSettings(error_rate=0.1, http_error_rate=0.2, failure_rate=0.7).failure_rate == 0.7
+
+
+def test_the_command_refuses_fault_rates_above_one_as_a_usage_error() -> None:
+    """`ocrbatch emulator` with rates summing over 1 exits 2 and says why, before it listens."""
+    result = CliRunner().invoke(emulator_command, ["--error-rate", "0.6", "--drop-rate", "0.6"])
+    assert result.exit_code == 2
+    assert "Error: the fault rates add up to more than 1" in result.output
 
 
 def test_scripted_fault_needs_one_outcome() -> None:
@@ -265,26 +266,12 @@ def test_help_documents_every_limit_and_fault_flag() -> None:
 
 async def test_emulator_command_prints_its_url_and_stops_on_sigterm() -> None:
     """`ocrbatch emulator --port 0` prints the URL it listens on, serves, and exits 0 on SIGTERM."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "emulator",
-        "--port",
-        "0",
-        "--max-concurrent-calls",
-        "3",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    url = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
-    try:
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-        async with aiohttp.ClientSession() as session, session.get(url + "/_emulator/stats") as response:
+    async with server_command("emulator", "--port", "0", "--max-concurrent-calls", "3") as server:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url + "/_emulator/stats") as response,
+        ):
             stats = await response.json()
         assert stats["domains"]["general"]["max_concurrent_calls"] == 3
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    assert server.exit_code == 0

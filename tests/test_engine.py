@@ -3,19 +3,18 @@ answers have the shape of SPEC §3, and the emulator's cap holds for real recogn
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from typing import Any
 
 import aiohttp
 import pytest
-from emulator_fixtures import StartEmulator, client_for
+from emulator_fixtures import StartEmulator, calls_at_once, client_for
 from engine_fixtures import character_error_rate, require_tesseract_and_fonts, text_lines
 from PIL import Image
 
 from ocrbatch.clova.client import OcrCall
-from ocrbatch.clova.contract import OcrError, OcrResponse
+from ocrbatch.clova.contract import OcrResponse
 from ocrbatch.demo import samples
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.engine.tesseract import TesseractSettings
@@ -199,30 +198,16 @@ async def test_twenty_concurrent_calls_at_a_cap_of_two(
     engine = await _engine(start_emulator, max_concurrent_calls=2, tesseract=TesseractSettings(processes=4))
     client = client_for(ocr_session, engine, secret=SECRET)
     page = samples.encode(samples.text_page(samples.SAMPLE_TEXT["en"], "en"), "PNG")
-    engine.hold()  # the first two stay admitted until every other call has been answered
-    tasks = [
-        asyncio.create_task(client.recognize(OcrCall(name=f"p-{n:02}.png", image_format="png", data=page)))
-        for n in range(20)
-    ]
-    refused: list[OcrError] = []
-    for finished in asyncio.as_completed(tasks):
-        try:
-            await finished
-        except OcrError as error:
-            refused.append(error)
-        if len(refused) == 18:
-            break
-    await engine.wait_for_in_flight(2)
-    engine.release()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    answered = [result for result in results if isinstance(result, OcrResponse)]
+    calls = [OcrCall(name=f"p-{n:02}.png", image_format="png", data=page) for n in range(20)]
+    burst = await calls_at_once(engine, client, calls, admitted=2)
     stats = engine.stats()
 
-    assert {error.code for error in refused} == {"0025"}
+    assert {error.code for error in burst.refused} == {"0025"}
+    assert len(burst.answered) == 2
     assert stats["answers"] == {"200": 2, "0025": 18}
     assert stats["peak_in_flight"] == 2
     assert stats["engine"]["peak_running"] <= 2
     assert stats["engine"]["pages"] == 2
-    for response in answered:
+    for response in burst.answered:
         text = "".join(text_lines(response.images[0]))
         assert character_error_rate("".join(samples.SAMPLE_TEXT["en"]), text) <= MAX_CER

@@ -3,20 +3,16 @@ page decoding, settings, and the process it runs (a fake `tesseract` executable 
 
 from __future__ import annotations
 
-import asyncio
 import io
-import os
 import re
-import signal
 import struct
-import sys
 import zlib
 from pathlib import Path
 
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from emulator_fixtures import StartEmulator, client_for, png_bytes
+from emulator_fixtures import StartEmulator, client_for, png_bytes, server_command
 from engine_fixtures import fake_tesseract
 from PIL import Image
 from pydantic import ValidationError
@@ -24,11 +20,13 @@ from pydantic import ValidationError
 from ocrbatch.cli.servers import engine_command
 from ocrbatch.clova.client import OcrCall
 from ocrbatch.clova.documents import UnreadableDocument, page_sizes
-from ocrbatch.emulator.server import EmulatorSettings
+from ocrbatch.clova.recognition import RecognitionFailed
+from ocrbatch.emulator.settings import EmulatorSettings, recogniser_for
+from ocrbatch.emulator.synthetic import SyntheticRecogniser
 from ocrbatch.engine.pages import MAX_PAGE_PIXELS, page_image
+from ocrbatch.engine.recogniser import TesseractRecogniser
 from ocrbatch.engine.tesseract import (
     EngineUnavailable,
-    RecognitionFailed,
     detect_tesseract,
     fields_from_tsv,
     missing_languages,
@@ -104,6 +102,27 @@ def test_the_engine_settings_never_promise_tables() -> None:
     assert EmulatorSettings().table_extraction is True
     with pytest.raises(ValidationError, match="does not detect tables"):
         EmulatorSettings(engine="tesseract", table_extraction=True)
+
+
+def test_the_settings_pick_the_recogniser_and_what_it_serves() -> None:
+    """`engine` picks the recogniser: the synthetic one serves both contracts and detects tables,
+    the Tesseract one serves General calls only and detects no tables."""
+    synthetic = recogniser_for(EmulatorSettings())
+    assert isinstance(synthetic, SyntheticRecogniser)
+    assert (synthetic.name, synthetic.kinds, synthetic.detects_tables) == (
+        "synthetic",
+        frozenset({"general", "template"}),
+        True,
+    )
+    tesseract = recogniser_for(EmulatorSettings(engine="tesseract", tesseract={"processes": 3}))
+    assert isinstance(tesseract, TesseractRecogniser)
+    assert (tesseract.name, tesseract.kinds, tesseract.detects_tables) == (
+        "tesseract",
+        frozenset({"general"}),
+        False,
+    )
+    assert tesseract.settings.processes == 3
+    assert tesseract.stats() == {"name": "tesseract"}  # nothing detected before start()
 
 
 def test_pdf_pages_are_rendered_at_the_size_the_emulator_reports() -> None:
@@ -187,26 +206,13 @@ async def test_a_page_tesseract_cannot_read_fails_with_its_reason(
 
 async def test_engine_command_prints_its_url_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     """`ocrbatch engine --port 0` prints its URL, answers General calls and exits 0 on SIGTERM."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ocrbatch",
-        "engine",
-        "--port",
-        "0",
-        "--secret",
-        "s3cret",
-        "--tesseract",
-        fake_tesseract(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    url = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
-    try:
+    command = fake_tesseract(tmp_path)
+    async with server_command(
+        "engine", "--port", "0", "--secret", "s3cret", "--tesseract", command
+    ) as server:
+        url = server.url
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-        description = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+        description = await server.line()
         assert "tesseract 5.0.0-fake" in description
         message = {
             "version": "V2",
@@ -221,11 +227,8 @@ async def test_engine_command_prints_its_url_serves_and_stops_on_sigterm(tmp_pat
                 assert (await answer.json())["code"] == "0002"
             async with session.get(url + "/healthz") as health:
                 assert (health.status, await health.json()) == (200, {"status": "ok", "engine": "tesseract"})
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
-    assert process.stderr is not None
-    assert "no Tesseract data for ja (tesseract-ocr-jpn)" in (await process.stderr.read()).decode()
+    assert server.exit_code == 0
+    assert "no Tesseract data for ja (tesseract-ocr-jpn)" in await server.errors()
 
 
 def test_chinese_and_japanese_pieces_of_a_line_are_one_field() -> None:

@@ -1,20 +1,95 @@
 """`ocrbatch emulator` and `ocrbatch engine`: the CLOVA-compatible emulator, and the local OCR engine
-behind the same server, each run until it is stopped."""
+behind the same server, each run until it is stopped.
+
+Both take the same options for where to listen and how a domain is limited (`_serving_options`),
+handed to the command as one `Serving` value; each command says in its own words in `--help` what
+the limits apply to.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from ocrbatch.emulator.faults import FaultSettings
-from ocrbatch.emulator.server import Emulator, EmulatorSettings
-from ocrbatch.engine.tesseract import EngineUnavailable, TesseractSettings, cpu_cores, missing_languages
+from ocrbatch.emulator.server import Emulator
+from ocrbatch.emulator.settings import EmulatorSettings
+from ocrbatch.engine.tesseract import EngineUnavailable, TesseractSettings, cpu_cores
+from ocrbatch.errors import validation_problems
 
+# A decorator adding options to a command's function, as click.option is.
+Options = Callable[[Callable[..., None]], Callable[..., None]]
+M = TypeVar("M", bound=BaseModel)
 _RATE = click.FloatRange(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The values of the options both servers take: where to listen, and the limits of a domain."""
+
+    host: str
+    port: int
+    max_concurrent_calls: int
+    calls_per_second: float | None
+    quota: int | None
+
+    def settings(self, **fields: object) -> EmulatorSettings:
+        """The server's settings: these values and the command's own `fields`."""
+        return _validated(EmulatorSettings, **dataclasses.asdict(self), **fields)
+
+
+def _serving_options(*secrets: Options, cap_help: str, rate_help: str, quota_help: str) -> Options:
+    """The options both servers take, in the order `--help` lists them: where to listen, the
+    `secrets` options, then the limits; the command gets them as `serving`, secrets as they are."""
+    options: list[Options] = [
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+        click.option(
+            "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
+        ),
+        *secrets,
+        click.option(
+            "--max-concurrent-calls", default=5, show_default=True, type=click.IntRange(min=1), help=cap_help
+        ),
+        click.option("--calls-per-second", type=click.FloatRange(min=0, min_open=True), help=rate_help),
+        click.option("--quota", type=click.IntRange(min=0), help=quota_help),
+    ]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def with_serving(**values: Any) -> None:  # Any: click passes each option's converted value
+            serving = Serving(**{field.name: values.pop(field.name) for field in dataclasses.fields(Serving)})
+            command(serving=serving, **values)
+
+        decorated: Callable[..., None] = with_serving
+        for option in reversed(options):  # click lists options in the order their decorators read
+            decorated = option(decorated)
+        return decorated
+
+    return decorate
+
+
+def _secret_option(flag: str, *, envvar: str, default: str, whose: str, refused: str = "") -> Options:
+    """An X-OCR-SECRET option, also read from `envvar` (so that it need not be on a command line)."""
+    return click.option(
+        flag,
+        envvar=envvar,
+        default=default,
+        show_default=True,
+        help=f"X-OCR-SECRET {whose} (also {envvar}){refused}.",
+    )
+
+
+def _rate_option(flag: str, text: str) -> Options:
+    """A fault rate: a share of calls, from 0 to 1 (together at most 1, as `FaultSettings` checks)."""
+    return click.option(flag, default=0.0, show_default=True, type=_RATE, help=text)
 
 
 def _template_ids(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -25,39 +100,35 @@ def _template_ids(ctx: click.Context, param: click.Parameter, value: str) -> tup
     return ids
 
 
+def _validated(model: type[M], **fields: object) -> M:
+    """The settings, or a usage error (exit code 2) in the settings' own words."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        problems = validation_problems(exc, unknown_key="is not an option")
+        raise click.UsageError(
+            "; ".join(f"{key}: {rule}" if key else rule for key, rule in problems)
+        ) from None
+
+
 @click.command("emulator")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
-)
-@click.option(
-    "--general-secret",
-    envvar="OCRBATCH_EMULATOR_GENERAL_SECRET",
-    default="emulator-general-secret",
-    show_default=True,
-    help="X-OCR-SECRET of the General domain (also OCRBATCH_EMULATOR_GENERAL_SECRET); others get 0002.",
-)
-@click.option(
-    "--template-secret",
-    envvar="OCRBATCH_EMULATOR_TEMPLATE_SECRET",
-    default="emulator-template-secret",
-    show_default=True,
-    help="X-OCR-SECRET of the Template domain (also OCRBATCH_EMULATOR_TEMPLATE_SECRET).",
-)
-@click.option(
-    "--max-concurrent-calls",
-    default=5,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Limit: calls in flight per domain; the excess is answered 0025.",
-)
-@click.option(
-    "--calls-per-second",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Limit: calls admitted per domain in any one second; the excess is answered 0025.",
-)
-@click.option(
-    "--quota", type=click.IntRange(min=0), help="Limit: calls admitted per domain in all; after that, 0023."
+@_serving_options(
+    _secret_option(
+        "--general-secret",
+        envvar="OCRBATCH_EMULATOR_GENERAL_SECRET",
+        default="emulator-general-secret",
+        whose="of the General domain",
+        refused="; others get 0002",
+    ),
+    _secret_option(
+        "--template-secret",
+        envvar="OCRBATCH_EMULATOR_TEMPLATE_SECRET",
+        default="emulator-template-secret",
+        whose="of the Template domain",
+    ),
+    cap_help="Limit: calls in flight per domain; the excess is answered 0025.",
+    rate_help="Limit: calls admitted per domain in any one second; the excess is answered 0025.",
+    quota_help="Limit: calls admitted per domain in all; after that, 0023.",
 )
 @click.option(
     "--table-extraction/--no-table-extraction",
@@ -82,48 +153,15 @@ def _template_ids(ctx: click.Context, param: click.Parameter, value: str) -> tup
     type=click.FloatRange(min=0),
     help="Fault: latency spread; each call takes latency +/- jitter (uniform).",
 )
-@click.option(
-    "--error-rate",
-    default=0.0,
-    show_default=True,
-    type=_RATE,
-    help="Fault: share of calls answered 0500/0501.",
-)
-@click.option(
+@_rate_option("--error-rate", "Fault: share of calls answered 0500/0501.")
+@_rate_option(
     "--rate-limit-rate",
-    default=0.0,
-    show_default=True,
-    type=_RATE,
-    help="Fault: share of admitted calls answered 0025 anyway (as if another client used the cap).",
+    "Fault: share of admitted calls answered 0025 anyway (as if another client used the cap).",
 )
-@click.option(
-    "--http-error-rate",
-    default=0.0,
-    show_default=True,
-    type=_RATE,
-    help="Fault: share of calls answered a bare 502/503/504 without a CLOVA body.",
-)
-@click.option(
-    "--drop-rate",
-    default=0.0,
-    show_default=True,
-    type=_RATE,
-    help="Fault: share of connections dropped unanswered.",
-)
-@click.option(
-    "--failure-rate",
-    default=0.0,
-    show_default=True,
-    type=_RATE,
-    help="Fault: share of images answered FAILURE.",
-)
-@click.option(
-    "--error-result-rate",
-    default=0.0,
-    show_default=True,
-    type=_RATE,
-    help="Fault: share of images answered ERROR.",
-)
+@_rate_option("--http-error-rate", "Fault: share of calls answered a bare 502/503/504 without a CLOVA body.")
+@_rate_option("--drop-rate", "Fault: share of connections dropped unanswered.")
+@_rate_option("--failure-rate", "Fault: share of images answered FAILURE.")
+@_rate_option("--error-result-rate", "Fault: share of images answered ERROR.")
 @click.option(
     "--seed",
     default=0,
@@ -133,13 +171,9 @@ def _template_ids(ctx: click.Context, param: click.Parameter, value: str) -> tup
 )
 def emulator_command(
     *,
-    host: str,
-    port: int,
+    serving: Serving,
     general_secret: str,
     template_secret: str,
-    max_concurrent_calls: int,
-    calls_per_second: float | None,
-    quota: int | None,
     table_extraction: bool,
     template_ids: tuple[int, ...],
     latency_ms: float,
@@ -160,30 +194,21 @@ def emulator_command(
     queues scripted faults, POST /_emulator/faults changes rates, POST /_emulator/hold holds calls.
     The first line printed is the URL it listens on.
     """
-    try:
-        faults = FaultSettings(
-            latency_ms=latency_ms,
-            latency_jitter_ms=latency_jitter_ms,
-            error_rate=error_rate,
-            rate_limit_rate=rate_limit_rate,
-            http_error_rate=http_error_rate,
-            drop_rate=drop_rate,
-            failure_rate=failure_rate,
-            error_result_rate=error_result_rate,
-            seed=seed,
-        )
-    except ValueError as exc:
-        raise click.UsageError(" ".join(str(exc).split())) from None
-    if sum((error_rate, rate_limit_rate, http_error_rate, drop_rate, failure_rate, error_result_rate)) > 1:
-        raise click.UsageError("the fault rates add up to more than 1")
-    settings = EmulatorSettings(
-        host=host,
-        port=port,
+    faults = _validated(
+        FaultSettings,
+        latency_ms=latency_ms,
+        latency_jitter_ms=latency_jitter_ms,
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        http_error_rate=http_error_rate,
+        drop_rate=drop_rate,
+        failure_rate=failure_rate,
+        error_result_rate=error_result_rate,
+        seed=seed,
+    )
+    settings = serving.settings(
         general_secret=SecretStr(general_secret),
         template_secret=SecretStr(template_secret),
-        max_concurrent_calls=max_concurrent_calls,
-        calls_per_second=calls_per_second,
-        quota=quota,
         table_extraction=table_extraction,
         template_ids=template_ids,
         faults=faults,
@@ -191,54 +216,19 @@ def emulator_command(
     asyncio.run(serve_emulator(settings))
 
 
-async def serve_emulator(settings: EmulatorSettings) -> None:
-    """Start, print the URL, and run until SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with Emulator(settings) as emulator:
-        sys.stdout.write(f"{emulator.url}\n")
-        if emulator.engine is None:
-            sys.stdout.write(f"general: {emulator.url}/general  template: {emulator.url}/infer\n")
-        else:
-            engine = emulator.engine.install
-            sys.stdout.write(
-                f"general: {emulator.url}/general  ({engine.version}, {emulator.engine.processes} "
-                f"processes, languages: {', '.join(sorted(engine.languages))})\n"
-            )
-            missing = missing_languages(engine.languages)
-            if missing:
-                sys.stderr.write(f"no Tesseract data for {', '.join(missing)}: such requests fail\n")
-        sys.stdout.flush()
-        await stop.wait()
-
-
 @click.command("engine")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
+@_serving_options(
+    _secret_option(
+        "--secret",
+        envvar="OCRBATCH_ENGINE_SECRET",
+        default="engine-general-secret",
+        whose="callers must send",
+        refused="; others get 0002",
+    ),
+    cap_help="Calls in flight; the excess is answered 0025, as the service does.",
+    rate_help="Calls admitted in any one second; the excess is answered 0025.",
+    quota_help="Calls admitted in all; after that, 0023.",
 )
-@click.option(
-    "--secret",
-    envvar="OCRBATCH_ENGINE_SECRET",
-    default="engine-general-secret",
-    show_default=True,
-    help="X-OCR-SECRET callers must send (also OCRBATCH_ENGINE_SECRET); others get 0002.",
-)
-@click.option(
-    "--max-concurrent-calls",
-    default=5,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Calls in flight; the excess is answered 0025, as the service does.",
-)
-@click.option(
-    "--calls-per-second",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Calls admitted in any one second; the excess is answered 0025.",
-)
-@click.option("--quota", type=click.IntRange(min=0), help="Calls admitted in all; after that, 0023.")
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
@@ -263,12 +253,8 @@ async def serve_emulator(settings: EmulatorSettings) -> None:
 )
 def engine_command(
     *,
-    host: str,
-    port: int,
+    serving: Serving,
     secret: str,
-    max_concurrent_calls: int,
-    calls_per_second: float | None,
-    quota: int | None,
     processes: int | None,
     command: str,
     timeout_s: float,
@@ -282,19 +268,29 @@ def engine_command(
     It detects no tables (requests asking for them get 0028) and serves no Template domain (the
     /infer route answers 0022). The first line printed is the URL it listens on.
     """
-    settings = EmulatorSettings(
-        host=host,
-        port=port,
-        general_secret=SecretStr(secret),
-        max_concurrent_calls=max_concurrent_calls,
-        calls_per_second=calls_per_second,
-        quota=quota,
-        engine="tesseract",
-        tesseract=TesseractSettings(
-            command=command, processes=processes, timeout_s=timeout_s, page_segmentation_mode=psm
-        ),
+    tesseract = _validated(
+        TesseractSettings,
+        command=command,
+        processes=processes,
+        timeout_s=timeout_s,
+        page_segmentation_mode=psm,
     )
+    settings = serving.settings(general_secret=SecretStr(secret), engine="tesseract", tesseract=tesseract)
     try:
         asyncio.run(serve_emulator(settings))
     except EngineUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+
+
+async def serve_emulator(settings: EmulatorSettings) -> None:
+    """Start, print the URL and then the routes with what recognises, and run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Emulator(settings) as emulator:
+        sys.stdout.write(f"{emulator.url}\n{emulator.banner()}\n")
+        sys.stdout.flush()
+        for warning in emulator.recogniser.warnings():
+            sys.stderr.write(f"{warning}\n")
+        await stop.wait()

@@ -7,6 +7,7 @@ for a given image name) and takes precedence over the random ones.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,22 @@ class FaultSettings(BaseModel):
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     error_result_rate: float = Field(default=0.0, ge=0, le=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _rates_share_one_draw(self) -> FaultSettings:
+        """Each call draws one outcome from bands as wide as the rates, so together they cover at
+        most every call; a larger sum would silently shrink the last bands."""
+        rates = (
+            self.error_rate,
+            self.rate_limit_rate,
+            self.http_error_rate,
+            self.drop_rate,
+            self.failure_rate,
+            self.error_result_rate,
+        )
+        if math.fsum(rates) > 1:  # fsum: 0.1 + 0.2 + 0.7 is exactly 1, as the user meant
+            raise ValueError("the fault rates add up to more than 1")
+        return self
 
 
 class ScriptedFault(BaseModel):

@@ -4,18 +4,17 @@ It serves one General domain (`POST /general`) and one Template domain (`POST /i
 the service's path shape `/custom/v1/{domain id}/{signature}/general|infer`. Each call goes through
 the checks of the real service in order: URL (0001), domain (0022), secret (0002), quota (0023)
 and rate (0025), body (0011), version (0021), templates (1021), table switch (0028); then the
-fault plan (0500/0501, bare 5xx, dropped connections, FAILURE/ERROR results, latency); then a
-deterministic result built from the image itself.
+fault plan (0500/0501, bare 5xx, dropped connections, FAILURE/ERROR results, latency); then the
+images of the recogniser.
 
-With `engine="tesseract"` the General domain is served by the local OCR engine
-(`engine_tesseract`): real recognition, the same checks, limits and faults. That engine has no
-table model, so its table switch is off (requests asking for tables get 0028, never invented
-tables), and it does not serve the Template contract: the template route answers 0022.
+The recogniser is the one the settings pick (`settings.recogniser_for`), seen only through its
+interface (`clova.recognition.Recogniser`): deterministic results built from the image itself, or
+with `engine="tesseract"` the local OCR engine (real recognition, the same checks, limits and
+faults). A route for a contract it does not serve answers 0022; a request for tables it cannot
+detect answers 0028.
 
-Admin endpoints: `GET /healthz`, `GET /_emulator/stats`, `POST /_emulator/reset`,
-`POST /_emulator/script` (a list of scripted faults), `POST /_emulator/faults` (change rates),
-`POST /_emulator/hold` (`{"hold": true}` keeps admitted calls waiting until `{"hold": false}`,
-to hold slots busy in tests).
+The admin endpoints (`admin`) report statistics and steer the faults; `hold()` keeps admitted
+calls waiting, to hold slots busy in tests.
 """
 
 from __future__ import annotations
@@ -27,61 +26,24 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from ocrbatch.clova.contract import ERROR_CODES, OcrImage, OcrResponse
 from ocrbatch.clova.documents import UnreadableDocument
-from ocrbatch.emulator.faults import Decision, FaultPlan, FaultSettings, ScriptedFault
+from ocrbatch.clova.recognition import RecognitionCall, RecognitionFailed
+from ocrbatch.emulator.admin import admin_routes
+from ocrbatch.emulator.faults import Decision, FaultPlan
 from ocrbatch.emulator.limits import DomainMeter
 from ocrbatch.emulator.requests import BadCall, ParsedCall, parse_call
-from ocrbatch.emulator.results import default_template, general_images, template_images
-from ocrbatch.engine.tesseract import (
-    RecognitionFailed,
-    TesseractEngine,
-    TesseractSettings,
-    detect_tesseract,
-)
+from ocrbatch.emulator.settings import EmulatorSettings, recogniser_for
 from ocrbatch.types import Clock, DomainKind
 
-Engine = Literal["synthetic", "tesseract"]
 STOP_GRACE_S = 0.5
 MAX_BODY_BYTES = 80 * 1024 * 1024  # a 50 MB image, base64-encoded, plus the message
-
-
-class EmulatorSettings(BaseModel):
-    """Everything `ocrbatch emulator` can be told; limits apply to each domain separately."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535)
-    general_secret: SecretStr = SecretStr("emulator-general-secret")
-    template_secret: SecretStr = SecretStr("emulator-template-secret")
-    general_domain_id: str = "1001"
-    template_domain_id: str = "1002"
-    max_concurrent_calls: int = Field(default=5, ge=1)
-    calls_per_second: float | None = Field(default=None, gt=0)
-    quota: int | None = Field(default=None, ge=0)
-    table_extraction: bool = True  # with the Tesseract engine: off unless set, and never on
-    template_ids: tuple[int, ...] = (101, 102)
-    faults: FaultSettings = FaultSettings()
-    engine: Engine = "synthetic"
-    tesseract: TesseractSettings = TesseractSettings()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _engine_tables(cls, data: Any) -> Any:
-        """The Tesseract engine detects no tables, so its table switch defaults to off; turning it
-        on would promise tables that never come."""
-        if not isinstance(data, dict) or data.get("engine") != "tesseract":
-            return data
-        if data.get("table_extraction"):
-            raise ValueError("the tesseract engine does not detect tables: leave table_extraction off")
-        return {**data, "table_extraction": False}
+ROUTES: dict[DomainKind, str] = {"general": "/general", "template": "/infer"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +66,7 @@ class Emulator:
         self._in_flight_changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._fetch_session: aiohttp.ClientSession | None = None
-        self.engine: TesseractEngine | None = None
+        self.recogniser = recogniser_for(settings)
         self.url = ""
         self.reset()
 
@@ -112,21 +74,14 @@ class Emulator:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_get("/_emulator/stats", self._stats_handler)
-        app.router.add_post("/_emulator/reset", self._reset_handler)
-        app.router.add_post("/_emulator/script", self._script_handler)
-        app.router.add_post("/_emulator/faults", self._faults_handler)
-        app.router.add_post("/_emulator/hold", self._hold_handler)
-        app.router.add_get("/healthz", self._health_handler)  # the container image's HEALTHCHECK
+        app.add_routes(admin_routes(self))
         app.router.add_route("*", "/{path:.*}", self._ocr_handler)
         return app
 
     async def start(self) -> str:
-        """Listen (port 0 picks a free one) and return the base URL. With the Tesseract engine,
-        `EngineUnavailable` first if Tesseract cannot be run."""
-        if self.settings.engine == "tesseract" and self.engine is None:
-            install = await asyncio.to_thread(detect_tesseract, self.settings.tesseract.command)
-            self.engine = TesseractEngine(install, self.settings.tesseract)
+        """Start the recogniser, listen (port 0 picks a free one) and return the base URL. A
+        recogniser that cannot start (`EngineUnavailable`: no Tesseract) stops it before it listens."""
+        await self.recogniser.start()
         self._fetch_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         # A stopping emulator drops calls still waiting out an injected latency after a moment.
         self._runner = web.AppRunner(
@@ -208,49 +163,16 @@ class Emulator:
                 name: count for name, count in sorted(self.recognitions.items()) if count > 1
             },
             "scripted_faults_left": self.faults.scripted_left,
-            "engine": self.engine.stats() if self.engine is not None else {"name": "synthetic"},
+            "engine": self.recogniser.stats(),
         }
 
-    # -- admin handlers ---------------------------------------------------------------------------
-
-    async def _health_handler(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "engine": self.settings.engine})
-
-    async def _stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _reset_handler(self, request: web.Request) -> web.Response:
-        self.reset()
-        return web.json_response(self.stats())
-
-    async def _script_handler(self, request: web.Request) -> web.Response:
-        try:
-            payload = await request.json()
-            faults = [ScriptedFault.model_validate(item) for item in payload]
-        except (ValueError, TypeError, ValidationError) as exc:
-            return web.json_response({"error": f"expected a list of scripted faults: {exc}"}, status=400)
-        self.faults.script(faults)
-        return web.json_response({"scripted_faults_left": self.faults.scripted_left})
-
-    async def _faults_handler(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-            settings = FaultSettings.model_validate({**self.faults.settings.model_dump(), **changes})
-        except (ValueError, TypeError, ValidationError) as exc:
-            return web.json_response({"error": f"invalid fault settings: {exc}"}, status=400)
-        self.faults.configure(settings)
-        return web.json_response(settings.model_dump())
-
-    async def _hold_handler(self, request: web.Request) -> web.Response:
-        try:
-            hold = bool((await request.json())["hold"])
-        except (ValueError, TypeError, KeyError):
-            return web.json_response({"error": 'expected {"hold": true|false}'}, status=400)
-        if hold:
-            self.hold()
-        else:
-            self.release()
-        return web.json_response({"hold": hold})
+    def banner(self) -> str:
+        """The startup line after the URL: the route of each contract served, and what recognises."""
+        routes = "  ".join(
+            f"{kind}: {self.url}{ROUTES[kind]}" for kind in ROUTES if kind in self.recogniser.kinds
+        )
+        description = self.recogniser.description()
+        return f"{routes}  ({description})" if description else routes
 
     # -- the OCR endpoints ------------------------------------------------------------------------
 
@@ -268,8 +190,8 @@ class Emulator:
         if request.method != "POST" or not parts or parts[-1] not in ("general", "infer"):
             raise _Answer("0001")
         kind: DomainKind = "general" if parts[-1] == "general" else "template"
-        if kind == "template" and self.settings.engine == "tesseract":
-            raise _Answer("0022")  # the local engine serves the General contract only
+        if kind not in self.recogniser.kinds:
+            raise _Answer("0022")  # as for a domain that does not exist (the engine: General only)
         if len(parts) == 1:
             return kind
         expected = self.settings.general_domain_id if kind == "general" else self.settings.template_domain_id
@@ -314,7 +236,7 @@ class Emulator:
                 request,
                 kind=kind,
                 deployed_template_ids=self.settings.template_ids,
-                table_extraction=self.settings.table_extraction,
+                table_extraction=self.settings.table_extraction and self.recogniser.detects_tables,
             )
         except BadCall as bad:
             raise _Answer(bad.code) from None
@@ -374,26 +296,16 @@ class Emulator:
             return [_failed_image(call.name, exc.infer_result, str(exc))]
 
     async def _recognise(self, kind: DomainKind, call: ParsedCall, data: bytes) -> list[OcrImage]:
-        """The answer's images: from the Tesseract engine for General calls when it is on, else
-        synthetic."""
-        if kind == "general" and self.engine is not None:
-            return await self.engine.recognise(
-                name=call.name, data=data, image_format=call.image_format, lang=call.lang
-            )
-        if kind == "general":
-            return general_images(
-                name=call.name,
-                data=data,
-                image_format=call.image_format,
-                lang=call.lang,
-                table_detection=call.table_detection,
-            )
-        candidates = [
-            default_template(template_id) for template_id in call.template_ids or self.settings.template_ids
-        ]
-        return template_images(
-            name=call.name, data=data, image_format=call.image_format, candidates=candidates
+        recognition = RecognitionCall(
+            kind=kind,
+            name=call.name,
+            data=data,
+            image_format=call.image_format,
+            lang=call.lang,
+            table_detection=call.table_detection,
+            template_ids=call.template_ids or self.settings.template_ids,
         )
+        return await self.recogniser.recognise(recognition)
 
     async def _fetch(self, url: str) -> bytes:
         if self._fetch_session is None:

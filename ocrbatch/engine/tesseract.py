@@ -37,8 +37,8 @@ from ocrbatch.clova.contract import (
     ValidationResult,
 )
 from ocrbatch.clova.documents import is_long_image, page_sizes
+from ocrbatch.clova.recognition import RecognitionFailed
 from ocrbatch.engine.pages import PageImage, page_image
-from ocrbatch.types import FailedInferResult
 
 DEFAULT_LANGUAGE = "ko"  # what the service recognises when a request names no language
 LATIN_MODEL = "eng"
@@ -66,14 +66,6 @@ _UNSPACED_SCRIPT = re.compile(
 
 class EngineUnavailable(Exception):
     """Tesseract cannot be run (not installed, not executable, or answering nonsense)."""
-
-
-class RecognitionFailed(Exception):
-    """One upload cannot be recognised; `infer_result` says whether a retry may help (ERROR)."""
-
-    def __init__(self, infer_result: FailedInferResult, message: str) -> None:
-        self.infer_result = infer_result
-        super().__init__(message)
 
 
 class TesseractSettings(BaseModel):
