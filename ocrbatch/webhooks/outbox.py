@@ -23,7 +23,7 @@ from ocrbatch.batches.layout import OUTBOX_PREFIX
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed
 from ocrbatch.storage.base import Storage
 
-log = structlog.get_logger("ocrbatch.webhooks.service")
+log = structlog.get_logger("ocrbatch.webhooks")
 DEAD_PREFIX = OUTBOX_PREFIX + "dead/"
 ITEMS_PREFIX = OUTBOX_PREFIX + "items/"
 MANIFESTS_PREFIX = OUTBOX_PREFIX + "manifests/"
