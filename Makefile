@@ -20,6 +20,7 @@ test: lint typecheck unit
 lint: $(STAMP)
 	$(BIN)/ruff check ocrbatch tests bench
 	$(BIN)/ruff format --check ocrbatch tests bench
+	$(BIN)/lint-imports  # the layers of README "Layout", as contracts in pyproject.toml
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 

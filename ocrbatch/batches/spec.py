@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -168,6 +168,10 @@ class Batch(BatchSpec):
 
     def spec(self) -> BatchSpec:
         return BatchSpec.model_validate(self.model_dump(include=set(BatchSpec.model_fields)))
+
+
+# Changes a batch's status (and its reason), as the worker does while it runs it.
+SetStatus = Callable[[Batch, BatchStatus, str | None], Awaitable[None]]
 
 
 def parse_spec(data: Mapping[str, Any]) -> BatchSpec:

@@ -10,16 +10,14 @@ parked under `_outbox/dead/` as a dead letter. A chunk leaves the outbox only af
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import structlog
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ocrbatch.batches.spec import Batch, Webhook
+from ocrbatch.batches.spec import Batch, SetStatus, Webhook
 from ocrbatch.clova.contract import parse_retry_after
 from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.errors import ObjectNotFound
@@ -29,7 +27,6 @@ from ocrbatch.webhooks.outbox import Outbox, chunk_id_of
 from ocrbatch.webhooks.signing import signed_headers
 
 log = structlog.get_logger("ocrbatch.webhooks")
-SetStatus = Callable[[Batch, Any, str | None], Awaitable[None]]
 
 
 class Undelivered(Exception):

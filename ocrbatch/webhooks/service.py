@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.spec import Batch, SetStatus
 from ocrbatch.clova.contract import OcrResponse
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import WorkerMetrics
@@ -33,7 +33,7 @@ from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.types import Clock, Sleep
-from ocrbatch.webhooks.delivery import Deliveries, SetStatus
+from ocrbatch.webhooks.delivery import Deliveries
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, Outbox, chunk_key
 
 log = structlog.get_logger("ocrbatch.webhooks")

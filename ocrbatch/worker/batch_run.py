@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
 from ocrbatch.batches.layout import REPORT_KEY, RESULT_SUFFIX, result_key
 from ocrbatch.batches.report import BatchReport
-from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.spec import Batch, SetStatus
 from ocrbatch.clova.billing import billable_units
 from ocrbatch.clova.client import OcrClient
 from ocrbatch.clova.contract import ErrorClass, OcrError, OcrResponse
@@ -66,7 +65,7 @@ class PassContext:
     sleep: Sleep
     clock: Callable[[], float]
     stopping: asyncio.Event
-    set_status: Callable[[Batch, Any, str | None], Awaitable[None]]
+    set_status: SetStatus
     metrics: WorkerMetrics
     webhooks: WebhookService
     claims: ItemClaims | None = None  # None: this process is the only worker (tests, `run --once` alone)

@@ -11,14 +11,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import structlog
 
 from ocrbatch.batches.events import Upload, batches_for
 from ocrbatch.batches.report import BatchReport
-from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.spec import Batch, BatchStatus
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import OcrClient
 from ocrbatch.errors import StorageError
@@ -283,7 +282,7 @@ class Worker:
                     *(run.write_report() for run in runs if run.active), return_exceptions=True
                 )
 
-    async def _set_status(self, batch: Batch, status: Any, reason: str | None = None) -> None:
+    async def _set_status(self, batch: Batch, status: BatchStatus, reason: str | None = None) -> None:
         if self._statuses.get(batch.id) == (status, reason):
             return
         self._statuses[batch.id] = (status, reason)
