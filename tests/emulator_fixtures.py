@@ -8,20 +8,18 @@ import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import aiohttp
-import pytest
 from PIL import Image
 from process_fixtures import OcrbatchProcess, start_ocrbatch
 from pydantic import SecretStr
+from waits import within
 
 from ocrbatch.clova.client import OcrCall, OcrClient, TransferMode
 from ocrbatch.clova.contract import OcrError, OcrResponse
 from ocrbatch.emulator.server import Emulator
 
 StartEmulator = Callable[..., Awaitable[Emulator]]
-T = TypeVar("T")
 COMMAND_TIMEOUT_S = 30.0  # for a server command to print a line, or to exit once signalled
 
 
@@ -50,14 +48,6 @@ def client_for(
         transfer_mode=mode,
         request_timeout_s=timeout_s,
     )
-
-
-async def within(awaitable: Awaitable[T], timeout_s: float, what: str) -> T:
-    """`await awaitable`, failing the test with "`what` within `timeout_s` s" when it takes longer."""
-    try:
-        return await asyncio.wait_for(awaitable, timeout=timeout_s)
-    except TimeoutError:
-        pytest.fail(f"{what} within {timeout_s:g} s")
 
 
 # -- a burst of calls against the cap -------------------------------------------------------------

@@ -12,6 +12,7 @@ import aiohttp
 from process_fixtures import TOKEN, ServeProcess, start_ocrbatch
 from prometheus_client.parser import text_string_to_metric_families
 from samples import png
+from waits import within
 from webhook_receiver import Receiver
 from worker_fixtures import MakeSetup, write_config
 
@@ -130,7 +131,7 @@ async def test_the_container_entrypoint_and_healthcheck_work_outside_docker(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        return await asyncio.wait_for(probe.wait(), timeout=30) == 0
+        return await within(probe.wait(), 30, "the health check did not end") == 0
 
     assert await healthy()
     assert await process.stop() == 0

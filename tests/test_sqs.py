@@ -11,6 +11,7 @@ from typing import Any
 import aioboto3
 from process_fixtures import TOKEN, ServeProcess
 from samples import png
+from waits import within
 from worker_fixtures import MakeSetup, WorkerSetup, create_batch, keys, write_config
 
 from ocrbatch.batches.events import Upload
@@ -236,7 +237,7 @@ async def test_the_consumer_deletes_settled_and_bad_messages_and_returns_unsettl
     )
     metrics = WorkerMetrics()
     consumer = SqsConsumer(settings, s3_settings, process, stopping=stopping, metrics=metrics)
-    await asyncio.wait_for(consumer.run(), timeout=30)
+    await within(consumer.run(), 30, "the consumer did not stop")
     assert calls == [[Upload("b", "in/a b.png")]] * 2
     assert (consumer.deleted, consumer.returned) == (4, 1)
     counted = {

@@ -11,6 +11,7 @@ from fake_clock import FakeClock
 from openpyxl import load_workbook
 from samples import jpeg, pdf, png, tiff
 from structlog.testing import capture_logs
+from waits import within
 from worker_fixtures import MakeSetup, create_batch, keys, read_json, with_domain
 
 from ocrbatch.batches.store import batch_store_in
@@ -94,7 +95,7 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
             worker = Worker(
                 settings, store=store, storages=storages, session=session, sleep=sleep, clock=clock
             )
-            outcome = await asyncio.wait_for(worker.run_pass(), timeout=50)
+            outcome = await within(worker.run_pass(), 50, "the pass did not end")
     assert outcome.errors == {}
 
     result_keys = set(await keys(setup.results))

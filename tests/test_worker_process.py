@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from pathlib import Path
 
 from process_fixtures import OcrbatchProcess, start_ocrbatch
 from samples import png
+from waits import within
 from webhook_receiver import Receiver
 from worker_fixtures import MakeSetup, WorkerSetup, keys, write_config
 
@@ -59,12 +59,18 @@ async def test_sigkill_halfway_then_restart_loses_nothing(
     config, names = await prepare(setup, tmp_path)
     emulator = setup.emulator
     process = await start_worker(config)
-    await asyncio.wait_for(emulator.wait_until(lambda: len(emulator.recognitions) >= INPUTS // 2), timeout=60)
+    await within(
+        emulator.wait_until(lambda: len(emulator.recognitions) >= INPUTS // 2),
+        60,
+        "half the inputs were not recognised",
+    )
     process.process.kill()
     in_flight_at_kill = set(emulator.names_in_flight)
     assert await process.wait() == -signal.SIGKILL
     # Calls the dead worker had sent still finish at the service (and count); wait for them.
-    await asyncio.wait_for(emulator.wait_until(lambda: emulator.stats()["in_flight"] == 0), timeout=30)
+    await within(
+        emulator.wait_until(lambda: emulator.stats()["in_flight"] == 0), 30, "calls stayed in flight"
+    )
     stored = await result_sources(setup)
     unsettled = in_flight_at_kill | (set(emulator.recognitions) - stored)
     assert 0 < len(stored) < INPUTS, f"{len(stored)} results stored at the kill"
@@ -87,7 +93,9 @@ async def test_sigterm_lets_in_flight_items_finish(make_worker_setup: MakeSetup,
     config, names = await prepare(setup, tmp_path)
     emulator = setup.emulator
     process = await start_worker(config)
-    await asyncio.wait_for(emulator.wait_until(lambda: len(emulator.recognitions) >= 10), timeout=60)
+    await within(
+        emulator.wait_until(lambda: len(emulator.recognitions) >= 10), 60, "10 inputs were not recognised"
+    )
     await emulator.wait_for_in_flight(1)
     in_flight = set(emulator.names_in_flight)
     assert await process.stop(signal.SIGTERM) == 0
@@ -113,7 +121,7 @@ async def test_a_second_signal_exits_at_once(make_worker_setup: MakeSetup, tmp_p
     emulator = setup.emulator
     emulator.hold()  # calls stay in flight, so the first signal has something to wait for
     process = await start_worker(config)
-    await asyncio.wait_for(emulator.wait_for_in_flight(1), timeout=60)
+    await within(emulator.wait_for_in_flight(1), 60, "no call was in flight")
     process.process.send_signal(signal.SIGTERM)
     await process.wait_for_log("worker.stopping", timeout_s=30)
     assert await process.stop(signal.SIGTERM, timeout_s=30) == 130
