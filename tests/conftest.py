@@ -10,20 +10,30 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+from aiohttp.test_utils import TestClient, TestServer
+from api_fixtures import DOMAINS, TOKEN, Api, StartApi
+from cli_fixtures import CONFIG, OCR_SECRET, Cli
+from discovery_fixtures import Pair, PairLocations
 from emulator_fixtures import StartEmulator
+from fake_clock import FakeClock
 from moto.server import ThreadedMotoServer
 from process_fixtures import ServeProcess
 from process_fixtures import serve_process as start_serve_process
 from pydantic import SecretStr
+from webhook_receiver import Receiver
 from worker_fixtures import WorkerSetup
 
+from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.locations import Location
+from ocrbatch.service.api import create_app
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.storage.local import LocalStorage
 from ocrbatch.storage.s3 import open_s3_client
 
 # ---------------------------------------------------------------------------------------------
@@ -199,3 +209,120 @@ def serve_process() -> ServeProcess:
     """`async with serve_process(config) as served:` a running `ocrbatch serve` whose API listens at
     `served.url`; on exit it is stopped with SIGTERM and must exit 0."""
     return start_serve_process
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhooks: a real receiver on loopback, and a local result location for the outbox.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A started webhook receiver that answers 200 unless scripted otherwise; stopped after."""
+    receiver = Receiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Storage:
+    """A batch's result location on an empty local directory, where the webhook outbox lives."""
+    root = tmp_path / "results"
+    root.mkdir()
+    return LocalStorage(Location.parse(str(root)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker limiter: fake time for a domain limiter.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_time() -> FakeClock:
+    """Time from 0 s, moved only by the limiter's sleeps."""
+    return FakeClock(now_s=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery: a batch's input and result storages on each backend.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def pair_locations(request: pytest.FixtureRequest, tmp_path: Path) -> PairLocations:
+    """Two sibling locations on one backend: two directories, or two prefixes of a fresh bucket."""
+    if request.param == "local":
+        dirs = [tmp_path / "inputs", tmp_path / "results"]
+        for directory in dirs:
+            directory.mkdir()
+        return PairLocations(StorageSettings(), *(Location.parse(str(directory)) for directory in dirs))
+    bucket = request.getfixturevalue("s3_bucket")
+    return PairLocations(
+        request.getfixturevalue("s3_settings"),
+        Location.parse(f"s3://{bucket}/inputs/"),
+        Location.parse(f"s3://{bucket}/results/"),
+    )
+
+
+@pytest.fixture
+async def pair(pair_locations: PairLocations) -> AsyncIterator[Pair]:
+    """Opened input and result storages on each backend."""
+    async with StorageFactory(pair_locations.settings) as factory:
+        yield Pair(await factory.open(pair_locations.inputs), await factory.open(pair_locations.results))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: `ocrbatch` in-process, in a working directory holding its settings file.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    """`cli(*args, expect=0)`: `ocrbatch` run in-process in `tmp_path`, which holds its settings file."""
+    (tmp_path / "ocrbatch.toml").write_text(CONFIG.format(ocr_secret=OCR_SECRET))
+    monkeypatch.chdir(tmp_path)
+    yield Cli(tmp_path, capsys)
+    structlog.reset_defaults()
+
+
+# ---------------------------------------------------------------------------------------------
+# API: the HTTP API as a real server on loopback, over a local batch store.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def start_api() -> AsyncIterator[StartApi]:
+    """`await start_api(store, **create_app_options)`: the API on 127.0.0.1, port 0; stopped after.
+
+    On teardown, checks that no response body ever carried the token.
+    """
+    started: list[Api] = []
+
+    async def start(store: BatchStore, **options: Any) -> Api:
+        options.setdefault("token", SecretStr(TOKEN))
+        client: TestClient[Any, Any] = TestClient(
+            TestServer(create_app(store, **options), host="127.0.0.1", port=0)
+        )
+        await client.start_server()
+        started.append(Api(client))
+        return started[-1]
+
+    yield start
+    for api in started:
+        await api.client.close()
+        assert not any(TOKEN in body for body in api.bodies)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BatchStore:
+    """A batch store on a local control directory, with a General and a Template domain."""
+    control = tmp_path / "control"
+    control.mkdir()
+    return BatchStore(LocalStorage(Location.parse(str(control))), domains=DOMAINS)
+
+
+@pytest.fixture
+async def api(start_api: StartApi, store: BatchStore) -> Api:
+    """The API over the local store, with the token required."""
+    return await start_api(store)

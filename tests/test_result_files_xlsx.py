@@ -1,24 +1,23 @@
-"""Result files: PDFs split for the API and their answers merged back, JSON and Excel renderings."""
+"""Result files as Excel workbooks: General lines and tables, Template fields, the Pages sheet of
+failed pages, and bytes that depend on the answer only."""
 
 from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import Path
 from typing import Literal
 
 import pytest
 from openpyxl import load_workbook
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
-from pypdf import PdfReader, PdfWriter
-from samples import pdf, png
+from result_file_fixtures import example_response, general_parts
+from samples import pdf
 
 from ocrbatch.clova.contract import (
     BoundingPoly,
     CellTextLine,
     CellWord,
-    ConvertedImageInfo,
     OcrField,
     OcrImage,
     OcrResponse,
@@ -26,36 +25,8 @@ from ocrbatch.clova.contract import (
     TableCell,
     Vertex,
 )
-from ocrbatch.clova.documents import UnreadableDocument
-from ocrbatch.emulator.results import default_template, general_images, template_images
-from ocrbatch.worker.result_files import (
-    CONTENT_TYPES,
-    RESULT_SUFFIX,
-    merge_responses,
-    render_json,
-    render_xlsx,
-    split_pdf,
-)
-
-DATA = Path(__file__).parent / "data"
-
-
-def _example(name: str) -> OcrResponse:
-    return OcrResponse.model_validate_json((DATA / name).read_bytes())
-
-
-def _pdf_of_widths(widths_pt: list[int]) -> bytes:
-    """A PDF whose pages tell themselves apart by their widths."""
-    writer = PdfWriter()
-    for width in widths_pt:
-        writer.add_blank_page(width=width, height=800)
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
-
-
-def _widths(data: bytes) -> list[int]:
-    return [round(float(page.mediabox.width)) for page in PdfReader(io.BytesIO(data)).pages]
+from ocrbatch.emulator.results import default_template, template_images
+from ocrbatch.worker.result_files import merge_responses, render_xlsx
 
 
 def _workbook(data: bytes) -> Workbook:
@@ -64,25 +35,6 @@ def _workbook(data: bytes) -> Workbook:
 
 def _rows(sheet: Worksheet) -> list[tuple[object, ...]]:
     return list(sheet.iter_rows(values_only=True))
-
-
-def _general_parts(data: bytes) -> list[OcrResponse]:
-    """The emulator's General answers for each part of a split PDF, as the worker would get them."""
-    return [
-        OcrResponse(
-            version="V2",
-            request_id=f"request-{number}",
-            timestamp=1_700_000_000_000 + number,
-            images=general_images(
-                name="scan.pdf", data=part, image_format="pdf", lang="ko", table_detection=True
-            ),
-        )
-        for number, part in enumerate(split_pdf(data))
-    ]
-
-
-def _page_indexes(images: list[OcrImage]) -> list[int | None]:
-    return [image.converted_image_info.page_index if image.converted_image_info else None for image in images]
 
 
 def _box(left: float, top: float, right: float, bottom: float) -> BoundingPoly:
@@ -106,156 +58,13 @@ def _cell(row: int, column: int, *lines: str, row_span: int = 1, column_span: in
     )
 
 
-# -- names ---------------------------------------------------------------------------------------
-
-
-def test_result_suffixes_and_content_types_match() -> None:
-    """Each file format has a suffix, and each suffix the content type its object is stored with."""
-    assert RESULT_SUFFIX == {"json": ".json", "xls": ".xlsx"}
-    assert CONTENT_TYPES[RESULT_SUFFIX["json"]] == "application/json"
-    assert CONTENT_TYPES[RESULT_SUFFIX["xls"]] == (
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-    )
-
-
-# -- split ---------------------------------------------------------------------------------------
-
-
-def test_a_23_page_pdf_is_split_into_10_10_3_pages_in_order() -> None:
-    """Each part is a readable PDF of at most 10 pages, and the parts hold the pages in their order."""
-    widths = [300 + 10 * page for page in range(23)]
-    parts = split_pdf(_pdf_of_widths(widths))
-    assert [len(PdfReader(io.BytesIO(part)).pages) for part in parts] == [10, 10, 3]
-    assert [width for part in parts for width in _widths(part)] == widths
-
-
-def test_the_part_size_can_be_chosen() -> None:
-    """`pages_per_part` sets the cut: 5 pages by 2 give 2, 2 and 1 pages, still in order."""
-    widths = [400, 410, 420, 430, 440]
-    parts = split_pdf(_pdf_of_widths(widths), pages_per_part=2)
-    assert [_widths(part) for part in parts] == [[400, 410], [420, 430], [440]]
-
-
-@pytest.mark.parametrize("pages", [1, 10])
-def test_a_pdf_within_the_limit_is_returned_as_is(pages: int) -> None:
-    """A PDF of at most 10 pages is one part: the very bytes given, not a re-written copy."""
-    data = pdf(pages)
-    parts = split_pdf(data)
-    assert parts == [data]
-    assert parts[0] is data
-
-
-@pytest.mark.parametrize(
-    ("data", "reason"),
-    [
-        pytest.param(pdf(3, password="pw"), "encrypted PDF", id="encrypted-within-limit"),
-        pytest.param(pdf(23, password="pw"), "encrypted PDF", id="encrypted-over-limit"),
-        pytest.param(pdf(23)[:-200], "not a valid PDF document", id="truncated"),
-        pytest.param(png(), "not a PDF document", id="png-bytes"),
-        pytest.param(b"", "not a PDF document", id="zero-bytes"),
-        pytest.param(pdf(0), "PDF has no pages", id="no-pages"),
-    ],
-)
-def test_unreadable_pdfs_are_refused(data: bytes, reason: str) -> None:
-    """Encrypted, corrupt or empty PDFs raise UnreadableDocument with a reason, before any split."""
-    with pytest.raises(UnreadableDocument, match=reason):
-        split_pdf(data)
-
-
-# -- merge ---------------------------------------------------------------------------------------
-
-
-def test_merged_parts_number_their_pages_continuously() -> None:
-    """Three parts of a 23-page PDF merge into 23 images in part order with pageIndex 0..22, the
-    first part's envelope and every unknown field kept; the parts themselves are untouched."""
-    parts = _general_parts(pdf(23))
-    parts = [
-        OcrResponse.model_validate(
-            part.to_wire()
-            | {"partExtra": number}
-            | {
-                "images": [
-                    image.to_wire() | {"vendorNote": f"{number}/{index}"}
-                    for index, image in enumerate(part.images)
-                ]
-            }
-        )
-        for number, part in enumerate(parts)
-    ]
-    before = [part.to_wire() for part in parts]
-    assert [_page_indexes(part.images) for part in parts] == [
-        list(range(10)),
-        list(range(10)),
-        list(range(3)),
-    ]
-
-    merged = merge_responses(parts)
-
-    assert _page_indexes(merged.images) == list(range(23))
-    assert [image.uid for image in merged.images] == [image.uid for part in parts for image in part.images]
-    wire = merged.to_wire()
-    assert [image["vendorNote"] for image in wire["images"]] == [
-        f"{number}/{index}" for number, size in enumerate([10, 10, 3]) for index in range(size)
-    ]
-    assert (wire["version"], wire["requestId"], wire["timestamp"], wire["partExtra"]) == (
-        "V2",
-        "request-0",
-        1_700_000_000_000,
-        0,
-    )
-    assert [part.to_wire() for part in parts] == before
-
-
-def test_images_without_page_info_still_count_as_a_page() -> None:
-    """A page that failed (no convertedImageInfo) stays in place and the next page's index skips it."""
-    info = ConvertedImageInfo(width=100, height=100, page_index=0)
-    success = OcrImage(infer_result="SUCCESS", converted_image_info=info)
-    failure = OcrImage(infer_result="FAILURE", message="broken page")
-    merged = merge_responses(
-        [OcrResponse(images=[success]), OcrResponse(images=[failure]), OcrResponse(images=[success])]
-    )
-    assert [image.infer_result for image in merged.images] == ["SUCCESS", "FAILURE", "SUCCESS"]
-    assert _page_indexes(merged.images) == [0, None, 2]
-
-
-def test_merging_nothing_is_an_error() -> None:
-    """An empty list of parts is a caller's bug, not an empty document."""
-    with pytest.raises(ValueError, match="no parts"):
-        merge_responses([])
-
-
-# -- JSON ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "response",
-    [
-        pytest.param(_example("general-ocr-response.json"), id="general"),
-        pytest.param(_example("template-ocr-response.json"), id="template"),
-        pytest.param(_example("template-ocr-failure.json"), id="failure"),
-        pytest.param(merge_responses(_general_parts(pdf(12))), id="merged"),
-    ],
-)
-def test_json_round_trips_to_the_same_response(response: OcrResponse) -> None:
-    """The JSON file parses back to the same wire form: nothing is lost or renamed."""
-    assert OcrResponse.model_validate_json(render_json(response)).to_wire() == response.to_wire()
-
-
-def test_json_is_compact_utf8_with_text_as_is() -> None:
-    """Korean text is written as UTF-8, not \\u escapes, and without indentation."""
-    data = render_json(_example("general-ocr-response.json"))
-    assert "합계".encode() in data
-    assert b"\\u" not in data
-    assert b"\n" not in data
-
-
 # -- Excel: General ------------------------------------------------------------------------------
 
 
 def test_general_workbook_lists_lines_and_tables() -> None:
     """The General example gives a Text sheet of its two lines (words joined, lowest confidence,
     union box) with a frozen, filtered header, and a table sheet merged exactly where cells span."""
-    workbook = _workbook(render_xlsx(_example("general-ocr-response.json"), kind="general"))
+    workbook = _workbook(render_xlsx(example_response("general-ocr-response.json"), kind="general"))
     assert workbook.sheetnames == ["Text", "Pages", "Table p1-1"]
     assert workbook.active is not None
     assert workbook.active.title == "Text"
@@ -305,7 +114,7 @@ def test_a_merged_emulator_answer_gives_every_page_and_table() -> None:
     """A 23-page PDF recognised in three parts gives lines for all 23 pages, the first holding the
     emulator's ID word, and one table sheet per page with the emulator's spans merged."""
     data = pdf(23)
-    merged = merge_responses(_general_parts(data))
+    merged = merge_responses(general_parts(data))
     workbook = _workbook(render_xlsx(merged, kind="general"))
     assert workbook.sheetnames == ["Text", "Pages", *(f"Table p{page}-1" for page in range(1, 24))]
     lines = _rows(workbook["Text"])[1:]
@@ -374,7 +183,7 @@ def test_text_that_looks_like_a_formula_or_link_stays_text() -> None:
 def test_template_workbook_lists_each_field_with_its_value() -> None:
     """The Template example gives its title first, then every field name with its value, under
     the matched template's name and id."""
-    response = _example("template-ocr-response.json")
+    response = example_response("template-ocr-response.json")
     workbook = _workbook(render_xlsx(response, kind="template"))
     assert workbook.sheetnames == ["Fields", "Pages"]
     rows = _rows(workbook["Fields"])
@@ -423,7 +232,7 @@ def test_a_workbook_without_any_recognised_page_opens_on_the_reason(
 ) -> None:
     """A FAILURE-only answer still gives a workbook; it opens on the Pages sheet, which holds the
     result and the service's message."""
-    workbook = _workbook(render_xlsx(_example("template-ocr-failure.json"), kind=kind))
+    workbook = _workbook(render_xlsx(example_response("template-ocr-failure.json"), kind=kind))
     assert workbook.active is not None
     assert workbook.active.title == "Pages"
     assert _rows(workbook["Pages"]) == [
@@ -434,7 +243,9 @@ def test_a_workbook_without_any_recognised_page_opens_on_the_reason(
 
 def test_pages_sheet_tells_failed_pages_from_recognised_ones() -> None:
     """Every image has a Pages row with its result, message and size, recognised or not."""
-    merged = merge_responses([_example("general-ocr-response.json"), _example("template-ocr-failure.json")])
+    merged = merge_responses(
+        [example_response("general-ocr-response.json"), example_response("template-ocr-failure.json")]
+    )
     rows = _rows(_workbook(render_xlsx(merged, kind="general"))["Pages"])[1:]
     assert [(row[0], row[2], row[3], row[4], row[5]) for row in rows] == [
         (1, "SUCCESS", "SUCCESS", 1190, 1682),
@@ -444,7 +255,7 @@ def test_pages_sheet_tells_failed_pages_from_recognised_ones() -> None:
 
 def test_equal_responses_give_equal_bytes() -> None:
     """Rendering is deterministic: the document date is fixed, not the time of rendering."""
-    response = merge_responses(_general_parts(pdf(12)))
+    response = merge_responses(general_parts(pdf(12)))
     first = render_xlsx(response, kind="general")
     assert render_xlsx(response.model_copy(deep=True), kind="general") == first
     with zipfile.ZipFile(io.BytesIO(first)) as archive:

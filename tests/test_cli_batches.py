@@ -1,107 +1,18 @@
-"""The `ocrbatch` command line, run through its real entry point on local and S3 storage."""
+"""The `ocrbatch batch` commands, run through the real entry point on a local control directory:
+create, list, show, edit, delete and apply, and the refusals of bad input."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-import structlog
-from botocore.config import Config
+from cli_fixtures import CREATE_FORMS, CREATE_RECEIPTS, Cli
 
-from ocrbatch.cli.root import EXIT_BAD_INPUT, EXIT_FAILURE, main
-
-CONFIG = """
-[storage]
-control_path = "control"
-
-[domains.receipts]
-kind = "general"
-invoke_url = "http://127.0.0.1:9/general"
-secret = "{ocr_secret}"
-table_extraction = true
-
-[domains.forms]
-kind = "template"
-invoke_url = "http://127.0.0.1:9/infer"
-secret = "template-secret-value"
-
-[logging]
-format = "json"
-"""
-OCR_SECRET = "ocr-SECRET-7f3a91"
-
-
-class Cli:
-    """Runs `ocrbatch --config <tmp>/ocrbatch.toml ...` in-process and captures its output."""
-
-    def __init__(self, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.workdir = workdir
-        self.capsys = capsys
-        self.outputs: list[str] = []
-
-    def __call__(self, *args: str, expect: int = 0) -> tuple[str, str]:
-        try:
-            main(["--config", str(self.workdir / "ocrbatch.toml"), *args])
-        except SystemExit as exc:
-            code = exc.code
-        else:
-            code = 0
-        out, err = self.capsys.readouterr()
-        self.outputs += [out, err]
-        assert code == expect, f"exit {code}, expected {expect}\n{out}\n{err}"
-        return out, err
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json")[0])
-
-
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
-    (tmp_path / "ocrbatch.toml").write_text(CONFIG.format(ocr_secret=OCR_SECRET))
-    monkeypatch.chdir(tmp_path)
-    yield Cli(tmp_path, capsys)
-    structlog.reset_defaults()
+from ocrbatch.cli.root import EXIT_BAD_INPUT
 
 
 def control_files(cli: Cli) -> list[Path]:
     return sorted(path for path in (cli.workdir / "control").rglob("*") if path.is_file())
-
-
-CREATE_RECEIPTS = (
-    "batch",
-    "create",
-    "--name",
-    "영수증",
-    "--domain",
-    "receipts",
-    "--input",
-    "in/r",
-    "--result",
-    "out/r",
-)
-CREATE_FORMS = (
-    "batch",
-    "create",
-    "--name",
-    "forms",
-    "--domain",
-    "forms",
-    "--template-id",
-    "3",
-    "--template-id",
-    "4",
-    "--file-format",
-    "xls",
-    "--input",
-    "in/f",
-    "--result",
-    "out/f",
-)
 
 
 def test_create_list_show_edit_delete(cli: Cli) -> None:
@@ -314,111 +225,3 @@ def test_apply_toml_and_yaml(cli: Cli) -> None:
     _, err = cli("batch", "apply", "-f", "wrong.yaml", expect=EXIT_BAD_INPUT)
     assert "expected a 'batches:' list" in err
     assert {path: path.read_bytes() for path in control_files(cli)} == before
-
-
-def test_config_check_prints_masked_settings(cli: Cli) -> None:
-    """config check prints the effective settings as JSON with every secret masked."""
-    out, err = cli("config", "check")
-    settings = json.loads(out)
-    assert settings["domains"]["receipts"]["secret"] == "**********"
-    assert OCR_SECRET not in out + err
-    assert "settings are valid" in err
-
-
-def test_bad_config_exits_2_naming_the_key(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An invalid setting stops every command with one message naming the key and the rule."""
-    monkeypatch.setenv("OCRBATCH_DOMAINS__RECEIPTS__MAX_CONCURRENT_CALLS", "-1")
-    _, err = cli("batch", "list", expect=EXIT_BAD_INPUT)
-    assert err.startswith("error: invalid setting: domains.receipts.max_concurrent_calls:")
-
-
-def s3_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-
-
-def test_batches_on_s3_storage(cli: Cli, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With control_path on S3, the same commands keep one document per batch in the bucket."""
-    bucket = f"ctl-{uuid.uuid4().hex[:12]}"
-    s3_client(moto_server).create_bucket(Bucket=bucket)
-    monkeypatch.setenv("OCRBATCH_STORAGE__ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("OCRBATCH_STORAGE__ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("OCRBATCH_STORAGE__SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("OCRBATCH_STORAGE__ADDRESSING_STYLE", "path")
-    monkeypatch.setenv("OCRBATCH_STORAGE__CONTROL_PATH", f"s3://{bucket}/ocrbatch")
-    created = cli.json(*CREATE_FORMS)
-    listed = s3_client(moto_server).list_objects_v2(Bucket=bucket)["Contents"]
-    assert [item["Key"] for item in listed] == [f"ocrbatch/batches/{created['id']}.json"]
-    assert [batch["name"] for batch in cli.json("batch", "list")] == ["forms"]
-
-
-def test_unreachable_storage_is_an_operational_error(
-    cli: Cli, moto_server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A missing bucket is reported as such (exit 1), never as an empty list."""
-    monkeypatch.setenv("OCRBATCH_STORAGE__ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("OCRBATCH_STORAGE__ADDRESSING_STYLE", "path")
-    monkeypatch.setenv("OCRBATCH_STORAGE__ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("OCRBATCH_STORAGE__SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("OCRBATCH_STORAGE__CONTROL_PATH", "s3://no-such-bucket-here/ocrbatch")
-    out, err = cli("batch", "list", expect=EXIT_FAILURE)
-    assert out == ""
-    assert err.startswith("error: s3://no-such-bucket-here/ocrbatch/")
-    assert "does not exist" in err
-
-
-def test_a_known_secret_appears_nowhere(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Secrets from settings, files and webhooks never reach stdout, stderr or logs, errors included."""
-    secrets = {
-        "ocr": OCR_SECRET,
-        "storage": "storage-SECRET-88c2",
-        "token": "api-SECRET-token-5d1e",
-        "webhook": "whsec-SECRET-31b7",
-    }
-    (cli.workdir / "storage-secret").write_text(secrets["storage"] + "\n")
-    (cli.workdir / "webhook-secret").write_text(secrets["webhook"] + "\n")
-    monkeypatch.setenv("OCRBATCH_STORAGE__ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("OCRBATCH_STORAGE__SECRET_ACCESS_KEY_FILE", str(cli.workdir / "storage-secret"))
-    monkeypatch.setenv("OCRBATCH_API__TOKEN", secrets["token"])
-    monkeypatch.setenv("OCRBATCH_LOGGING__LEVEL", "debug")
-    cli("config", "check")
-    cli(*CREATE_RECEIPTS, "--webhook-url", "http://h/x", "--webhook-secret-file", "webhook-secret")
-    cli("batch", "show", "영수증")
-    cli("batch", "list", "--json")
-    cli("batch", "edit", "영수증", "--pause")
-    cli(
-        "batch",
-        "create",
-        "--name",
-        "x",
-        "--domain",
-        "receipts",
-        "--input",
-        "a",
-        "--result",
-        "b",
-        "--webhook-url",
-        "http://h/y",
-        "--webhook-secret-file",
-        "webhook-secret",
-        expect=EXIT_BAD_INPUT,
-    )
-    # An unreachable S3 endpoint: the storage error must not carry the credentials either.
-    monkeypatch.setenv("OCRBATCH_STORAGE__ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("OCRBATCH_STORAGE__CONTROL_PATH", "s3://some-bucket/ctl")
-    monkeypatch.setenv("OCRBATCH_STORAGE__CONNECT_TIMEOUT_S", "0.5")
-    monkeypatch.setenv("OCRBATCH_STORAGE__MAX_ATTEMPTS", "1")
-    cli("batch", "list", expect=EXIT_FAILURE)
-    # A secret put where a number belongs: the validation error must not echo it.
-    monkeypatch.setenv("OCRBATCH_WORKER__MAX_ATTEMPTS", secrets["token"])
-    cli("batch", "list", expect=EXIT_BAD_INPUT)
-    everything = "".join(cli.outputs)
-    assert "batch.created" in everything  # the logs were captured too
-    for name, secret in secrets.items():
-        assert secret not in everything, f"the {name} secret leaked"

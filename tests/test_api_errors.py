@@ -1,0 +1,123 @@
+"""The HTTP API's refusals as a real server on loopback: malformed bodies (400), rule violations
+(422), unknown batches, routes and methods (404, 405), stale If-Match (412), and unexpected errors
+(a bare 500)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from api_fixtures import Api, StartApi, spec
+from structlog.testing import capture_logs
+
+from ocrbatch.batches.spec import Batch
+from ocrbatch.batches.store import BatchStore
+
+
+async def test_malformed_bodies_are_400(api: Api) -> None:
+    """Invalid JSON, bad UTF-8, a non-object body and an empty edit are 400 bad_request."""
+    _, created = await api.call("POST", "/api/v1/batches", json=spec())
+    cases = [
+        ("POST", "/api/v1/batches", b"{not json"),
+        ("POST", "/api/v1/batches", b"\xff\xfe"),
+        ("POST", "/api/v1/batches", b"[1, 2]"),
+        ("POST", "/api/v1/batches", b"[" * 100_000),
+        ("PATCH", f"/api/v1/batches/{created['id']}", b"null"),
+        ("PATCH", f"/api/v1/batches/{created['id']}", b"{}"),
+    ]
+    for method, path, data in cases:
+        response, body = await api.call(method, path, data=data)
+        assert response.status == 400, data[:20]
+        assert body["error"]["code"] == "bad_request"
+
+
+async def test_rule_violations_are_422_naming_the_field(api: Api) -> None:
+    """Refused batches are 422 invalid_batch, each violation naming the field and its rule."""
+    response, _ = await api.call(
+        "POST", "/api/v1/batches", json=spec("general-1", domain="gen", template_ids=None)
+    )
+    assert response.status == 201
+    cases: list[tuple[dict[str, Any], str]] = [
+        (spec("general-2", domain="gen", template_ids=None), "domain"),
+        (spec("bad name!"), "name"),
+        (spec("forms", colour="red"), "colour"),
+        (spec("forms", domain="nope"), "domain"),
+        ({k: v for k, v in spec().items() if k != "input_path"}, "input_path"),
+        (spec("forms", webhook={"url": "https://h.example", "secret_file": "/etc/passwd"}), "webhook"),
+    ]
+    for data, field in cases:
+        response, body = await api.call("POST", "/api/v1/batches", json=data)
+        assert response.status == 422, data
+        assert body["error"]["code"] == "invalid_batch"
+        fields = [item["field"] for item in body["error"]["violations"]]
+        assert any(name.startswith(field) for name in fields), (field, fields)
+    response, body = await api.call("PATCH", "/api/v1/batches/general-1", json={"name": "a/b"})
+    assert response.status == 422
+    assert body["error"]["violations"][0]["field"] == "name"
+
+
+async def test_unknown_batches_routes_and_methods(api: Api) -> None:
+    """Unknown batches and routes are 404 not_found; a wrong method is 405 with Allow."""
+    for method in ("GET", "PATCH", "DELETE"):
+        response, body = await api.call(method, "/api/v1/batches/no-such-batch", json={"status": "paused"})
+        assert response.status == 404, method
+        assert body["error"]["code"] == "not_found"
+    response, body = await api.call("GET", "/api/v1/batches/no-such-batch/status")
+    assert (response.status, body["error"]["code"]) == (404, "not_found")
+    response, body = await api.call("GET", "/api/v2/things")
+    assert (response.status, body["error"]["code"]) == (404, "not_found")
+    response, body = await api.call("PUT", "/api/v1/batches")
+    assert (response.status, body["error"]["code"]) == (405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+async def test_if_match_mismatch_is_412(api: Api) -> None:
+    """PATCH and DELETE with a stale If-Match are refused with 412; the current ETag is accepted."""
+    response, created = await api.call("POST", "/api/v1/batches", json=spec())
+    first_etag = response.headers["ETag"]
+    path = f"/api/v1/batches/{created['id']}"
+    response, _ = await api.call("PATCH", path, json={"template_ids": [7]}, headers={"If-Match": first_etag})
+    assert response.status == 200
+    second_etag = response.headers["ETag"]
+    assert second_etag != first_etag
+    for method, payload in (("PATCH", {"template_ids": [8]}), ("DELETE", None)):
+        response, body = await api.call(method, path, json=payload, headers={"If-Match": first_etag})
+        assert response.status == 412, method
+        assert body["error"]["code"] == "precondition_failed"
+    _, current = await api.call("GET", path)
+    assert current["template_ids"] == [7]
+    response, _ = await api.call("DELETE", path, headers={"If-Match": second_etag})
+    assert response.status == 200
+
+
+async def test_concurrent_patches_from_one_etag_one_wins(api: Api) -> None:
+    """Two PATCHes sent at once with the same If-Match: exactly one succeeds, the other gets 412/409."""
+    response, created = await api.call("POST", "/api/v1/batches", json=spec())
+    etag = response.headers["ETag"]
+    path = f"/api/v1/batches/{created['id']}"
+    results = await asyncio.gather(
+        api.call("PATCH", path, json={"template_ids": [2]}, headers={"If-Match": etag}),
+        api.call("PATCH", path, json={"template_ids": [3]}, headers={"If-Match": etag}),
+    )
+    statuses = sorted(response.status for response, _ in results)
+    assert statuses[0] == 200
+    assert statuses[1] in (409, 412)
+    winner = next(body for response, body in results if response.status == 200)
+    _, current = await api.call("GET", path)
+    assert current["template_ids"] == winner["template_ids"]
+
+
+async def test_unexpected_errors_are_a_bare_500_and_logged(start_api: StartApi, store: BatchStore) -> None:
+    """An unexpected exception becomes 500 internal with no detail in the body, and is logged."""
+
+    async def read_report(batch: Batch) -> dict[str, Any] | None:
+        raise RuntimeError("report parser exploded")
+
+    api = await start_api(store, read_report=read_report)
+    await api.call("POST", "/api/v1/batches", json=spec())
+    with capture_logs() as logs:
+        response, body = await api.call("GET", "/api/v1/batches/forms/status")
+    assert response.status == 500
+    assert body == {"error": {"code": "internal", "message": "internal error"}}
+    assert [entry["event"] for entry in logs] == ["api.internal_error"]
+    assert "exploded" not in api.bodies[-1]

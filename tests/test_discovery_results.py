@@ -1,0 +1,164 @@
+"""Discovery on both backends, an input against its result and failure record: done, changed since
+its result, failed, or pending as a retry, and what decides (source etag or trusted timestamps).
+
+Each test gets two storages on the same backend (`pair`): inputs, and a separate result location
+holding results (`K + suffix`) and failure records (`_failed/K.json`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from discovery_fixtures import Pair, state_by_key
+
+from ocrbatch.locations import Location
+from ocrbatch.settings import StorageSettings
+from ocrbatch.storage.base import Storage
+from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.discovery import DiscoveryStats, discover
+
+
+@pytest.fixture
+async def local_pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """Opened input and result storages on two local directories."""
+    dirs = [tmp_path / "inputs", tmp_path / "results"]
+    async with StorageFactory(StorageSettings()) as factory:
+        opened = []
+        for directory in dirs:
+            directory.mkdir()
+            opened.append(await factory.open(Location.parse(str(directory))))
+        yield Pair(*opened)
+
+
+def _local_path(storage: Storage, key: str) -> str:
+    return os.path.join(storage.location.prefix, *key.split("/"))
+
+
+def _copy_in_keeping_mtime(path: str, data: bytes, *, mtime_s: float) -> None:
+    """Replace a file from outside ocrbatch as `cp -p` would: new bytes, the source's old mtime."""
+    with open(path, "wb") as file:
+        file.write(data)
+    os.utime(path, (mtime_s, mtime_s))
+
+
+# ---- results ----
+
+
+async def test_current_result_is_done(pair: Pair) -> None:
+    """An input whose result carries its etag is done."""
+    etags = await pair.put_inputs("a.png", "dir/b.pdf")
+    for key, etag in etags.items():
+        await pair.put_result(key, etag)
+
+    assert await pair.states() == {"a.png": "done", "dir/b.pdf": "done"}
+
+
+async def test_input_changed_since_its_result_is_pending(pair: Pair) -> None:
+    """An input re-uploaded after its result was made is pending "changed since its result".
+
+    The new upload is not older than the result, so the result's source etag decides.
+    """
+    etags = await pair.put_inputs("a.png")
+    await pair.put_result("a.png", etags["a.png"])
+    await pair.inputs.write("a.png", b"new scan")
+
+    assert await pair.states() == {"a.png": "pending (changed since its result)"}
+
+
+async def test_local_input_replaced_with_an_older_mtime_is_pending(local_pair: Pair) -> None:
+    """A local file replaced by one carrying an old mtime (`cp -p`, `rsync -a`) is still pending:
+    on local storage the source etag decides, never the file times."""
+    etags = await local_pair.put_inputs("a.png")
+    await local_pair.put_result("a.png", etags["a.png"])
+    path = _local_path(local_pair.inputs, "a.png")
+    _copy_in_keeping_mtime(path, b"replaced from outside", mtime_s=os.stat(path).st_mtime - 3600)
+
+    assert await local_pair.states() == {"a.png": "pending (changed since its result)"}
+
+
+async def test_trusted_timestamps_decide_without_a_head(local_pair: Pair) -> None:
+    """With trusted timestamps a result written strictly after its input is current without a HEAD;
+    at equal times the result's source etag is read and decides."""
+    await local_pair.put_inputs("a.png")
+    await local_pair.put_result("a.png", "an etag of another version")
+    input_path = _local_path(local_pair.inputs, "a.png")
+    result_path = _local_path(local_pair.results, "a.png.json")
+    input_mtime_s = os.stat(input_path).st_mtime
+    os.utime(result_path, (input_mtime_s + 10, input_mtime_s + 10))
+
+    newer = DiscoveryStats()
+    assert await local_pair.states(trust_timestamps=True, stats=newer) == {"a.png": "done"}
+    assert newer.heads == 0
+
+    await local_pair.put_result("a.png", "an etag of another version")
+    os.utime(input_path, ns=(os.stat(result_path).st_mtime_ns,) * 2)
+    same_time = DiscoveryStats()
+    assert await local_pair.states(trust_timestamps=True, stats=same_time) == {
+        "a.png": "pending (changed since its result)"
+    }
+    assert same_time.heads == 1
+
+
+async def test_result_of_the_other_format_does_not_count(pair: Pair) -> None:
+    """A `.xlsx` result does not make an input done for a `.json` batch, and the other way round."""
+    etags = await pair.put_inputs("a.png", "b.png")
+    await pair.put_result("a.png", etags["a.png"], suffix=".xlsx")
+    await pair.put_result("b.png", etags["b.png"], suffix=".json")
+
+    assert await pair.states(".json") == {"a.png": "pending (new)", "b.png": "done"}
+    assert await pair.states(".xlsx") == {"a.png": "done", "b.png": "pending (new)"}
+
+
+async def test_result_deleted_between_listing_and_head_counts_as_none(pair: Pair) -> None:
+    """A result or failure record listed but gone by the time it is read is as if it never existed."""
+    await pair.put_result("b.png", "whatever")  # before the input: its time cannot make it current
+    etags = await pair.put_inputs("a.png", "b.png")
+    await pair.put_failure("b.png", etags["b.png"], retryable=False)
+
+    items = discover(pair.inputs, pair.results, result_suffix=".json")
+    first = await anext(items)  # both listings have now read their (only) page
+    await pair.results.delete("b.png.json")
+    await pair.results.delete("_failed/b.png.json")
+    second = await anext(items)
+
+    assert state_by_key([first, second]) == {"a.png": "pending (new)", "b.png": "pending (new)"}
+    assert await anext(items, None) is None
+
+
+# ---- failure records ----
+
+
+async def test_final_failure_of_this_version_is_failed(pair: Pair) -> None:
+    """A non-retryable failure record for the input's current etag makes it failed, even next to a
+    result of an older version; a current result wins over any failure record."""
+    await pair.put_result("b.png", "an older version")  # made before the input was last uploaded
+    etags = await pair.put_inputs("a.png", "b.png", "c.png")
+    await pair.put_failure("a.png", etags["a.png"], retryable=False)
+    await pair.put_failure("b.png", etags["b.png"], retryable=False)
+    await pair.put_result("c.png", etags["c.png"])
+    await pair.put_failure("c.png", etags["c.png"], retryable=False)
+
+    assert await pair.states() == {"a.png": "failed", "b.png": "failed", "c.png": "done"}
+
+
+async def test_retryable_failure_is_pending_as_a_retry(pair: Pair) -> None:
+    """A retryable failure record makes the input pending, flagged so success removes the record."""
+    etags = await pair.put_inputs("a.png")
+    await pair.put_failure("a.png", etags["a.png"], retryable=True)
+
+    assert await pair.states() == {"a.png": "pending (retrying a failure) [retry]"}
+
+
+async def test_failure_of_an_older_version_is_pending_as_a_retry(pair: Pair) -> None:
+    """A failure record made from another version (final or not) is stale: the input is pending."""
+    await pair.put_inputs("a.png", "b.png")
+    await pair.put_failure("a.png", "an older version", retryable=False)
+    await pair.put_failure("b.png", "an older version", retryable=True)
+
+    assert await pair.states() == {
+        "a.png": "pending (changed since its failure) [retry]",
+        "b.png": "pending (changed since its failure) [retry]",
+    }

@@ -1,0 +1,46 @@
+"""Result files' names and content types, and the JSON rendering of an answer."""
+
+from __future__ import annotations
+
+import pytest
+from result_file_fixtures import example_response, general_parts
+from samples import pdf
+
+from ocrbatch.clova.contract import OcrResponse
+from ocrbatch.worker.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses, render_json
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def test_result_suffixes_and_content_types_match() -> None:
+    """Each file format has a suffix, and each suffix the content type its object is stored with."""
+    assert RESULT_SUFFIX == {"json": ".json", "xls": ".xlsx"}
+    assert CONTENT_TYPES[RESULT_SUFFIX["json"]] == "application/json"
+    assert CONTENT_TYPES[RESULT_SUFFIX["xls"]] == (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    )
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(example_response("general-ocr-response.json"), id="general"),
+        pytest.param(example_response("template-ocr-response.json"), id="template"),
+        pytest.param(example_response("template-ocr-failure.json"), id="failure"),
+        pytest.param(merge_responses(general_parts(pdf(12))), id="merged"),
+    ],
+)
+def test_json_round_trips_to_the_same_response(response: OcrResponse) -> None:
+    """The JSON file parses back to the same wire form: nothing is lost or renamed."""
+    assert OcrResponse.model_validate_json(render_json(response)).to_wire() == response.to_wire()
+
+
+def test_json_is_compact_utf8_with_text_as_is() -> None:
+    """Korean text is written as UTF-8, not \\u escapes, and without indentation."""
+    data = render_json(example_response("general-ocr-response.json"))
+    assert "합계".encode() in data
+    assert b"\\u" not in data
+    assert b"\n" not in data
