@@ -98,13 +98,7 @@ async def test_an_upload_event_gets_its_result_without_waiting_for_a_pass(
     try:
         async with serve_process(events_config) as served, aiohttp.ClientSession() as session:
             url, auth = served.url, {"Authorization": f"Bearer {TOKEN}"}
-            spec = {
-                "name": "scans",
-                "domain": "receipts",
-                "input_path": f"s3://{setup.bucket}/in",
-                "result_path": f"s3://{setup.bucket}/out",
-                "webhook": {"url": receiver.url},
-            }
+            spec = setup.batch_spec(name="scans", webhook={"url": receiver.url})
             async with session.post(url + "/api/v1/batches", json=spec, headers=auth) as response:
                 assert response.status == 201
             await setup.inputs.write("fresh upload.png", png(123, 45))

@@ -37,13 +37,7 @@ async def test_serve_runs_the_api_beside_the_worker(
                 assert response.status == 200
             async with session.get(url + "/api/v1/batches") as response:
                 assert response.status == 401
-            spec = {
-                "name": "receipts",
-                "domain": "receipts",
-                "input_path": f"s3://{setup.bucket}/in",
-                "result_path": f"s3://{setup.bucket}/out",
-                "webhook": {"url": receiver.url},
-            }
+            spec = setup.batch_spec(webhook={"url": receiver.url})
             async with session.post(url + "/api/v1/batches", json=spec, headers=auth) as response:
                 assert response.status == 201, await response.text()
                 batch_id = (await response.json())["id"]

@@ -10,9 +10,8 @@ from process_fixtures import OcrbatchProcess, start_ocrbatch
 from samples import png
 from waits import within
 from webhook_receiver import Receiver
-from worker_fixtures import MakeSetup, WorkerSetup, keys, write_config
+from worker_fixtures import MakeSetup, WorkerSetup, create_batch, keys, write_config
 
-from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.batch_run import item_tasks_per_batch
@@ -24,19 +23,8 @@ async def prepare(setup: WorkerSetup, tmp_path: Path, **batch: object) -> tuple[
     names = [f"scan-{index:03}.png" for index in range(INPUTS)]
     for index, name in enumerate(names):
         await setup.inputs.write(name, png(100 + index, 100))
-    config = write_config(setup, tmp_path / "ocrbatch.toml")
-    settings = setup.settings()
-    async with StorageFactory(settings.storage) as storages:
-        store = await batch_store_in(settings, storages)
-        spec = {
-            "name": "scans",
-            "domain": "receipts",
-            "input_path": f"s3://{setup.bucket}/in",
-            "result_path": f"s3://{setup.bucket}/out",
-            **batch,
-        }
-        await store.create(parse_spec(spec))
-    return config, names
+    await create_batch(setup, setup.settings(), name="scans", **batch)
+    return write_config(setup, tmp_path / "ocrbatch.toml"), names
 
 
 async def start_worker(config: Path) -> OcrbatchProcess:

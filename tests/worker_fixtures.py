@@ -73,19 +73,22 @@ class WorkerSetup:
     def location(self, prefix: str) -> Location:
         return Location.parse(f"s3://{self.bucket}/{prefix}")
 
+    def batch_spec(self, **fields: object) -> dict[str, object]:
+        """A General batch "receipts" reading `in/` and writing `out/` of the bucket, with `fields`."""
+        return {
+            "name": "receipts",
+            "domain": "receipts",
+            "input_path": f"s3://{self.bucket}/in",
+            "result_path": f"s3://{self.bucket}/out",
+            **fields,
+        }
+
 
 async def create_batch(setup: WorkerSetup, settings: Settings, **fields: object) -> str:
-    """Create a batch reading `in/` and writing `out/` of the setup's bucket; returns its id."""
-    spec = {
-        "name": "receipts",
-        "domain": "receipts",
-        "input_path": f"s3://{setup.bucket}/in",
-        "result_path": f"s3://{setup.bucket}/out",
-        **fields,
-    }
+    """Create the setup's batch (`WorkerSetup.batch_spec`, with `fields`); returns its id."""
     async with StorageFactory(settings.storage) as storages:
         store = await batch_store_in(settings, storages)
-        return (await store.create(parse_spec(spec))).batch.id
+        return (await store.create(parse_spec(setup.batch_spec(**fields)))).batch.id
 
 
 async def keys(storage: Storage, prefix: str = "") -> list[str]:
