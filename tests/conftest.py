@@ -12,17 +12,17 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
-from api_fixtures import DOMAINS, TOKEN, Api, StartApi
-from cli_fixtures import CONFIG, OCR_SECRET, Cli
-from discovery_fixtures import Pair, PairLocations
-from emulator_fixtures import StartEmulator
-from fake_clock import FakeClock
+from fixtures.api import DOMAINS, TOKEN, Api, StartApi
+from fixtures.cli import CONFIG, OCR_SECRET, Cli
+from fixtures.clock import FakeClock
+from fixtures.discovery import Pair, PairLocations
+from fixtures.emulator import StartEmulator
+from fixtures.process import ServeProcess
+from fixtures.process import serve_process as start_serve_process
+from fixtures.receiver import Receiver
+from fixtures.worker import WorkerSetup
 from moto.server import ThreadedMotoServer
-from process_fixtures import ServeProcess
-from process_fixtures import serve_process as start_serve_process
 from pydantic import SecretStr
-from webhook_receiver import Receiver
-from worker_fixtures import WorkerSetup
 
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import open_ocr_session

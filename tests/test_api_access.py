@@ -4,7 +4,7 @@ hosts it may bind without one."""
 from __future__ import annotations
 
 import pytest
-from api_fixtures import TOKEN, Api, StartApi
+from fixtures.api import TOKEN, Api, StartApi
 from pydantic import SecretStr
 
 from ocrbatch.batches.store import BatchStore

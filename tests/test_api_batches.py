@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from api_fixtures import DOMAINS, Api, StartApi, spec
+from fixtures.api import DOMAINS, Api, StartApi, spec
 
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from api_fixtures import Api, StartApi, spec
+from fixtures.api import Api, StartApi, spec
 from structlog.testing import capture_logs
 
 from ocrbatch.batches.spec import Batch

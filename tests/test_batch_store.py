@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from fake_clock import FakeClock
+from fixtures.clock import FakeClock
 
 from ocrbatch.batches.spec import BatchSpec, parse_spec
 from ocrbatch.batches.store import LOCK_KEY, BatchStore

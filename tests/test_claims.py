@@ -7,9 +7,9 @@ import json
 import os
 import socket
 
-from fake_clock import FakeClock
-from samples import png
-from worker_fixtures import MakeSetup, create_batch, keys
+from fixtures.clock import FakeClock
+from fixtures.samples import png
+from fixtures.worker import MakeSetup, create_batch, keys
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session

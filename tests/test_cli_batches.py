@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_fixtures import CREATE_FORMS, CREATE_RECEIPTS, Cli
+from fixtures.cli import CREATE_FORMS, CREATE_RECEIPTS, Cli
 
 from ocrbatch.cli.root import EXIT_BAD_INPUT
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from process_fixtures import start_ocrbatch
-from samples import pdf, png
-from worker_fixtures import MakeSetup, create_batch, keys, write_config
+from fixtures.process import start_ocrbatch
+from fixtures.samples import pdf, png
+from fixtures.worker import MakeSetup, create_batch, keys, write_config
 
 from ocrbatch.emulator.faults import ScriptedFault
 

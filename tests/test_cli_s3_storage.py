@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from cli_fixtures import CREATE_FORMS, Cli
+from fixtures.cli import CREATE_FORMS, Cli
 
 from ocrbatch.cli.root import EXIT_FAILURE
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_fixtures import CREATE_RECEIPTS, OCR_SECRET, Cli
+from fixtures.cli import CREATE_RECEIPTS, OCR_SECRET, Cli
 
 from ocrbatch.cli.root import EXIT_BAD_INPUT, EXIT_FAILURE
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import openpyxl
 import pytest
-from engine_fixtures import character_error_rate, require_tesseract_and_fonts
+from fixtures.engine import character_error_rate, require_tesseract_and_fonts
 
 from ocrbatch.clova.contract import OcrResponse
 from ocrbatch.demo.runner import run_demo

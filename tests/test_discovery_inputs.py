@@ -7,7 +7,7 @@ Each test gets two storages on the same backend (`pair`): inputs, and a separate
 from __future__ import annotations
 
 import pytest
-from discovery_fixtures import Pair, state_by_key
+from fixtures.discovery import Pair, state_by_key
 
 from ocrbatch.worker.discovery import REASON_RESERVED, image_format
 

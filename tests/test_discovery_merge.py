@@ -8,7 +8,7 @@ holding results (`K + suffix`) and failure records (`_failed/K.json`).
 
 from __future__ import annotations
 
-from discovery_fixtures import Pair, state_by_key
+from fixtures.discovery import Pair, state_by_key
 
 from ocrbatch.worker.discovery import DiscoveryStats, _result_listing
 

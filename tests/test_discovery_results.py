@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from discovery_fixtures import Pair, state_by_key
+from fixtures.discovery import Pair, state_by_key
 
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings

@@ -8,8 +8,8 @@ import random
 import re
 
 import pytest
+from fixtures.samples import jpeg, pdf, png, tiff
 from pypdf import PdfWriter
-from samples import jpeg, pdf, png, tiff
 
 from ocrbatch.clova.contract import MAX_PDF_PAGES_PER_CALL
 from ocrbatch.clova.documents import UnreadableDocument, is_long_image, page_sizes

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from emulator_fixtures import StartEmulator, calls_at_once, client_for, png_bytes, server_command
+from fixtures.emulator import StartEmulator, calls_at_once, client_for, png_bytes, server_command
 from pydantic import ValidationError
 from pypdf import PdfWriter
 

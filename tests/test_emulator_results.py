@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from samples import pdf, png
+from fixtures.samples import pdf, png
 
 from ocrbatch.clova.contract import OcrImage
 from ocrbatch.clova.documents import UnreadableDocument

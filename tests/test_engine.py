@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from emulator_fixtures import StartEmulator, calls_at_once, client_for
-from engine_fixtures import character_error_rate, require_tesseract_and_fonts, text_lines
+from fixtures.emulator import StartEmulator, calls_at_once, client_for
+from fixtures.engine import character_error_rate, require_tesseract_and_fonts, text_lines
 from PIL import Image
 
 from ocrbatch.clova.client import OcrCall

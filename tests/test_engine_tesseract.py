@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from emulator_fixtures import StartEmulator, client_for, png_bytes, server_command
-from engine_fixtures import fake_tesseract
+from fixtures.emulator import StartEmulator, client_for, png_bytes, server_command
+from fixtures.engine import fake_tesseract
 from PIL import Image
 from pydantic import ValidationError
 

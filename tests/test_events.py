@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from process_fixtures import TOKEN, ServeProcess
+from fixtures.process import TOKEN, ServeProcess
+from fixtures.receiver import Receiver
+from fixtures.samples import png
+from fixtures.worker import MakeSetup, create_batch, write_config
 from pydantic import SecretStr
-from samples import png
 from structlog.testing import capture_logs
-from webhook_receiver import Receiver
-from worker_fixtures import MakeSetup, create_batch, write_config
 
 from ocrbatch.batches.events import (
     NotAnEvent,

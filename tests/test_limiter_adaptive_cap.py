@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from fake_clock import FakeClock
-from limiter_fixtures import make_limiter, start_waiters, take
-from waits import within
+from fixtures.clock import FakeClock
+from fixtures.limiter import make_limiter, start_waiters, take
+from fixtures.waits import within
 
 from ocrbatch.worker.limiter import DomainLimiter
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from emulator_fixtures import StartEmulator, client_for, png_bytes
+from fixtures.emulator import StartEmulator, client_for, png_bytes
 from pydantic import SecretStr
 
 from ocrbatch.clova.client import OcrCall, OcrClient

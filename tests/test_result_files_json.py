@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from result_file_fixtures import example_response, general_parts
-from samples import pdf
+from fixtures.result_files import example_response, general_parts
+from fixtures.samples import pdf
 
 from ocrbatch.clova.contract import OcrResponse
 from ocrbatch.worker.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses, render_json

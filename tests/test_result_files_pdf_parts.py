@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 
 import pytest
+from fixtures.result_files import general_parts
+from fixtures.samples import pdf, png
 from pypdf import PdfReader, PdfWriter
-from result_file_fixtures import general_parts
-from samples import pdf, png
 
 from ocrbatch.clova.contract import ConvertedImageInfo, OcrImage, OcrResponse
 from ocrbatch.clova.documents import UnreadableDocument

@@ -8,11 +8,11 @@ import zipfile
 from typing import Literal
 
 import pytest
+from fixtures.result_files import example_response, general_parts
+from fixtures.samples import pdf
 from openpyxl import load_workbook
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
-from result_file_fixtures import example_response, general_parts
-from samples import pdf
 
 from ocrbatch.clova.contract import (
     BoundingPoly,

@@ -4,7 +4,7 @@ it gives up (webhook deliveries' use of it is in test_webhooks.py)."""
 from __future__ import annotations
 
 import pytest
-from fake_clock import FakeClock
+from fixtures.clock import FakeClock
 from tenacity import retry_if_exception_type
 
 from ocrbatch.clova.contract import ErrorClass, OcrError

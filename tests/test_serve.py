@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from process_fixtures import TOKEN, ServeProcess, start_ocrbatch
+from fixtures.process import TOKEN, ServeProcess, start_ocrbatch
+from fixtures.receiver import Receiver
+from fixtures.samples import png
+from fixtures.waits import within
+from fixtures.worker import MakeSetup, write_config
 from prometheus_client.parser import text_string_to_metric_families
-from samples import png
-from waits import within
-from webhook_receiver import Receiver
-from worker_fixtures import MakeSetup, write_config
 
 from ocrbatch.emulator.faults import ScriptedFault
 

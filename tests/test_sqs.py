@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
-from process_fixtures import TOKEN, ServeProcess
-from samples import png
-from waits import within
-from worker_fixtures import MakeSetup, WorkerSetup, create_batch, keys, write_config
+from fixtures.process import TOKEN, ServeProcess
+from fixtures.samples import png
+from fixtures.waits import within
+from fixtures.worker import MakeSetup, WorkerSetup, create_batch, keys, write_config
 
 from ocrbatch.batches.events import Upload
 from ocrbatch.metrics import WorkerMetrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from storage_fixtures import listed_keys
+from fixtures.storage import listed_keys
 
 from ocrbatch.errors import PreconditionFailed
 from ocrbatch.storage.base import ObjectInfo, Storage

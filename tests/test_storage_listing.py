@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage_fixtures import listed_keys, write_all
+from fixtures.storage import listed_keys, write_all
 
 from ocrbatch.locations import Location
 from ocrbatch.storage.base import Storage

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from storage_fixtures import listed_keys
+from fixtures.storage import listed_keys
 
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError, UnsupportedOperation
 from ocrbatch.locations import Location

@@ -7,7 +7,7 @@ Each test takes the `storage` fixture and so runs once per backend.
 from __future__ import annotations
 
 import pytest
-from storage_fixtures import listed_keys, write_all
+from fixtures.storage import listed_keys, write_all
 
 from ocrbatch.errors import ObjectNotFound, PreconditionFailed
 from ocrbatch.storage.base import Storage

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
+from fixtures.storage import listed_keys
 from pydantic import SecretStr
-from storage_fixtures import listed_keys
 
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.locations import Location

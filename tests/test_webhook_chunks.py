@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from fake_clock import FakeClock
-from samples import png
-from webhook_fixtures import (
+from fixtures.clock import FakeClock
+from fixtures.receiver import Receiver
+from fixtures.samples import png
+from fixtures.webhooks import (
     BATCH_ID,
     SECRET,
     UNREACHABLE,
@@ -24,8 +25,7 @@ from webhook_fixtures import (
     outbox_keys,
     service,
 )
-from webhook_receiver import Receiver
-from worker_fixtures import create_batch
+from fixtures.worker import create_batch
 
 from ocrbatch.batches.layout import OUTBOX_PREFIX
 from ocrbatch.locations import Location

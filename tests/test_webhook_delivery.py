@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fake_clock import FakeClock
+from fixtures.clock import FakeClock
+from fixtures.receiver import Receiver
+from fixtures.waits import within
+from fixtures.webhooks import BATCH_ID, SECRET, UNREACHABLE, StatusLog, attached, finish, outbox_keys
 from structlog.testing import capture_logs
-from waits import within
-from webhook_fixtures import BATCH_ID, SECRET, UNREACHABLE, StatusLog, attached, finish, outbox_keys
-from webhook_receiver import Receiver
 
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.storage.base import Storage

@@ -7,12 +7,12 @@ import io
 from collections.abc import Callable
 
 import pytest
-from fake_clock import FakeClock
+from fixtures.clock import FakeClock
+from fixtures.samples import jpeg, pdf, png, tiff
+from fixtures.waits import within
+from fixtures.worker import MakeSetup, create_batch, keys, read_json, with_domain
 from openpyxl import load_workbook
-from samples import jpeg, pdf, png, tiff
 from structlog.testing import capture_logs
-from waits import within
-from worker_fixtures import MakeSetup, create_batch, keys, read_json, with_domain
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from samples import png
+from fixtures.samples import png
+from fixtures.worker import MakeSetup, create_batch, keys, read_json
 from structlog.testing import capture_logs
-from worker_fixtures import MakeSetup, create_batch, keys, read_json
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session

@@ -6,11 +6,11 @@ import json
 import signal
 from pathlib import Path
 
-from process_fixtures import OcrbatchProcess, start_ocrbatch
-from samples import png
-from waits import within
-from webhook_receiver import Receiver
-from worker_fixtures import MakeSetup, WorkerSetup, create_batch, keys, write_config
+from fixtures.process import OcrbatchProcess, start_ocrbatch
+from fixtures.receiver import Receiver
+from fixtures.samples import png
+from fixtures.waits import within
+from fixtures.worker import MakeSetup, WorkerSetup, create_batch, keys, write_config
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.storage.factory import StorageFactory
