@@ -22,9 +22,9 @@ from bench.measure import cpu_s, peak_rss_kb
 from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.logs import configure_logging
 from ocrbatch.settings import load_settings
-from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.worker.worker import Worker
 
 
@@ -52,7 +52,7 @@ async def measure(
                     "result_path": result_path,
                 }
                 await store.create(parse_spec(spec))
-            claims = ItemClaims(await storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
+            claims = ItemClaims(store.coordination, ttl_s=settings.worker.claim_ttl_s)
             worker = Worker(settings, store=store, storages=storages, session=session, claims=claims)
             keep_alive = asyncio.create_task(claims.keep_alive())
             cpu_before_s, started_s = cpu_s(), time.monotonic()

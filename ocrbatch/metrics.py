@@ -24,6 +24,8 @@ class LiveState:
     domains: dict[str, dict[str, float | int | str]] = field(default_factory=dict)  # limiter snapshots
     queue_depths: dict[str, int] = field(default_factory=dict)  # batch name -> items waiting
     outbox_chunks: int = 0
+    storage_endpoints: list[dict[str, object]] = field(default_factory=list)  # `Endpoint.as_dict()`s
+    coordination_backend: str | None = None
 
 
 class _LiveCollector(Collector):
@@ -46,6 +48,29 @@ class _LiveCollector(Collector):
         outbox = GaugeMetricFamily("ocrbatch_webhook_outbox_chunks", "Webhook chunks waiting for delivery")
         outbox.add_metric([], float(state.outbox_chunks))
         yield outbox
+        capability = GaugeMetricFamily(
+            "ocrbatch_storage_capability",
+            "What each storage endpoint was probed (or configured) to do: 1 yes, 0 no",
+            labels=["endpoint", "capability"],
+        )
+        for endpoint in state.storage_endpoints:
+            for name in _CAPABILITIES:
+                if isinstance(value := endpoint.get(name), bool):
+                    capability.add_metric([str(endpoint["endpoint"]), name], float(value))
+            if endpoint.get("list_api") in ("v1", "v2"):
+                capability.add_metric(
+                    [str(endpoint["endpoint"]), "list_objects_v2"], float(endpoint["list_api"] == "v2")
+                )
+        yield capability
+        if state.coordination_backend is not None:
+            backend = GaugeMetricFamily(
+                "ocrbatch_coordination_backend", "The coordination backend in use", labels=["backend"]
+            )
+            backend.add_metric([state.coordination_backend], 1.0)
+            yield backend
+
+
+_CAPABILITIES = ("create_only_writes", "if_match_writes", "if_match_deletes", "user_metadata")
 
 
 # (metric, help, key of the limiter's snapshot)

@@ -85,6 +85,9 @@ class StorageSettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=20)
     max_pool_connections: int = Field(default=64, ge=1, le=1024)
     control_path: str = "var/ocrbatch"
+    # What the store can do: probed once per endpoint ("auto"), or stated by the operator.
+    list_api: Literal["auto", "v2", "v1"] = "auto"
+    conditional_writes: Literal["auto", "yes", "no"] = "auto"
 
     @field_validator("endpoint_url")
     @classmethod
@@ -101,6 +104,33 @@ class StorageSettings(_Section):
     def _both_keys(self) -> StorageSettings:
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("set both access_key_id and secret_access_key, or neither")
+        return self
+
+
+class CoordinationSettings(_Section):
+    """Where compare-and-swap happens: the control storage's conditional writes, or Redis.
+
+    With `redis`, each domain's `max_concurrent_calls` and `calls_per_second` are totals shared by
+    every replica; with `storage`, each replica applies them on its own.
+    """
+
+    backend: Literal["storage", "redis"] = "storage"
+    url: SecretStr | None = None  # redis://[user:password@]host:6379/0 (may hold a password)
+    key_prefix: str = Field(default="ocrbatch:", min_length=1, max_length=64)
+    slot_lease_s: float = Field(default=30.0, ge=1)
+    single_writer_settle_s: float = Field(default=2.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(r"^(redis|rediss|unix)://", value.get_secret_value()):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> CoordinationSettings:
+        if self.backend == "redis" and self.url is None:
+            raise ValueError('backend = "redis" needs url (or url_file)')
         return self
 
 
@@ -224,6 +254,7 @@ class Settings(BaseSettings):
     )
 
     storage: StorageSettings = StorageSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
     domains: dict[str, DomainSettings] = {}
     worker: WorkerSettings = WorkerSettings()
     webhook: WebhookSettings = WebhookSettings()

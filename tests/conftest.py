@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -10,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from fixtures.api import DOMAINS, TOKEN, Api, StartApi
@@ -20,12 +23,15 @@ from fixtures.emulator import StartEmulator
 from fixtures.process import ServeProcess
 from fixtures.process import serve_process as start_serve_process
 from fixtures.receiver import Receiver
+from fixtures.redis_server import start_redis_server
+from fixtures.s3_proxy import S3Proxy, StartS3Proxy
 from fixtures.worker import WorkerSetup
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.locations import Location
@@ -153,6 +159,34 @@ async def s3_storage(s3_settings: StorageSettings, s3_bucket: str) -> AsyncItera
 
 
 # ---------------------------------------------------------------------------------------------
+# Storage behind a proxy: moto made to behave like other S3 stores (NAVER Cloud, …).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def start_s3_proxy(moto_server: str) -> AsyncIterator[StartS3Proxy]:
+    """`await start_s3_proxy("ncp", delay_s=0.01)`: an `S3Proxy` in front of moto; stopped after."""
+    started: list[S3Proxy] = []
+
+    async def start(profile: str, **options: Any) -> S3Proxy:
+        proxy = S3Proxy(moto_server, profile=profile, **options)
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def ncp_settings(s3_settings: StorageSettings, start_s3_proxy: StartS3Proxy) -> StorageSettings:
+    """`s3_settings` through an "ncp" proxy: V1 listings only, conditional headers ignored."""
+    proxy = await start_s3_proxy("ncp")
+    return s3_settings.model_copy(update={"endpoint_url": proxy.url})
+
+
+# ---------------------------------------------------------------------------------------------
 # OCR: the emulator as a real server on loopback, and one shared client session.
 # ---------------------------------------------------------------------------------------------
 
@@ -186,15 +220,22 @@ async def make_worker_setup(
     make_bucket: BucketMaker,
     s3_settings: StorageSettings,
     storage_factory: StorageFactory,
+    start_s3_proxy: StartS3Proxy,
 ) -> Callable[..., Awaitable[WorkerSetup]]:
-    """`await make_worker_setup(max_concurrent_calls=5, faults={...})`: emulator settings as keywords."""
+    """`await make_worker_setup(max_concurrent_calls=5, faults={...})`: emulator settings as keywords.
+    With `store="ncp"`, the worker reaches the bucket through the NAVER Object Storage profile (V1
+    listings only, conditional headers dropped); the setup's own storages still reach moto."""
 
-    async def make(**emulator_settings: Any) -> WorkerSetup:
+    async def make(*, store: str = "moto", **emulator_settings: Any) -> WorkerSetup:
         bucket = await make_bucket()
         emulator = await start_emulator(**emulator_settings)
         inputs = await storage_factory.open(Location.parse(f"s3://{bucket}/in"))
         results = await storage_factory.open(Location.parse(f"s3://{bucket}/out"))
-        return WorkerSetup(bucket, emulator, s3_settings, inputs, results)
+        settings = s3_settings
+        if store != "moto":
+            proxy = await start_s3_proxy(store)
+            settings = s3_settings.model_copy(update={"endpoint_url": proxy.url})
+        return WorkerSetup(bucket, emulator, settings, inputs, results)
 
     return make
 
@@ -319,10 +360,39 @@ def store(tmp_path: Path) -> BatchStore:
     """A batch store on a local control directory, with a General and a Template domain."""
     control = tmp_path / "control"
     control.mkdir()
-    return BatchStore(LocalStorage(Location.parse(str(control))), domains=DOMAINS)
+    location = Location.parse(str(control))
+    return BatchStore(StorageCoordination(LocalStorage(location)), control=location, domains=DOMAINS)
 
 
 @pytest.fixture
 async def api(start_api: StartApi, store: BatchStore) -> Api:
     """The API over the local store, with the token required."""
     return await start_api(store)
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: a real redis-server per test process (one per xdist worker), flushed for each test.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `redis-server` on loopback for the session; yields `redis://127.0.0.1:PORT/0`."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not on PATH; .ci/run installs it (apt-get install redis-server)")
+        pytest.skip("redis-server is not on PATH: the Redis backend tests need it")
+    server = start_redis_server(executable, tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis URL, its database emptied (FLUSHDB) before the test."""
+    with redis.Redis.from_url(redis_server) as client:
+        client.flushdb()
+    return redis_server

@@ -12,6 +12,7 @@ from fixtures.api import DOMAINS, Api, StartApi, spec
 
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.locations import Location
 from ocrbatch.storage.factory import StorageFactory
 
@@ -126,7 +127,8 @@ async def test_crud_on_s3_and_storage_errors_are_503(
 ) -> None:
     """On an S3 control location the API creates, edits, lists and deletes; a missing bucket is 503."""
     bucket = await make_bucket()
-    store = BatchStore(await storage_factory.open(Location.parse(f"s3://{bucket}/control")), domains=DOMAINS)
+    control = await storage_factory.open(Location.parse(f"s3://{bucket}/control"))
+    store = BatchStore(StorageCoordination(control), control=control.location, domains=DOMAINS)
     api = await start_api(store)
     response, created = await api.call("POST", "/api/v1/batches", json=spec())
     assert response.status == 201
@@ -142,9 +144,8 @@ async def test_crud_on_s3_and_storage_errors_are_503(
     response, _ = await api.call("DELETE", "/api/v1/batches/forms")
     assert response.status == 200
 
-    missing = BatchStore(
-        await storage_factory.open(Location.parse(f"s3://{bucket}-gone/control")), domains=DOMAINS
-    )
+    gone = await storage_factory.open(Location.parse(f"s3://{bucket}-gone/control"))
+    missing = BatchStore(StorageCoordination(gone), control=gone.location, domains=DOMAINS)
     broken = await start_api(missing)
     response, body = await broken.call("GET", "/api/v1/batches")
     assert response.status == 503

@@ -11,6 +11,7 @@ from fixtures.clock import FakeClock
 
 from ocrbatch.batches.spec import BatchSpec, parse_spec
 from ocrbatch.batches.store import LOCK_KEY, BatchStore
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation, StorageError
 from ocrbatch.settings import DomainSettings
 from ocrbatch.storage.base import Storage
@@ -37,7 +38,13 @@ def spec(name: str = "forms", **overrides: Any) -> BatchSpec:
 
 def make_store(storage: Storage, clock: FakeClock | None = None) -> BatchStore:
     clock = clock or FakeClock()
-    return BatchStore(storage, domains=DOMAINS, clock=clock, sleep=clock.sleep)
+    return BatchStore(
+        StorageCoordination(storage),
+        control=storage.location,
+        domains=DOMAINS,
+        clock=clock,
+        sleep=clock.sleep,
+    )
 
 
 async def keys(storage: Storage) -> list[str]:
@@ -122,7 +129,9 @@ async def test_moving_to_a_domain_of_the_other_kind_drops_the_old_options(storag
 async def test_status_change_works_for_a_batch_that_no_longer_passes(storage: Storage) -> None:
     """Pausing a batch whose domain was removed from the settings still works; editing it is refused."""
     created = await make_store(storage).create(spec())
-    without_domain = BatchStore(storage, domains={"gen": DOMAINS["gen"]})
+    without_domain = BatchStore(
+        StorageCoordination(storage), control=storage.location, domains={"gen": DOMAINS["gen"]}
+    )
     paused = await without_domain.update(created.batch.id, {}, status="paused")
     assert paused.batch.status == "paused"
     with pytest.raises(BatchRuleViolation, match="no OCR domain named 'tpl'"):

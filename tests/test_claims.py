@@ -13,8 +13,9 @@ from fixtures.worker import MakeSetup, create_batch, keys
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.claims import ItemClaims, claim_key
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.storage.base import Storage
-from ocrbatch.storage.claims import ItemClaims, claim_key
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import Worker
 
@@ -22,7 +23,10 @@ from ocrbatch.worker.worker import Worker
 async def test_a_claim_is_held_by_one_worker_until_released(storage: Storage) -> None:
     """While one worker holds an item, neither another worker nor another task of its own process can
     take it; once released, the other can."""
-    first, second = ItemClaims(storage, ttl_s=60), ItemClaims(storage, ttl_s=60)
+    first, second = (
+        ItemClaims(StorageCoordination(storage), ttl_s=60),
+        ItemClaims(StorageCoordination(storage), ttl_s=60),
+    )
     assert await first.take("b1", "scans/a.png")
     assert not await first.take("b1", "scans/a.png")  # a second task of the same process
     assert not await second.take("b1", "scans/a.png")
@@ -38,7 +42,10 @@ async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(storage: S
     """A claim not renewed within its lifetime is taken over; the old holder counts it as lost at its
     next renewal and its release leaves the new claim alone."""
     clock = FakeClock()
-    stalled, other = ItemClaims(storage, ttl_s=30, clock=clock), ItemClaims(storage, ttl_s=30, clock=clock)
+    stalled, other = (
+        ItemClaims(StorageCoordination(storage), ttl_s=30, clock=clock),
+        ItemClaims(StorageCoordination(storage), ttl_s=30, clock=clock),
+    )
     assert await stalled.take("b1", "a.png")
     clock.now_s += 20
     await stalled.renew_all()  # renewed: good for 30 s from now
@@ -56,7 +63,7 @@ async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(storage: S
 async def test_a_claim_of_a_dead_process_on_this_host_is_taken_at_once(storage: Storage) -> None:
     """A claim left by a process of this host that no longer runs (a killed worker, restarted) is
     taken over without waiting for it to expire; one of a live process or another host is not."""
-    claims = ItemClaims(storage, ttl_s=600)
+    claims = ItemClaims(StorageCoordination(storage), ttl_s=600)
     dead = await asyncio.create_subprocess_exec("true")
     await dead.wait()
     host = socket.gethostname()
@@ -96,7 +103,7 @@ async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
                 store=store,
                 storages=storages,
                 session=session,
-                claims=ItemClaims(control, ttl_s=60),
+                claims=ItemClaims(store.coordination, ttl_s=60),
             )
             for _ in range(2)
         ]

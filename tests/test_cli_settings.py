@@ -12,10 +12,15 @@ from ocrbatch.cli.root import EXIT_BAD_INPUT, EXIT_FAILURE
 
 
 def test_config_check_prints_masked_settings(cli: Cli) -> None:
-    """config check prints the effective settings as JSON with every secret masked."""
+    """config check prints the effective settings as JSON with every secret masked, and what the
+    control path's store was probed to do (a local directory: conditional writes and metadata)."""
     out, err = cli("config", "check")
-    settings = json.loads(out)
-    assert settings["domains"]["receipts"]["secret"] == "**********"
+    printed = json.loads(out)
+    assert printed["settings"]["domains"]["receipts"]["secret"] == "**********"
+    (local,) = printed["capabilities"]["storage"]
+    assert (local["endpoint"], local["conditional_writes"], local["user_metadata"]) == ("local", True, True)
+    assert printed["capabilities"]["coordination"]["backend"] == "storage"
+    assert "storage local: listing walk, conditional writes yes (probe), user metadata yes" in err
     assert OCR_SECRET not in out + err
     assert "settings are valid" in err
 

@@ -26,11 +26,12 @@ from ocrbatch.batches.events import (
 )
 from ocrbatch.batches.store import BatchStore, batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.claims import ItemClaims
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.emulator.faults import ScriptedFault
 from ocrbatch.locations import Location
 from ocrbatch.service.api import create_app
 from ocrbatch.service.sns import confirm_sns_subscription
-from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.local import LocalStorage
 from ocrbatch.worker.worker import Worker
@@ -145,7 +146,11 @@ async def test_sns_subscription_is_confirmed_and_notifications_take_a_query_toke
         announced.append(uploads)
         return len(uploads)
 
-    store = BatchStore(LocalStorage(Location.parse(str(tmp_path))), domains={})
+    store = BatchStore(
+        StorageCoordination(LocalStorage(Location.parse(str(tmp_path)))),
+        control=Location.parse(str(tmp_path)),
+        domains={},
+    )
     async with aiohttp.ClientSession() as session:
 
         async def confirm(url: str) -> None:
@@ -184,9 +189,12 @@ async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worke
         open_ocr_session(max_connections=16) as session,
     ):
         store = await batch_store_in(settings, storages)
-        control = await storages.open(store.control)
         worker = Worker(
-            settings, store=store, storages=storages, session=session, claims=ItemClaims(control, ttl_s=60)
+            settings,
+            store=store,
+            storages=storages,
+            session=session,
+            claims=ItemClaims(store.coordination, ttl_s=60),
         )
         busy_pass = asyncio.create_task(worker.run_pass())
         await setup.emulator.wait_for_in_flight(1)
@@ -198,7 +206,7 @@ async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worke
         assert await setup.results.head("fresh.png.json")
         assert not [entry for entry in logs if entry["event"] == "worker.pass_requested"]
 
-        other = ItemClaims(control, ttl_s=60)
+        other = ItemClaims(store.coordination, ttl_s=60)
         await setup.inputs.write("held.png", png(130, 80))
         assert await other.take(batch_id, "held.png")
         with capture_logs() as logs:

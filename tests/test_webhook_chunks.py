@@ -28,10 +28,11 @@ from fixtures.webhooks import (
 from fixtures.worker import create_batch
 
 from ocrbatch.batches.layout import OUTBOX_PREFIX
+from ocrbatch.coordination.claims import ItemClaims
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.locations import Location
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.storage.base import Storage
-from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.local import LocalStorage
 from ocrbatch.webhooks.outbox import ITEMS_PREFIX, MANIFESTS_PREFIX
 from ocrbatch.webhooks.service import RECOVER_INTERVAL_S
@@ -126,7 +127,10 @@ async def test_items_of_a_gone_worker_are_chunked_by_another_and_a_live_ones_are
     (tmp_path / "control").mkdir()
     control = LocalStorage(Location.parse(str(tmp_path / "control")))
     time, statuses = FakeClock(), StatusLog()
-    live, other = ItemClaims(control, ttl_s=600), ItemClaims(control, ttl_s=600)
+    live, other = (
+        ItemClaims(StorageCoordination(control), ttl_s=600),
+        ItemClaims(StorageCoordination(control), ttl_s=600),
+    )
     await live.register()
     await other.register()
     async with aiohttp.ClientSession() as session:

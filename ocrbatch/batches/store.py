@@ -1,11 +1,12 @@
-"""The batch catalog, kept in storage under the control location: one JSON document per batch.
+"""The batch catalog: one JSON document per batch, in the coordination backend (by default the
+control location's objects, or Redis).
 
-Concurrency, without any database:
-- every document is written with a precondition (create-only, or if-match on the etag that was
+Concurrency, without any database of our own:
+- every document is written with a precondition (create, or replace at the version that was
   read), so an edit based on a stale read fails with `BatchConflict` instead of overwriting;
 - changes that must look at all batches (unique names, one batch per General domain, paths)
-  run under a short lease on `locks/catalog.json`, taken with a create-only write and taken over
-  with an if-match write once expired, so two writers cannot both pass the checks.
+  run under a short lease on `locks/catalog.json`, taken with a create and taken over with a
+  replace once expired, so two writers cannot both pass the checks.
 """
 
 from __future__ import annotations
@@ -32,20 +33,20 @@ from ocrbatch.batches.spec import (
     parse_spec,
     resolve_defaults,
 )
+from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.factory import open_coordination
+from ocrbatch.coordination.leases import Leases, new_owner
 from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
     BatchRuleViolation,
-    ObjectNotFound,
     PreconditionFailed,
     StorageError,
     validation_problems,
 )
 from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings, Settings
-from ocrbatch.storage.base import Storage
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.storage.leases import Leases, new_owner
 from ocrbatch.types import Sleep
 
 BATCH_PREFIX = "batches/"
@@ -83,31 +84,38 @@ class BatchStore:
 
     def __init__(
         self,
-        storage: Storage,
+        coordination: Coordination,
         *,
+        control: Location,
         domains: Mapping[str, DomainSettings],
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         lease_s: float = 30.0,
         lock_wait_s: float = 10.0,
     ) -> None:
-        self._storage = storage
+        self._coordination = coordination
+        self._control = control
         self._domains = domains
         self._clock = clock
         self._sleep = sleep
         self._lease_s = lease_s
         self._lock_wait_s = lock_wait_s
-        self._leases = Leases(storage, owner=new_owner(), clock=clock)
+        self._leases = Leases(coordination, owner=new_owner(), clock=clock)
 
     @property
     def control(self) -> Location:
-        return self._storage.location
+        """The control location: batches may not read from or write to it."""
+        return self._control
+
+    @property
+    def coordination(self) -> Coordination:
+        return self._coordination
 
     # -- reading --------------------------------------------------------------------------
 
     async def list_batches(self, search: str | None = None) -> list[StoredBatch]:
         """All batches sorted by name; `search` keeps those whose name contains it (any case/width)."""
-        keys = [info.key async for info in self._storage.list(BATCH_PREFIX) if info.key.endswith(".json")]
+        keys = [key async for key in self._coordination.keys(BATCH_PREFIX) if key.endswith(".json")]
         found = [item for item in await asyncio.gather(*(self._read_key(key) for key in keys)) if item]
         if search:
             needle = name_key(search)
@@ -126,10 +134,10 @@ class BatchStore:
 
     async def _read_key(self, key: str) -> StoredBatch | None:
         try:
-            stored = await self._storage.read(key)
-        except ObjectNotFound:
-            return None
+            stored = await self._coordination.read(key)
         except ValueError:  # not a valid key, so no such batch
+            return None
+        if stored is None:
             return None
         try:
             batch = Batch.model_validate_json(stored.data)
@@ -137,10 +145,10 @@ class BatchStore:
             field, rule = validation_problems(exc, unknown_key="is not a batch field")[0]
             raise StorageError(
                 f"batch document is not valid ({field}: {rule}); fix or delete it",
-                location=str(self.control),
+                location=self._coordination.where,
                 key=key,
             ) from None
-        return StoredBatch(batch, stored.info.etag)
+        return StoredBatch(batch, stored.version)
 
     # -- changing -------------------------------------------------------------------------
 
@@ -197,7 +205,7 @@ class BatchStore:
         """Remove the batch's definition (its results are never touched)."""
         base = await self.get(ref)
         try:
-            await self._storage.delete(_doc_key(base.batch.id), if_match=if_match or base.etag)
+            await self._coordination.delete(_doc_key(base.batch.id), version=if_match or base.etag)
         except PreconditionFailed:
             raise BatchConflict(_conflict_message(base.batch)) from None
         return base.batch
@@ -237,7 +245,7 @@ class BatchStore:
             if not dry_run:
                 for step in plan:
                     if step.change.action == "delete":
-                        await self._storage.delete(_doc_key(step.change.batch_id), if_match=step.etag)
+                        await self._coordination.delete(_doc_key(step.change.batch_id), version=step.etag)
                     elif step.batch is not None and step.change.action in ("create", "update"):
                         await self._write(step.batch, etag=step.etag)
             return [step.change for step in plan]
@@ -309,17 +317,15 @@ class BatchStore:
 
     async def _write(self, batch: Batch, *, etag: str | None) -> StoredBatch:
         body = batch.model_dump_json(indent=2, context={"reveal_secrets": True}).encode()
+        key = _doc_key(batch.id)
         try:
-            info = await self._storage.write(
-                _doc_key(batch.id),
-                body,
-                content_type="application/json",
-                if_none_match=etag is None,
-                if_match=etag,
-            )
+            if etag is None:
+                version = await self._coordination.create(key, body)
+            else:
+                version = await self._coordination.replace(key, body, version=etag)
         except PreconditionFailed:
             raise BatchConflict(_conflict_message(batch)) from None
-        return StoredBatch(batch, info.etag)
+        return StoredBatch(batch, version)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -365,6 +371,7 @@ async def open_batch_store(settings: Settings) -> AsyncIterator[BatchStore]:
 
 
 async def batch_store_in(settings: Settings, storages: StorageFactory) -> BatchStore:
-    """The batch store at the configured control path (a local control directory is created)."""
+    """The batch store in the configured coordination backend (a local control directory is
+    created; the control path's endpoint is probed)."""
     control = Location.parse(settings.storage.control_path)
-    return BatchStore(await storages.open(control, create=True), domains=settings.domains)
+    return BatchStore(await open_coordination(settings, storages), control=control, domains=settings.domains)

@@ -35,7 +35,7 @@ from ocrbatch.errors import (
 )
 
 ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
-Ready = Callable[[], Awaitable[None]]
+Ready = Callable[[], Awaitable[Mapping[str, Any] | None]]  # raises when not ready; details to show
 OnUploads = Callable[[list[Upload]], Awaitable[int]]  # returns how many uploads a batch wanted
 ConfirmSubscription = Callable[[str], Awaitable[None]]
 EVENTS_PATH = "/api/v1/events/s3"
@@ -237,15 +237,16 @@ class _Handlers:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        details: Mapping[str, Any] | None = None
         if self._ready is not None:
             try:
-                await self._ready()
+                details = await self._ready()
             except StorageError as exc:
                 return ApiError(503, "not_ready", str(exc)).response()
             except Exception:
                 log.exception("api.readiness_failed")
                 return ApiError(503, "not_ready", "the readiness check failed").response()
-        return _json({"status": "ready"})
+        return _json({"status": "ready", **(details or {})})
 
     async def list_batches(self, request: web.Request) -> web.Response:
         found = await self._store.list_batches(request.query.get("search") or None)

@@ -21,11 +21,13 @@ from ocrbatch.batches.report import read_report
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore, batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.claims import ItemClaims
+from ocrbatch.coordination.single_writer import SingleWriter
+from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.service.api import check_bind, create_app
 from ocrbatch.service.sns import confirm_sns_subscription
 from ocrbatch.service.sqs import SqsConsumer
 from ocrbatch.settings import Settings
-from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import PassResult, Worker
 
@@ -97,6 +99,7 @@ class _Service:
         self._once = once
         self._stop_requested = stop_requested
         self._claims: ItemClaims | None = None
+        self._single_writer: SingleWriter | None = None
         self._worker: Worker | None = None
         self._api: web.AppRunner | None = None
 
@@ -105,7 +108,16 @@ class _Service:
         API when serving."""
         settings = self._settings
         store = await batch_store_in(settings, self._storages)
-        self._claims = ItemClaims(await self._storages.open(store.control), ttl_s=settings.worker.claim_ttl_s)
+        coordination = store.coordination
+        if isinstance(coordination, StorageCoordination) and coordination.backend == "single-writer":
+            # No compare-and-swap anywhere: become the only worker, or refuse to process.
+            self._single_writer = SingleWriter(
+                coordination.storage,
+                ttl_s=settings.worker.claim_ttl_s,
+                settle_s=settings.coordination.single_writer_settle_s,
+            )
+            await self._single_writer.acquire()
+        self._claims = ItemClaims(coordination, ttl_s=settings.worker.claim_ttl_s)
         await self._claims.register()
         self._worker = Worker(
             settings, store=store, storages=self._storages, session=self._session, claims=self._claims
@@ -117,6 +129,8 @@ class _Service:
             once=self._once,
             domains=sorted(settings.domains),
             claims_owner=self._claims.owner,
+            coordination=coordination.backend,
+            coordination_at=coordination.where,
         )
 
     async def main_loop(self) -> PassResult | None:
@@ -137,7 +151,7 @@ class _Service:
             )
             consumers.append(asyncio.create_task(consumer.run(), name="sqs-consumer"))
         tasks: set[asyncio.Task[Any]] = {work, *consumers}
-        keep_alive = asyncio.create_task(self._claims.keep_alive(), name="claims-keep-alive")
+        keep_alive = asyncio.create_task(self._keep_alive(), name="keep-alive")
         stopper = asyncio.create_task(self._stop_requested.wait())
         try:
             await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,6 +177,15 @@ class _Service:
         except asyncio.CancelledError:
             return None
 
+    async def _keep_alive(self) -> None:
+        """Renew this worker's claims, shared call slots and single-writer lease until cancelled."""
+        if self._claims is None or self._worker is None:
+            return
+        renewals = [self._claims.keep_alive(), self._worker.keep_alive()]
+        if self._single_writer is not None:
+            renewals.append(self._single_writer.keep_alive())
+        await asyncio.gather(*renewals)
+
     async def shutdown(self) -> None:
         """Make buffered webhook items into chunks and deliver what the time allows, unregister,
         stop the API."""
@@ -172,8 +195,32 @@ class _Service:
             await asyncio.shield(self._worker.finish(deliver_s))
         if self._claims is not None:
             await self._claims.unregister()
+        if self._single_writer is not None:
+            await self._single_writer.release()
         if self._api is not None:
             await self._api.cleanup()
+
+
+def readiness_details(store: BatchStore, storages: StorageFactory) -> dict[str, Any]:
+    """What `/readyz` and `config check` show besides the status: what each storage endpoint was
+    found to do, and where coordination happens."""
+    coordination = store.coordination
+    return {
+        "storage": [endpoint.as_dict() for endpoint in storages.endpoints()],
+        "coordination": {"backend": coordination.backend, "at": coordination.where},
+    }
+
+
+async def probe_capabilities(settings: Settings) -> dict[str, Any]:
+    """Probe the control path's endpoint, and every other endpoint the batches write results to
+    (in a batch's result location), as the worker would; returns `readiness_details`."""
+    async with StorageFactory(settings.storage) as storages:
+        store = await batch_store_in(settings, storages)
+        for stored in await store.list_batches():
+            location = stored.batch.result_location
+            if not storages.endpoint(location).probed:
+                await storages.capabilities(location)
+        return readiness_details(store, storages)
 
 
 async def _start_api(
@@ -184,8 +231,9 @@ async def _start_api(
     async def report(batch: Batch) -> dict[str, Any] | None:
         return await read_report(storages, batch)
 
-    async def ready() -> None:
-        await store.list_batches()  # the control storage answers and every document parses
+    async def ready() -> dict[str, Any]:
+        await store.list_batches()  # the coordination backend answers and every document parses
+        return readiness_details(store, storages)
 
     async def on_uploads(uploads: list[Upload]) -> int:
         batches = [stored.batch for stored in await store.list_batches()]

@@ -8,8 +8,10 @@ service's error code and message: nothing from the request (headers, signature, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -17,6 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aioboto3
 import aiohttp
+import structlog
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -36,6 +39,7 @@ from ocrbatch.storage.base import (
     check_key,
     check_metadata,
 )
+from ocrbatch.storage.capabilities import Endpoint
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -53,6 +57,10 @@ _PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConfli
 _ACCESS_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"})
 
 _T = TypeVar("_T")
+log = structlog.get_logger("ocrbatch.storage")
+# ocrbatch's own objects in a location, as `.ocrbatch/` is in a local directory: never listed.
+PRIVATE_PREFIX = ".ocrbatch/"
+SIDECAR_PREFIX = PRIVATE_PREFIX + "meta/"
 
 
 async def open_s3_client(settings: StorageSettings, stack: AsyncExitStack) -> S3Client:
@@ -89,12 +97,18 @@ def decode_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 class S3Storage(Storage):
     """The objects under `s3://bucket/prefix/`, through a client owned by the caller."""
 
-    def __init__(self, location: Location, client: S3Client) -> None:
+    def __init__(self, location: Location, client: S3Client, endpoint: Endpoint | None = None) -> None:
+        """`endpoint` records what the store does, shared by every view on it (one per client)."""
         if not location.is_s3:
             raise ValueError(f"{location} is not an S3 location")
         self.location = location
         self._client = client
         self._bucket = location.bucket
+        self._endpoint = endpoint or Endpoint(endpoint_name(client.meta.endpoint_url))
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
 
     def _full_key(self, key: str) -> str:
         return self.location.prefix + key
@@ -102,14 +116,29 @@ class S3Storage(Storage):
     async def list_pages(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
     ) -> AsyncIterator[list[ObjectInfo]]:
+        """Pages of a V2 or V1 listing, as the endpoint speaks (found by the first listing).
+
+        A page that says it is truncated but gives no way to continue resumes after its last key;
+        one with no key to resume after is an error. Keys that go backwards or repeat are an error:
+        a listing is never ended early without saying so.
+        """
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         base = self.location.prefix
-        request: dict[str, Any] = {"Bucket": self._bucket, "Prefix": base + prefix, "MaxKeys": page_size}
-        if start_after is not None:
-            request["StartAfter"] = base + start_after
+        after = None if start_after is None else base + start_after
+        token: str | None = None
+        last_key = after
         while True:
-            response = await self._call(None, lambda: self._client.list_objects_v2(**request))
+            response = await self._list_page(base + prefix, after, token, page_size)
+            raw_keys = [item["Key"] for item in response.get("Contents", [])]
+            for raw_key in raw_keys:
+                if last_key is not None and raw_key <= last_key:
+                    raise self._error(
+                        None,
+                        f"the store's listing went backwards or repeated a key ({raw_key!r} after"
+                        f" {last_key!r}); it cannot be trusted to be complete",
+                    )
+                last_key = raw_key
             page = [
                 ObjectInfo(
                     key=item["Key"][len(base) :],
@@ -118,17 +147,52 @@ class S3Storage(Storage):
                     last_modified=item["LastModified"].astimezone(UTC),
                 )
                 for item in response.get("Contents", [])
-                # "folder/" markers made by consoles are not objects a local directory could hold.
-                if not item["Key"].endswith("/")
+                # "folder/" markers made by consoles are not objects a local directory could hold;
+                # sidecars (stores without user metadata) are ocrbatch's own, as in local directories.
+                if not item["Key"].endswith("/") and not item["Key"].startswith(base + PRIVATE_PREFIX)
             ]
             if page:
                 yield page
-            token = response.get("NextContinuationToken")
-            if not response.get("IsTruncated") or not token:
+            if not response.get("IsTruncated"):
                 return
-            # The token encodes where to resume; StartAfter only positions the first request.
+            token = response.get("NextContinuationToken") or None
+            next_marker = response.get("NextMarker") or (raw_keys[-1] if raw_keys else None)
+            if token is None and next_marker is None:
+                raise self._error(
+                    None, "the store says the listing is truncated but gives no key to continue after"
+                )
+            if token is None:
+                if self._endpoint.list_api == "v2":
+                    log.warning("storage.listing_resumed", location=str(self.location), after=next_marker)
+                after = next_marker
+
+    async def _list_page(
+        self, full_prefix: str, after: str | None, token: str | None, page_size: int
+    ) -> dict[str, Any]:
+        """One page: V2 from `token` or after `after`, or V1 after the marker `after`."""
+        request: dict[str, Any] = {"Bucket": self._bucket, "Prefix": full_prefix, "MaxKeys": page_size}
+        if self._endpoint.list_api != "v1":
+            if token is not None:
+                request["ContinuationToken"] = token
+            elif after is not None:
+                request["StartAfter"] = after
+            response: dict[str, Any] = dict(
+                await self._call(None, lambda: self._client.list_objects_v2(**request))
+            )
+            if self._endpoint.list_api == "v2":
+                return response
+            # A V2 answer always carries KeyCount; a store that ignores list-type=2 answers V1.
+            self._endpoint.list_api = "v2" if "KeyCount" in response else "v1"
+            log.info(
+                "storage.list_api_probed", endpoint=self._endpoint.name, list_api=self._endpoint.list_api
+            )
+            if self._endpoint.list_api == "v2":
+                return response
+            request.pop("ContinuationToken", None)
             request.pop("StartAfter", None)
-            request["ContinuationToken"] = token
+        if after is not None:
+            request["Marker"] = after
+        return dict(await self._call(None, lambda: self._client.list_objects(**request)))
 
     async def read(self, key: str) -> StoredObject:
         check_key(key)
@@ -148,14 +212,14 @@ class S3Storage(Storage):
             return info, data
 
         info, data = await self._call(key, get)
-        return StoredObject(info=info, data=data)
+        return StoredObject(info=await self._with_sidecar(info), data=data)
 
     async def head(self, key: str) -> ObjectInfo:
         check_key(key)
         response = await self._call(
             key, lambda: self._client.head_object(Bucket=self._bucket, Key=self._full_key(key))
         )
-        return ObjectInfo(
+        info = ObjectInfo(
             key=key,
             size=response["ContentLength"],
             etag=response["ETag"],
@@ -163,6 +227,34 @@ class S3Storage(Storage):
             metadata=decode_metadata(response.get("Metadata", {})),
             content_type=response.get("ContentType"),
         )
+        return await self._with_sidecar(info)
+
+    # -- metadata sidecars, for stores that do not keep user metadata ---------------------------
+
+    def _sidecars(self) -> bool:
+        """Whether metadata may have to live in a sidecar: the store drops it, or is not probed yet."""
+        return self._endpoint.metadata is not True
+
+    async def _with_sidecar(self, info: ObjectInfo) -> ObjectInfo:
+        """`info` with the metadata its sidecar keeps, when the store kept none and the sidecar
+        describes exactly this object (same etag); otherwise `info` as it is."""
+        if info.metadata or not self._sidecars() or info.key.startswith(PRIVATE_PREFIX):
+            return info
+        try:
+            response = await self._client.get_object(Bucket=self._bucket, Key=self._sidecar_key(info.key))
+            async with response["Body"] as body:
+                sidecar = json.loads(await body.read())
+        except ClientError:
+            return info  # no sidecar (or unreadable): the object has no metadata
+        except ValueError:
+            return info
+        metadata = sidecar.get("metadata") if isinstance(sidecar, dict) else None
+        if sidecar.get("etag") != info.etag or not isinstance(metadata, dict):
+            return info  # written for another version of the object
+        return replace(info, metadata={str(k): str(v) for k, v in metadata.items()})
+
+    def _sidecar_key(self, key: str) -> str:
+        return self._full_key(f"{SIDECAR_PREFIX}{key}.json")
 
     async def write(
         self,
@@ -185,6 +277,9 @@ class S3Storage(Storage):
         if if_match is not None and if_none_match:
             raise ValueError("pass if_match or if_none_match, not both")
         content_type = content_type or DEFAULT_CONTENT_TYPE
+        if if_match is not None or if_none_match:
+            await self._endpoint.ensure_probed(self)
+            self._endpoint.check_conditional(str(self.location), key)
         request: dict[str, Any] = {
             "Bucket": self._bucket,
             "Key": self._full_key(key),
@@ -199,6 +294,12 @@ class S3Storage(Storage):
         response = await self._call(
             key, lambda: self._client.put_object(**request), conditional=if_match is not None
         )
+        if metadata and self._sidecars() and not key.startswith(PRIVATE_PREFIX):
+            sidecar = json.dumps({"etag": response["ETag"], "metadata": metadata}).encode()
+            sidecar_key = self._sidecar_key(key)
+            await self._call(
+                key, lambda: self._client.put_object(Bucket=self._bucket, Key=sidecar_key, Body=sidecar)
+            )
         return ObjectInfo(
             key=key,
             size=len(data),
@@ -212,8 +313,13 @@ class S3Storage(Storage):
         check_key(key)
         request: dict[str, Any] = {"Bucket": self._bucket, "Key": self._full_key(key)}
         if if_match is not None:
+            await self._endpoint.ensure_probed(self)
+            self._endpoint.check_conditional(str(self.location), key)
             request["IfMatch"] = if_match
         await self._call(key, lambda: self._client.delete_object(**request), conditional=if_match is not None)
+        if self._sidecars() and not key.startswith(PRIVATE_PREFIX):
+            sidecar_key = self._sidecar_key(key)
+            await self._call(key, lambda: self._client.delete_object(Bucket=self._bucket, Key=sidecar_key))
 
     async def presigned_get_url(self, key: str, *, expires_s: int) -> str:
         check_key(key)
@@ -240,7 +346,7 @@ class S3Storage(Storage):
             raise self._error(key, "no storage credentials configured") from exc
         except (BotoConnectionError, HTTPClientError, aiohttp.ClientError) as exc:
             # Transport errors name only the URL; keep them as the cause for debugging.
-            raise self._error(key, f"cannot reach {self._endpoint()}") from exc
+            raise self._error(key, f"cannot reach {self._endpoint.name}") from exc
         except BotoCoreError as exc:
             # Other client-side errors may quote request parameters: name only their kind.
             raise self._error(key, f"S3 client error ({type(exc).__name__})") from None
@@ -268,11 +374,14 @@ class S3Storage(Storage):
     def _error(self, key: str | None, reason: str) -> StorageError:
         return StorageError(reason, location=str(self.location), key=key)
 
-    def _endpoint(self) -> str:
-        """The endpoint as scheme://host[:port], without any user info it might carry."""
-        parts = urlsplit(self._client.meta.endpoint_url)
-        host = parts.hostname or ""
-        return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
+
+def endpoint_name(url: str | None) -> str:
+    """An endpoint as scheme://host[:port], without any user info it might carry."""
+    if not url:
+        return "s3 (default endpoint)"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
 
 
 def _server_date(response_metadata: Mapping[str, Any]) -> datetime:

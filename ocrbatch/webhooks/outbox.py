@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import structlog
 
 from ocrbatch.batches.layout import OUTBOX_PREFIX
-from ocrbatch.errors import ObjectNotFound, PreconditionFailed
+from ocrbatch.errors import ObjectNotFound
 from ocrbatch.storage.base import Storage
 
 log = structlog.get_logger("ocrbatch.webhooks")
@@ -159,10 +158,8 @@ class Outbox:
     async def park(self, key: str, body: bytes, chunk_id: str, reason: str) -> str:
         """Move a refused chunk to the dead letters; returns where it is now."""
         dead_key = DEAD_PREFIX + key.removeprefix(OUTBOX_PREFIX)
-        with contextlib.suppress(PreconditionFailed):  # already parked by another replica
-            await self.results.write(
-                dead_key, body, metadata={"chunk-id": chunk_id, "reason": reason}, if_none_match=True
-            )
+        # A plain write: a replica parking the same chunk writes the same bytes.
+        await self.results.write(dead_key, body, metadata={"chunk-id": chunk_id, "reason": reason})
         await self.results.delete(key)
         return dead_key
 

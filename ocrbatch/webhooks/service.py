@@ -27,11 +27,11 @@ import structlog
 
 from ocrbatch.batches.spec import Batch, SetStatus
 from ocrbatch.clova.contract import OcrResponse
+from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage.base import Storage
-from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.types import Clock, Sleep
 from ocrbatch.webhooks.delivery import Deliveries
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, Outbox, chunk_key

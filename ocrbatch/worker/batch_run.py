@@ -23,11 +23,11 @@ from ocrbatch.batches.spec import Batch, SetStatus
 from ocrbatch.clova.billing import billable_units
 from ocrbatch.clova.client import OcrClient
 from ocrbatch.clova.contract import ErrorClass, OcrError, OcrResponse
+from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import Settings
 from ocrbatch.storage.base import ObjectInfo, Storage
-from ocrbatch.storage.claims import ItemClaims
 from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
 from ocrbatch.worker.calls import BatchCalls, BatchStopped, CallFailed

@@ -30,6 +30,11 @@ Outcomes are reported on the `Permit` a slot yields, which knows the cap its cal
 
 Reporting is optional and only a permit's first report counts. No background task: the waiter
 next in line sleeps out pauses and rate windows (injected `sleep`); the others wait on futures.
+
+With Redis (`shared`), the domain's cap, AIMD, rate budget and pauses are one state for every
+replica (`coordination/slots.py`): a call admitted here (fairly across this process's batches)
+then takes a shared slot, and its outcome is reported there when the slot is given back. Local
+AIMD and rate windows are off then, as the shared ones decide; the local cap follows the shared.
 """
 
 from __future__ import annotations
@@ -42,19 +47,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import structlog
+
+from ocrbatch.coordination.slots import SharedPermit, SharedSlots
+from ocrbatch.errors import StorageError
 from ocrbatch.types import Clock, Sleep
 
+log = structlog.get_logger("ocrbatch.worker")
 _MAX_PROBE_ROUNDS = 64
 
 
 class Permit:
     """One admitted call; report what the service answered with `succeeded()` or `rate_limited()`."""
 
-    __slots__ = ("_limiter", "_reported", "at_cap", "batch_id", "epoch")
+    __slots__ = ("_limiter", "_reported", "at_cap", "batch_id", "epoch", "outcome", "shared")
 
     def __init__(self, limiter: DomainLimiter, batch_id: str, epoch: int, at_cap: bool) -> None:
         self._limiter = limiter
         self._reported = False
+        self.shared: SharedPermit | None = None  # the replica-wide slot, with Redis
+        self.outcome: str | None = None  # "succeeded" or "rate_limited", as reported
         self.batch_id = batch_id
         self.epoch = epoch  # how many times the cap had been lowered when this call was admitted
         self.at_cap = at_cap  # this call took the last free slot: the cap was what held calls back
@@ -62,13 +74,13 @@ class Permit:
     def succeeded(self) -> None:
         """The service answered anything but 0025/0023: the cap this call started under held."""
         if not self._reported:
-            self._reported = True
+            self._reported, self.outcome = True, "succeeded"
             self._limiter._call_succeeded(self.epoch, self.at_cap)
 
     def rate_limited(self) -> None:
         """The service answered 0025: lower the cap, unless it was lowered since this call started."""
         if not self._reported:
-            self._reported = True
+            self._reported, self.outcome = True, "rate_limited"
             self._limiter._call_rate_limited(self.epoch)
 
 
@@ -106,6 +118,7 @@ class DomainLimiter:
         sleep: Sleep = asyncio.sleep,
         decrease_factor: float = 0.5,
         recover_after_successes: int | None = None,
+        shared: SharedSlots | None = None,
     ) -> None:
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be at least 1, not {max_concurrent_calls}")
@@ -131,7 +144,9 @@ class DomainLimiter:
         # Rate: of the last `maxlen` starts, the oldest must be at least a window old.
         self._rate_window_s = 0.0
         self._recent_starts_s: deque[float] | None = None
-        if calls_per_second is not None:
+        self._shared = shared
+        self._shared_pause_s = 0.0  # a pause to pass on to the shared state when the slot is given back
+        if calls_per_second is not None and shared is None:
             self._rate_window_s = max(1.0, 1.0 / calls_per_second)
             self._recent_starts_s = deque(maxlen=max(1, math.floor(calls_per_second)))
         self._queues: dict[str, _BatchQueue] = {}
@@ -144,8 +159,14 @@ class DomainLimiter:
 
     @property
     def cap(self) -> int:
-        """How many calls may be in flight now."""
+        """How many calls may be in flight now (with Redis: the shared cap, as last seen)."""
+        if self._shared is not None:
+            return self._shared.cap
         return max(1, math.floor(self._cap_f))
+
+    @property
+    def shared(self) -> SharedSlots | None:
+        return self._shared
 
     @property
     def settled_cap(self) -> int:
@@ -174,8 +195,8 @@ class DomainLimiter:
         return max(0.0, self._paused_until_s - self._clock())
 
     def snapshot(self) -> dict[str, float | int | str]:
-        """The limiter's state for metrics and logs."""
-        return {
+        """The limiter's state for metrics and logs (with Redis, also the shared calls in flight)."""
+        snapshot: dict[str, float | int | str] = {
             "name": self.name,
             "cap": self.cap,
             "settled_cap": self.settled_cap,
@@ -184,6 +205,10 @@ class DomainLimiter:
             "waiting": self.waiting,
             "paused_for_s": round(self.paused_for_s, 3),
         }
+        if self._shared is not None:
+            shared = self._shared.snapshot()
+            snapshot |= {"shared_in_flight": shared["in_flight"], "shared": "redis"}
+        return snapshot
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -192,15 +217,43 @@ class DomainLimiter:
         """Wait for a free call slot (fairly across batches), hold it for one API call, release it."""
         permit = await self._acquire(batch_id)
         try:
+            if self._shared is not None:
+                permit.shared = await self._shared.acquire()
             yield permit
         finally:
+            if permit.shared is not None:
+                # Shielded: a cancelled call still gives its replica-wide slot back.
+                await asyncio.shield(self._settle_shared(permit.shared, permit.outcome))
             self._release()
+
+    async def _settle_shared(self, shared: SharedPermit, outcome: str | None) -> None:
+        """Report the call's outcome and any pause to the shared state, and give the slot back.
+        A Redis failure is logged: the slot's lease then runs out on its own."""
+        slots = self._shared
+        if slots is None:
+            return
+        pause_s, self._shared_pause_s = self._shared_pause_s, 0.0
+        try:
+            if outcome == "succeeded":
+                await slots.succeeded(shared)
+            elif outcome == "rate_limited":
+                await slots.rate_limited(shared)
+            if pause_s > 0:
+                await slots.pause(pause_s)
+        except StorageError as exc:
+            log.warning("limiter.shared_report_failed", domain=self.name, error=str(exc))
+        try:
+            await slots.release(shared)
+        except StorageError as exc:
+            log.warning("limiter.shared_release_failed", domain=self.name, error=str(exc))
 
     def pause(self, seconds: float) -> None:
         """Start no call for `seconds` from now (0023), unless already paused for longer."""
         if seconds < 0:
             raise ValueError(f"a pause cannot be negative: {seconds}")
         self._paused_until_s = max(self._paused_until_s, self._clock() + seconds)
+        if self._shared is not None:
+            self._shared_pause_s = max(self._shared_pause_s, seconds)
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -308,6 +361,8 @@ class DomainLimiter:
     # -- AIMD -----------------------------------------------------------------------------------
 
     def _call_succeeded(self, epoch: int, at_cap: bool) -> None:
+        if self._shared is not None:
+            return  # the shared state decides, when the slot is given back
         if epoch != self._epoch or not at_cap:
             return  # started under a cap lowered since, or with slots to spare: no evidence for more
         self._successes += 1
@@ -322,6 +377,8 @@ class DomainLimiter:
             self._dispatch()
 
     def _call_rate_limited(self, epoch: int) -> None:
+        if self._shared is not None:
+            return
         if epoch != self._epoch:
             return  # started under a cap that has been lowered since
         if self._failed_cap is not None and self.cap <= self._failed_cap:

@@ -20,10 +20,12 @@ from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch, BatchStatus
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import OcrClient
+from ocrbatch.coordination.claims import ItemClaims
+from ocrbatch.coordination.redis import RedisCoordination
+from ocrbatch.coordination.slots import SharedSlots
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import LiveState, WorkerMetrics
-from ocrbatch.settings import Settings
-from ocrbatch.storage.claims import ItemClaims
+from ocrbatch.settings import DomainSettings, Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
@@ -87,6 +89,7 @@ class Worker:
                 calls_per_second=domain.calls_per_second,
                 clock=clock,
                 sleep=sleep,
+                shared=self._shared_slots(name, domain, sleep),
             )
             for name, domain in settings.domains.items()
         }
@@ -251,12 +254,35 @@ class Worker:
             raise _NotRunnable(str(exc), unreachable=True) from None
         return BatchRun(self.context, batch, inputs, results, keys=keys)
 
+    def _shared_slots(self, name: str, domain: DomainSettings, sleep: Sleep) -> SharedSlots | None:
+        """With Redis coordination, the domain's limits as totals over every replica."""
+        coordination = self._store.coordination
+        if not isinstance(coordination, RedisCoordination):
+            return None
+        return SharedSlots(
+            coordination.client,
+            key_prefix=coordination.key_prefix,
+            domain=name,
+            max_concurrent_calls=domain.max_concurrent_calls,
+            calls_per_second=domain.calls_per_second,
+            lease_s=self.settings.coordination.slot_lease_s,
+            sleep=sleep,
+            where=coordination.where,
+        )
+
+    async def keep_alive(self) -> None:
+        """Renew the leases of the shared call slots held (with Redis) until cancelled."""
+        renewals = [limiter.shared.keep_alive() for limiter in self.limiters.values() if limiter.shared]
+        await asyncio.gather(*renewals)
+
     def _live_state(self) -> LiveState:
         """What the metrics' gauges show now."""
         return LiveState(
             domains={name: limiter.snapshot() for name, limiter in self.limiters.items()},
             queue_depths={run.batch.name: run.queue_depth for run in self._runs},
             outbox_chunks=self.webhooks.outbox_size,
+            storage_endpoints=[endpoint.as_dict() for endpoint in self._storages.endpoints()],
+            coordination_backend=self._store.coordination.backend,
         )
 
     async def _tick(self, runs: list[BatchRun]) -> None:

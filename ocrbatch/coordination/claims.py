@@ -1,7 +1,7 @@
 """Item claims: one worker at a time per input, across tasks, processes and replicas.
 
-Before an item is read and sent to the API, its worker takes a claim: a lease in the control
-storage under `claims/{batch id}/{digest of the key}.json`. Another worker (a second replica
+Before an item is read and sent to the API, its worker takes a claim: a lease in the coordination
+backend under `claims/{batch id}/{digest of the key}.json`. Another worker (a second replica
 reconciling the same batch, an SQS message delivered twice) finds the claim held and leaves the
 item alone. Claims are renewed while held and released when the item is settled. A worker that was
 killed leaves claims that expire after `ttl_s`; on the same host they are taken over at once when
@@ -20,9 +20,9 @@ from typing import Any
 
 import structlog
 
+from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.leases import Leases, new_owner
 from ocrbatch.errors import StorageError
-from ocrbatch.storage.base import Storage
-from ocrbatch.storage.leases import Leases, new_owner
 from ocrbatch.types import Sleep
 
 log = structlog.get_logger("ocrbatch.claims")
@@ -30,6 +30,28 @@ CLAIM_PREFIX = "claims/"
 WORKERS = "_workers"  # the pseudo-batch under which each running worker claims its own owner id
 # This process's identity in claims: a restart that gets the same pid (pid 1 in a container) differs.
 _PROCESS = new_owner()
+
+
+def about_this_process(host: str) -> dict[str, Any]:
+    """What a lease says about its holder, so `process_gone` can tell when it is dead."""
+    return {"host": host, "pid": os.getpid(), "process": _PROCESS}
+
+
+def process_gone(holder: Mapping[str, Any], *, host: str) -> bool:
+    """True when a lease's holder is known to be gone: it ran on this host, and its pid is now
+    ours (we are its restart) or belongs to no process."""
+    pid = holder.get("pid")
+    if holder.get("host") != host or not isinstance(pid, int) or holder.get("process") == _PROCESS:
+        return False
+    if pid == os.getpid():
+        return True  # our pid, another process: the one we replace
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # a process of another user has this pid
+    return False
 
 
 def claim_key(batch_id: str, key: str) -> str:
@@ -42,7 +64,7 @@ class ItemClaims:
 
     def __init__(
         self,
-        control: Storage,
+        coordination: Coordination,
         *,
         ttl_s: float,
         clock: Callable[[], float] = time.time,
@@ -50,10 +72,10 @@ class ItemClaims:
     ) -> None:
         self._host = socket.gethostname()
         self._leases = Leases(
-            control,
+            coordination,
             owner=new_owner(),
             clock=clock,
-            about_owner={"host": self._host, "pid": os.getpid(), "process": _PROCESS},
+            about_owner=about_this_process(self._host),
             holder_dead=self._holder_dead,
         )
         self.ttl_s = ttl_s
@@ -70,20 +92,7 @@ class ItemClaims:
         return len(self._held)
 
     def _holder_dead(self, claim: Mapping[str, Any]) -> bool:
-        """True when the claim's process is known to be gone: it ran on this host, and its pid is
-        now ours (we are its restart) or belongs to no process."""
-        pid = claim.get("pid")
-        if claim.get("host") != self._host or not isinstance(pid, int) or claim.get("process") == _PROCESS:
-            return False
-        if pid == os.getpid():
-            return True  # our pid, another process: the one we replace
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # a process of another user has this pid
-        return False
+        return process_gone(claim, host=self._host)
 
     async def register(self) -> None:
         """Announce this worker as alive (renewed with its claims) until `unregister`: others then
