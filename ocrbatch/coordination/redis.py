@@ -19,10 +19,11 @@ port and database: never the credentials of the URL).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio
@@ -32,6 +33,8 @@ from ocrbatch.coordination.base import Coordination, Versioned
 from ocrbatch.errors import PreconditionFailed, StorageError
 
 Redis = redis.asyncio.Redis
+
+T = TypeVar("T")
 
 _DEFAULT_PORT = 6379
 _KEYS_PAGE = 500
@@ -111,6 +114,25 @@ def redis_errors(where: str, key: str | None = None, *, password: str | None = N
         raise StorageError(reason, location=where, key=key) from error
 
 
+async def redis_command(
+    command: Awaitable[T], where: str, key: str | None = None, *, password: str | None = None
+) -> T:
+    """Await one Redis command, its failures as `StorageError` (`redis_errors`).
+
+    On Python 3.11, redis-py sends under `asyncio.wait_for` (the socket timeout), which drops a
+    cancellation that arrives as the send completes (python/cpython#86296, fixed in 3.12): the
+    command goes on as if nothing happened and the task never stops. A cancellation requested
+    during the command is raised again here.
+    """
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    with redis_errors(where, key, password=password):
+        result = await command
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
+    return result
+
+
 def _reason(error: redis.exceptions.RedisError) -> str:
     if isinstance(error, redis.exceptions.AuthenticationError):
         return "Redis refused the credentials (check the user and password of the URL)"
@@ -162,8 +184,8 @@ class RedisCoordination(Coordination):
     def key_prefix(self) -> str:
         return self._prefix
 
-    def _errors(self, key: str) -> AbstractContextManager[None]:
-        return redis_errors(self.where, key, password=self._password)
+    async def _run(self, command: Awaitable[T], key: str) -> T:
+        return await redis_command(command, self.where, key, password=self._password)
 
     def _doc(self, key: str) -> str:
         return f"{self._prefix}doc:{key}"
@@ -172,32 +194,32 @@ class RedisCoordination(Coordination):
         return PreconditionFailed(what, location=self.where, key=key)
 
     async def read(self, key: str) -> Versioned | None:
-        with self._errors(key):
-            data, version = await self._client.hmget(self._doc(key), ["data", "version"])
+        data, version = await self._run(self._client.hmget(self._doc(key), ["data", "version"]), key)
         if data is None or version is None:
             return None
         return Versioned(_as_bytes(data), _as_bytes(version).decode())
 
     async def create(self, key: str, data: bytes) -> str:
         version = secrets.token_hex(12)
-        with self._errors(key):
-            created = await self._create(keys=[self._doc(key), self._index], args=[key, data, version])
+        created = await self._run(
+            self._create(keys=[self._doc(key), self._index], args=[key, data, version]), key
+        )
         if not created:
             raise self._refused(key, "the document already exists")
         return version
 
     async def replace(self, key: str, data: bytes, *, version: str) -> str:
         new_version = secrets.token_hex(12)
-        with self._errors(key):
-            replaced = await self._replace(keys=[self._doc(key)], args=[version, data, new_version])
+        replaced = await self._run(
+            self._replace(keys=[self._doc(key)], args=[version, data, new_version]), key
+        )
         if not replaced:
             raise self._refused(key, f"the document is no longer at version {version} (changed or gone)")
         return new_version
 
     async def delete(self, key: str, *, version: str | None = None) -> None:
         args = [key] if version is None else [key, version]
-        with self._errors(key):
-            deleted = await self._delete(keys=[self._doc(key), self._index], args=args)
+        deleted = await self._run(self._delete(keys=[self._doc(key), self._index], args=args), key)
         if version is not None and not deleted:
             raise self._refused(key, f"the document is no longer at version {version} (changed or gone)")
 
@@ -205,8 +227,9 @@ class RedisCoordination(Coordination):
         encoded = prefix.encode()
         low, high = b"[" + encoded, b"(" + encoded + _AFTER_EVERY_UTF8
         while True:
-            with self._errors(prefix):
-                page = await self._client.zrangebylex(self._index, low, high, 0, self._keys_page)
+            page = await self._run(
+                self._client.zrangebylex(self._index, low, high, 0, self._keys_page), prefix
+            )
             for member in page:
                 yield _as_bytes(member).decode()
             if len(page) < self._keys_page:

@@ -33,23 +33,23 @@ at run time (AIMD), a rate window or a pause, which is most of what is needed he
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from redis.commands.core import AsyncScript
 
-from ocrbatch.coordination.redis import Redis, redis_errors, redis_password, redis_where
+from ocrbatch.coordination.redis import Redis, redis_command, redis_password, redis_where
 from ocrbatch.errors import StorageError
 from ocrbatch.types import Clock, Sleep
 
 log = structlog.get_logger("ocrbatch.slots")
+
+T = TypeVar("T")
 
 _POLL_JITTER = 0.5  # a full-cap poll sleeps poll_s * [1, 1.5), so replicas do not poll in step
 
@@ -298,8 +298,7 @@ class SharedSlots:
         self._held.discard(permit.token)
         tokens = [permit.token, *self._abandoned]
         try:
-            with self._errors():
-                await self._redis.zrem(self._keys[0], *tokens)
+            await self._run(self._redis.zrem(self._keys[0], *tokens))
         except BaseException:
             self._abandoned.add(permit.token)  # tried again with the next release or renewal
             raise
@@ -316,7 +315,7 @@ class SharedSlots:
             self._window_s,
         ]
         try:
-            reply = await self._call(self._acquire, self._keys, args)
+            reply = await self._run(self._acquire(keys=self._keys, args=args))
         except BaseException:
             # Cancelled or failed after sending: the script may have granted the slot unseen.
             self._abandoned.add(token)
@@ -337,7 +336,7 @@ class SharedSlots:
         if not permit.at_cap or permit.epoch < self._epoch:
             return  # slots to spare, or started under a cap lowered since: no evidence for more
         args = [permit.epoch, self._max_cap, self._recover_after]
-        epoch, cap = await self._call(self._succeeded, [self._keys[2]], args)
+        epoch, cap = await self._run(self._succeeded(keys=[self._keys[2]], args=args))
         self._see(int(epoch), float(_text(cap)))
 
     async def rate_limited(self, permit: SharedPermit) -> None:
@@ -346,14 +345,14 @@ class SharedSlots:
         if permit.epoch < self._epoch:
             return
         args = [permit.epoch, self._max_cap, self._decrease_factor]
-        epoch, cap = await self._call(self._rate_limited, [self._keys[2]], args)
+        epoch, cap = await self._run(self._rate_limited(keys=[self._keys[2]], args=args))
         self._see(int(epoch), float(_text(cap)))
 
     async def pause(self, seconds: float) -> None:
         """0023: no replica starts a call for `seconds` from now, unless paused for longer already."""
         if seconds < 0:
             raise ValueError(f"a pause cannot be negative: {seconds}")
-        paused_until = await self._call(self._pause, [self._keys[3]], [self._clock() + seconds])
+        paused_until = await self._run(self._pause(keys=[self._keys[3]], args=[self._clock() + seconds]))
         self._paused_until_s = float(_text(paused_until))
 
     # -- leases ---------------------------------------------------------------------------------
@@ -366,7 +365,7 @@ class SharedSlots:
             return
         now_s = self._clock()
         args: list[float | int | str] = [now_s, now_s + self._lease_s, len(held), *held, *dropped]
-        lost = await self._call(self._renew, [self._keys[0]], args)
+        lost = await self._run(self._renew(keys=[self._keys[0]], args=args))
         self._abandoned.difference_update(dropped)
         for token in map(_text, lost):
             if token in self._held:  # not released in the meantime
@@ -388,10 +387,7 @@ class SharedSlots:
     def _see(self, epoch: int, cap: float) -> None:
         self._epoch, self._cap_f = epoch, cap
 
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return redis_errors(self._where, self._keys[0], password=self._password)
-
-    async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[float | int | str]) -> Any:
-        """Run a script; redis-py sends floats as `repr`, which Lua's `tonumber` reads back exactly."""
-        with self._errors():
-            return await script(keys=keys, args=args)
+    async def _run(self, command: Awaitable[T]) -> T:
+        """One command or script; redis-py sends floats as `repr`, which Lua's `tonumber` reads back
+        exactly."""
+        return await redis_command(command, self._where, self._keys[0], password=self._password)
