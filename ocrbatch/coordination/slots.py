@@ -166,6 +166,32 @@ return lost
 """
 
 
+def check_limits(
+    max_concurrent_calls: int,
+    calls_per_second: float | None,
+    decrease_factor: float,
+    recover_after_successes: int | None,
+) -> None:
+    """Refuse limits no limiter can keep (the local one and the shared one take the same)."""
+    if max_concurrent_calls < 1:
+        raise ValueError(f"max_concurrent_calls must be at least 1, not {max_concurrent_calls}")
+    if calls_per_second is not None and not calls_per_second > 0:
+        raise ValueError(f"calls_per_second must be positive, not {calls_per_second}")
+    if not 0 < decrease_factor < 1:
+        raise ValueError(f"decrease_factor must lie between 0 and 1, not {decrease_factor}")
+    if recover_after_successes is not None and recover_after_successes < 1:
+        raise ValueError(f"recover_after_successes must be at least 1, not {recover_after_successes}")
+
+
+def rate_window(calls_per_second: float | None) -> tuple[int, float]:
+    """The rate rule both limiters apply: of the last `starts` starts, the oldest must be at least
+    `window_s` old (`calls_per_second` in a one-second window; below 1/s, one per 1/cps s).
+    (0, 0.0) when there is no rate limit."""
+    if calls_per_second is None:
+        return 0, 0.0
+    return max(1, math.floor(calls_per_second)), max(1.0, 1.0 / calls_per_second)
+
+
 @dataclass(frozen=True)
 class SharedPermit:
     """One shared slot, held from `acquire` to `release`."""
@@ -208,14 +234,7 @@ class SharedSlots:
     ) -> None:
         """`redis` answers bytes (`decode_responses=False`); `where` names its server in errors
         (default: from the client, without credentials)."""
-        if max_concurrent_calls < 1:
-            raise ValueError(f"max_concurrent_calls must be at least 1, not {max_concurrent_calls}")
-        if calls_per_second is not None and not calls_per_second > 0:
-            raise ValueError(f"calls_per_second must be positive, not {calls_per_second}")
-        if not 0 < decrease_factor < 1:
-            raise ValueError(f"decrease_factor must lie between 0 and 1, not {decrease_factor}")
-        if recover_after_successes is not None and recover_after_successes < 1:
-            raise ValueError(f"recover_after_successes must be at least 1, not {recover_after_successes}")
+        check_limits(max_concurrent_calls, calls_per_second, decrease_factor, recover_after_successes)
         if not lease_s > 0 or not poll_s > 0:
             raise ValueError(f"lease_s and poll_s must be positive, not {lease_s} and {poll_s}")
         self.domain = domain
@@ -232,8 +251,7 @@ class SharedSlots:
         self._poll_s = poll_s
         # Same rule as the limiter: of the last `starts_per_window` starts, the oldest must be at
         # least `window_s` old.
-        self._starts_per_window = 0 if calls_per_second is None else max(1, math.floor(calls_per_second))
-        self._window_s = 0.0 if calls_per_second is None else max(1.0, 1.0 / calls_per_second)
+        self._starts_per_window, self._window_s = rate_window(calls_per_second)
         self._acquire = redis.register_script(_ACQUIRE)
         self._succeeded = redis.register_script(_SUCCEEDED)
         self._rate_limited = redis.register_script(_RATE_LIMITED)

@@ -64,7 +64,8 @@ class Endpoint:
         """An endpoint with what `[storage]` states filled in; the rest is probed."""
         endpoint = cls(name, conditional_setting=conditional_writes)
         if list_api in ("v1", "v2"):
-            endpoint.list_api, endpoint.list_api_source = list_api, "configured"  # type: ignore[assignment]
+            endpoint.list_api = "v1" if list_api == "v1" else "v2"
+            endpoint.list_api_source = "configured"
         if conditional_writes != "auto":
             stated = conditional_writes == "yes"
             endpoint.create_only = endpoint.if_match_write = endpoint.if_match_delete = stated

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ocrbatch.coordination.slots import SharedPermit, SharedSlots
+from ocrbatch.coordination.slots import SharedPermit, SharedSlots, check_limits, rate_window
 from ocrbatch.errors import StorageError
 from ocrbatch.types import Clock, Sleep
 
@@ -120,14 +120,7 @@ class DomainLimiter:
         recover_after_successes: int | None = None,
         shared: SharedSlots | None = None,
     ) -> None:
-        if max_concurrent_calls < 1:
-            raise ValueError(f"max_concurrent_calls must be at least 1, not {max_concurrent_calls}")
-        if calls_per_second is not None and not calls_per_second > 0:
-            raise ValueError(f"calls_per_second must be positive, not {calls_per_second}")
-        if not 0 < decrease_factor < 1:
-            raise ValueError(f"decrease_factor must lie between 0 and 1, not {decrease_factor}")
-        if recover_after_successes is not None and recover_after_successes < 1:
-            raise ValueError(f"recover_after_successes must be at least 1, not {recover_after_successes}")
+        check_limits(max_concurrent_calls, calls_per_second, decrease_factor, recover_after_successes)
         self.name = name
         self._max_cap = max_concurrent_calls
         self._cap_f = float(max_concurrent_calls)  # float so repeated decreases compound exactly
@@ -147,8 +140,8 @@ class DomainLimiter:
         self._shared = shared
         self._shared_pause_s = 0.0  # a pause to pass on to the shared state when the slot is given back
         if calls_per_second is not None and shared is None:
-            self._rate_window_s = max(1.0, 1.0 / calls_per_second)
-            self._recent_starts_s = deque(maxlen=max(1, math.floor(calls_per_second)))
+            starts, self._rate_window_s = rate_window(calls_per_second)
+            self._recent_starts_s = deque(maxlen=starts)
         self._queues: dict[str, _BatchQueue] = {}
         self._turns: deque[str] = deque()  # batch ids with waiters, in round-robin order
         self._queued = 0
