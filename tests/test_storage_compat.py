@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from fixtures.s3_proxy import StartS3Proxy
+from bench.s3_proxy import StartS3Proxy
 from fixtures.storage import listed_keys
 from structlog.testing import capture_logs
 
