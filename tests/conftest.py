@@ -23,12 +23,12 @@ from fixtures.emulator import StartEmulator
 from fixtures.process import ServeProcess
 from fixtures.process import serve_process as start_serve_process
 from fixtures.receiver import Receiver
-from bench.redis_server import start_redis_server
-from bench.s3_proxy import S3Proxy, StartS3Proxy
 from fixtures.worker import WorkerSetup
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
+from bench.redis_server import start_redis_server
+from bench.s3_proxy import S3Proxy, StartS3Proxy
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.storage import StorageCoordination

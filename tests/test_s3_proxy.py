@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError
-from bench.s3_proxy import S3Proxy, StartS3Proxy
 
+from bench.s3_proxy import S3Proxy, StartS3Proxy
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage.s3 import open_s3_client
 

@@ -9,10 +9,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from bench.s3_proxy import StartS3Proxy
 from fixtures.storage import listed_keys
 from structlog.testing import capture_logs
 
+from bench.s3_proxy import StartS3Proxy
 from ocrbatch.errors import StorageError, UnsupportedOperation
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
