@@ -305,21 +305,74 @@ async def test_calls_per_second_below_one(make_replica: MakeReplica, moving_time
     assert started_s == [0, 2, 4]
 
 
-async def test_a_full_cap_is_polled_until_another_replica_releases(
-    make_replica: MakeReplica, still_time: FakeClock
+async def test_a_full_cap_waits_for_the_release_of_another_replica_without_polling(
+    make_replica: MakeReplica, still_time: FakeClock, redis_url: str
 ) -> None:
-    """With every slot taken, acquire polls every poll_s (with jitter) until a slot is given back."""
-    a = make_replica(still_time, max_concurrent_calls=1, poll_s=0.005)
-    b = make_replica(still_time, max_concurrent_calls=1, poll_s=0.005)
+    """With every slot taken, acquire blocks on the wake-up list (poll_s of an hour, so a poll would
+    hang the test): a release on another replica wakes it at once, and it never sleeps."""
+    a = make_replica(still_time, max_concurrent_calls=1, poll_s=3600)
+    b = make_replica(still_time, max_concurrent_calls=1, poll_s=3600)
     held = await _take(a)
     waiting = asyncio.create_task(b.acquire())
-    while len(still_time.sleeps_s) < 3:
-        await within(still_time.sleeping.wait(), 10, "b did not poll")
-        still_time.sleeping.clear()
+    await within(_until_blocked(redis_url), 10, "b did not start waiting for a slot")
     assert not waiting.done()
     await a.release(held)
-    await within(waiting, 10, "b got no slot after a released it")
-    assert all(0.005 <= delay_s < 0.0075 for delay_s in still_time.sleeps_s)
+    await within(waiting, 10, "b was not woken when a released its slot")
+    assert still_time.sleeps_s == []
+
+
+async def test_each_release_wakes_one_waiter_and_a_release_before_the_wait_is_not_lost(
+    make_replica: MakeReplica, still_time: FakeClock, redis_url: str
+) -> None:
+    """Cap 2, two holders on one replica, two waiters on another: each release hands its slot to
+    one waiter. A wake-up pushed while nobody waits stays (at most the cap of them) for the next
+    waiter, which then tries at once."""
+    holder = make_replica(still_time, max_concurrent_calls=2, poll_s=3600)
+    waiter = make_replica(still_time, max_concurrent_calls=2, poll_s=3600)
+    permits = [await _take(holder), await _take(holder)]
+    waiting = [asyncio.create_task(waiter.acquire()) for _ in range(2)]
+    await within(_until_blocked(redis_url, count=2), 10, "the waiters did not start waiting")
+    await holder.release(permits[0])
+    done, pending = await within(
+        asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED), 10, "no waiter was woken"
+    )
+    assert len(done) == 1
+    await holder.release(permits[1])
+    await within(asyncio.wait(pending), 10, "the second waiter was not woken")
+    for task in waiting:
+        await waiter.release(task.result())
+    observer = redis.asyncio.from_url(redis_url)
+    try:
+        assert await observer.llen(f"{PREFIX}wake:{DOMAIN}") == 2  # nobody waits: kept, at most cap
+    finally:
+        await observer.aclose()
+    assert still_time.sleeps_s == []
+
+
+async def test_a_slot_whose_lease_ran_out_is_found_within_poll_s(
+    make_replica: MakeReplica, still_time: FakeClock, redis_url: str
+) -> None:
+    """A slot that comes back because its holder died pushes no wake-up: a waiter finds it by
+    trying again after `poll_s` at most."""
+    killed = make_replica(still_time, max_concurrent_calls=1, lease_s=30)
+    await _take(killed)
+    del killed
+    survivor = make_replica(still_time, max_concurrent_calls=1, lease_s=30, poll_s=0.01)
+    waiting = asyncio.create_task(survivor.acquire())
+    await within(_until_blocked(redis_url), 10, "the survivor did not start waiting")
+    still_time.now_s += 30
+    await within(waiting, 10, "the expired slot was not found by the next try")
+
+
+async def _until_blocked(redis_url: str, *, count: int = 1) -> None:
+    """Until `count` acquires wait on the wake-up list (Redis counts the blocked clients)."""
+    observer = redis.asyncio.from_url(redis_url)
+    try:
+        # Redis's count is all there is to wait on; `within` bounds the loop.
+        while int((await observer.info("clients"))["blocked_clients"]) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    finally:
+        await observer.aclose()
 
 
 async def test_a_cancelled_acquire_stops_and_leaves_no_slot_behind(

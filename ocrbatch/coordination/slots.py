@@ -15,12 +15,14 @@ with the same rules, kept in Redis and changed only by short Lua scripts, each a
   cap) successes of calls that took the last slot of the current epoch add one;
 - `{prefix}starts:{domain}`: the start times of the last window, for at most
   `floor(calls_per_second)` starts per `max(1, 1 / calls_per_second)` seconds;
-- `{prefix}pause:{domain}`: until when no replica starts a call (0023; the longest pause wins).
+- `{prefix}pause:{domain}`: until when no replica starts a call (0023; the longest pause wins);
+- `{prefix}wake:{domain}`: a list with one entry per slot given back (at most `cap`), so that a
+  waiter on another replica learns of it at once: it blocks on the list (BLPOP) instead of polling.
 
 Time is wall-clock seconds from the injected `clock`, passed to every script, since replicas on
 different machines compare it (and tests drive it). A refused `acquire` sleeps for what the script
-says: until the pause ends or the rate window allows a start, or `poll_s` (with jitter) when every
-slot is taken, since a slot can be released by any replica.
+says when a pause or the rate window holds starts. When every slot is taken it waits for a wake-up,
+or `poll_s` at most: a slot that comes back because its lease ran out pushes none.
 
 Why scripts and not a library: redis-py's `Lock` is a mutex, and its maintainers left counting
 semaphores to applications (redis/redis-py#1355). Of the semaphores on PyPI, `redis-semaphore` is
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import secrets
 import time
 from collections.abc import Awaitable
@@ -51,7 +52,6 @@ log = structlog.get_logger("ocrbatch.slots")
 
 T = TypeVar("T")
 
-_POLL_JITTER = 0.5  # a full-cap poll sleeps poll_s * [1, 1.5), so replicas do not poll in step
 
 # The shared cap state, created at max_cap on first use and clamped to a lowered max_cap.
 _LOAD_STATE = """
@@ -68,6 +68,18 @@ local function load_state(key, max_cap)
   return cap, epoch, successes
 end
 local function exact(x) return string.format('%.17g', x) end
+"""
+
+# KEYS: slots, wake. ARGV: cap, tokens. Removes the tokens and pushes one wake-up per slot given
+# back (keeping at most `cap`). Returns how many were given back.
+_RELEASE = """
+local given_back = redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
+if given_back > 0 then
+  for _ = 1, given_back do redis.call('LPUSH', KEYS[2], 1) end
+  redis.call('LTRIM', KEYS[2], 0, math.max(1, tonumber(ARGV[1])) - 1)
+  redis.call('EXPIRE', KEYS[2], 60)  -- wake-ups nobody takes go away on their own
+end
+return given_back
 """
 
 # KEYS: slots, starts, cap, pause. ARGV: now, token, expires_at, max_cap, starts per window
@@ -229,7 +241,7 @@ class SharedSlots:
         recover_after_successes: int | None = None,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
-        poll_s: float = 0.005,
+        poll_s: float = 0.5,
         where: str | None = None,
     ) -> None:
         """`redis` answers bytes (`decode_responses=False`); `where` names its server in errors
@@ -240,6 +252,7 @@ class SharedSlots:
         self.domain = domain
         self._redis = redis
         self._keys = [f"{key_prefix}{kind}:{domain}" for kind in ("slots", "starts", "cap", "pause")]
+        self._wake_key = f"{key_prefix}wake:{domain}"
         self._where = where or redis_where(redis)
         self._password = redis_password(redis)
         self._max_cap = max_concurrent_calls
@@ -257,6 +270,7 @@ class SharedSlots:
         self._rate_limited = redis.register_script(_RATE_LIMITED)
         self._pause = redis.register_script(_PAUSE)
         self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
         self._held: set[str] = set()
         # Tokens whose grant may have happened unseen (cancelled or failed mid-call): removed with
         # the next release or renewal, or expired.
@@ -303,7 +317,7 @@ class SharedSlots:
             if answer.delay_s > 0:
                 await self._sleep(answer.delay_s)
             else:
-                await self._sleep(self._poll_s * (1 + random.random() * _POLL_JITTER))
+                await self._wait_for_release()
 
     async def try_acquire(self) -> SharedPermit | None:
         """A shared slot if one can be had now; None otherwise."""
@@ -316,11 +330,15 @@ class SharedSlots:
         self._held.discard(permit.token)
         tokens = [permit.token, *self._abandoned]
         try:
-            await self._run(self._redis.zrem(self._keys[0], *tokens))
+            await self._run(self._release(keys=[self._keys[0], self._wake_key], args=[self.cap, *tokens]))
         except BaseException:
             self._abandoned.add(permit.token)  # tried again with the next release or renewal
             raise
         self._abandoned.difference_update(tokens)
+
+    async def _wait_for_release(self) -> None:
+        """Until a replica gives a slot back (its wake-up, taken by one waiter), or `poll_s`."""
+        await self._run(self._redis.blpop([self._wake_key], timeout=self._poll_s))
 
     async def _attempt(self, token: str) -> _Answer:
         now_s = self._clock()
