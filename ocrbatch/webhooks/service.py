@@ -9,7 +9,9 @@ retries, 410 and dead letters as `delivery.py` says.
 
 A finished item is durable before its result is written (`outbox.py` has the layout): a
 worker attaching the batch chunks again the items a gone worker left unchunked, if their results
-were kept.
+were kept. Chunk numbers and the manifests of chunks being made are documents of the coordination
+backend the service is given (the worker's: Redis, the control location, or the single writer),
+so replicas chunking the same batch never share a number.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import structlog
 
 from ocrbatch.batches.spec import Batch, SetStatus
 from ocrbatch.clova.contract import OcrResponse
+from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import WorkerMetrics
@@ -103,13 +106,17 @@ class WebhookService:
         idle_sleep: Sleep | None = None,
         metrics: WorkerMetrics | None = None,
         claims: ItemClaims | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
+        """`coordination` keeps each batch's chunk counter and manifests (`outbox.py`); without it,
+        the batch's result location does, through its own conditional writes (a local directory)."""
         self._chunks = (metrics or WorkerMetrics()).webhook_chunks
         self._settings = settings
         self._idle_sleep = idle_sleep or sleep  # the idle timer; backoffs use `sleep`
         self._clock = clock
         self._hooks: dict[str, _BatchHook] = {}
         self._claims = claims
+        self._coordination = coordination
         self._writer = claims.owner if claims is not None else SOLO_WRITER
         self._deliveries = Deliveries(
             settings,
@@ -148,10 +155,12 @@ class WebhookService:
             if hook.recovered_at_s is None or self._clock() - hook.recovered_at_s >= RECOVER_INTERVAL_S:
                 await self._recover(hook)
             return
-        hook = _BatchHook(batch, Outbox(results, writer=self._writer))
+        outbox = Outbox(results, writer=self._writer, coordination=self._coordination, batch_id=batch.id)
+        hook = _BatchHook(batch, outbox)
         self._hooks[batch.id] = hook
         self._deliveries.add(batch, batch.webhook, hook.outbox)
-        await hook.outbox.settle_manifests()
+        # Manifests of this writer's former life are settled; a live replica's are its own business.
+        await hook.outbox.settle_manifests(writer_busy=self._other_writer_alive)
         pending = await hook.outbox.chunk_keys()
         dead_letters = await hook.outbox.dead_letters()
         self._deliveries.start(batch.id, waiting=pending, dead_letters=dead_letters)
@@ -235,9 +244,18 @@ class WebhookService:
         storage fails: they are durable meanwhile)."""
         hook.recovered_at_s = self._clock()
         try:
+            # First the chunkings a gone writer left half done, so its markers are not sent twice.
+            await hook.outbox.settle_manifests(writer_busy=self._writer_busy)
             await self._recover_items(hook)
         except StorageError as exc:
             log.warning("webhook.recovery_failed", batch_id=hook.batch.id, error=str(exc))
+
+    async def _other_writer_alive(self, writer: str) -> bool:
+        return writer != self._writer and self._claims is not None and await self._claims.worker_alive(writer)
+
+    async def _writer_busy(self, writer: str) -> bool:
+        """This process (it may be making a chunk right now) or another live worker."""
+        return writer == self._writer or await self._other_writer_alive(writer)
 
     async def _recover_items(self, hook: _BatchHook) -> None:
         # Not ours: writer ids are unique, or (solo) they are a former life's.
@@ -276,7 +294,11 @@ class WebhookService:
             if not hook.items:
                 hook.item_arrived.clear()
             markers, items = [marker for marker, _ in marked], [item for _, item in marked]
-            sequence = await hook.outbox.next_sequence()
+            try:
+                sequence = await hook.outbox.next_sequence()
+            except BaseException:
+                hook.items[:0] = marked  # nothing written yet: they wait for the next flush
+                raise
             chunk_id = f"msg_{uuid.uuid4().hex}"
             body = json.dumps(
                 {

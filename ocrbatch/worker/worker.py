@@ -106,6 +106,7 @@ class Worker:
             sleep=sleep,
             metrics=self.metrics,
             claims=claims,
+            coordination=store.coordination,
         )
         self.context = PassContext(
             settings=settings,
