@@ -43,8 +43,8 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -221,24 +221,30 @@ class DomainLimiter:
 
     async def _settle_shared(self, shared: SharedPermit, outcome: str | None) -> None:
         """Report the call's outcome and any pause to the shared state, and give the slot back.
-        A Redis failure is logged: the slot's lease then runs out on its own."""
+        A 0025 or a pause is reported before the slot is free, so no replica starts under the old
+        state; a success after, so the next call waits for no report. A Redis failure is logged:
+        the slot's lease then runs out on its own."""
         slots = self._shared
         if slots is None:
             return
         pause_s, self._shared_pause_s = self._shared_pause_s, 0.0
-        try:
-            if outcome == "succeeded":
-                await slots.succeeded(shared)
-            elif outcome == "rate_limited":
+        with self._logged_failure("limiter.shared_report_failed"):
+            if outcome == "rate_limited":
                 await slots.rate_limited(shared)
             if pause_s > 0:
                 await slots.pause(pause_s)
-        except StorageError as exc:
-            log.warning("limiter.shared_report_failed", domain=self.name, error=str(exc))
-        try:
+        with self._logged_failure("limiter.shared_release_failed"):
             await slots.release(shared)
+        if outcome == "succeeded":
+            with self._logged_failure("limiter.shared_report_failed"):
+                await slots.succeeded(shared)
+
+    @contextmanager
+    def _logged_failure(self, event: str) -> Iterator[None]:
+        try:
+            yield
         except StorageError as exc:
-            log.warning("limiter.shared_release_failed", domain=self.name, error=str(exc))
+            log.warning(event, domain=self.name, error=str(exc))
 
     def pause(self, seconds: float) -> None:
         """Start no call for `seconds` from now (0023), unless already paused for longer."""
