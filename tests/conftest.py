@@ -7,6 +7,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from fixtures.emulator import StartEmulator
 from fixtures.process import ServeProcess
 from fixtures.process import serve_process as start_serve_process
 from fixtures.receiver import Receiver
-from fixtures.worker import WorkerSetup
+from fixtures.worker import WorkerProfile, WorkerSetup
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
@@ -31,6 +32,8 @@ from bench.redis_server import start_redis_server
 from bench.s3_proxy import S3Proxy, StartS3Proxy
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.redis import open_redis_coordination
 from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.emulator.settings import EmulatorSettings
@@ -187,6 +190,80 @@ async def ncp_settings(s3_settings: StorageSettings, start_s3_proxy: StartS3Prox
 
 
 # ---------------------------------------------------------------------------------------------
+# Storage profiles: where a batch's control and result locations are, and where compare-and-swap
+# happens. `local` and `s3` (moto) enforce conditional writes, so documents are objects there;
+# `ncp` (moto behind the NAVER Object Storage proxy) does not, so they are kept in Redis. The suites
+# of what coordinates (batch store, claims, webhooks) run on all three; the storage suites test
+# conditional writes themselves and keep to `storage` (local and s3).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileLocations:
+    """The settings reaching one profile's store, and a control and a result location on it."""
+
+    settings: StorageSettings
+    control: Location
+    results: Location
+
+
+@pytest.fixture(params=["local", "s3", "ncp"])
+def storage_profile(request: pytest.FixtureRequest) -> str:
+    """`local`, `s3` or `ncp`: what `profile_storage`, `coordination` and `results` are on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def profile_locations(
+    request: pytest.FixtureRequest, storage_profile: str, tmp_path: Path
+) -> ProfileLocations:
+    """Two empty sibling locations on the profile's store: directories `control` and `results` of
+    `tmp_path`, or prefixes `control/` and `results/` of a fresh bucket, reached through moto or
+    through the "ncp" proxy. S3 and the proxy are started only for their profiles (a fixture that
+    is not async, so that it may request the async ones lazily)."""
+    if storage_profile == "local":
+        directories = [tmp_path / "control", tmp_path / "results"]
+        for directory in directories:
+            directory.mkdir()
+        return ProfileLocations(StorageSettings(), *(Location.parse(str(path)) for path in directories))
+    settings = request.getfixturevalue("s3_settings" if storage_profile == "s3" else "ncp_settings")
+    bucket = request.getfixturevalue("s3_bucket")
+    return ProfileLocations(
+        settings, Location.parse(f"s3://{bucket}/control/"), Location.parse(f"s3://{bucket}/results/")
+    )
+
+
+@pytest.fixture
+async def profile_storages(profile_locations: ProfileLocations) -> AsyncIterator[StorageFactory]:
+    """The `StorageFactory` (one S3 client) opening the profile's locations; closed after."""
+    async with StorageFactory(profile_locations.settings) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def profile_storage(profile_locations: ProfileLocations, profile_storages: StorageFactory) -> Storage:
+    """An opened, empty control location on each profile."""
+    return await profile_storages.open(profile_locations.control)
+
+
+@pytest.fixture
+async def coordination(
+    request: pytest.FixtureRequest, storage_profile: str, profile_storage: Storage
+) -> AsyncIterator[Coordination]:
+    """Where the profile's documents live: objects of `profile_storage` guarded by its conditional
+    writes (local, s3), or Redis under a key prefix of this test's own (ncp, whose store ignores
+    conditional headers). Closed after."""
+    opened: Coordination
+    if storage_profile == "ncp":
+        prefix = f"test-{uuid.uuid4().hex[:12]}:"
+        opened = open_redis_coordination(request.getfixturevalue("redis_url"), prefix)
+    else:
+        opened = StorageCoordination(profile_storage)
+    yield opened
+    await opened.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
 # OCR: the emulator as a real server on loopback, and one shared client session.
 # ---------------------------------------------------------------------------------------------
 
@@ -240,6 +317,19 @@ async def make_worker_setup(
     return make
 
 
+@pytest.fixture(params=["moto", "ncp"])
+def worker_profile(request: pytest.FixtureRequest) -> WorkerProfile:
+    """How the worker reaches the setup's bucket and where it coordinates: moto with documents in
+    the control location, or the NAVER Object Storage profile (no conditional writes) with Redis
+    under a key prefix of this test's own. Pass `store` to `make_worker_setup` and `coordination`
+    to `WorkerSetup.settings`."""
+    if request.param == "moto":
+        return WorkerProfile("moto", {})
+    redis_url = request.getfixturevalue("redis_url")
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    return WorkerProfile("ncp", {"backend": "redis", "url": redis_url, "key_prefix": prefix})
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes: `ocrbatch serve` as a real child process.
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +343,7 @@ def serve_process() -> ServeProcess:
 
 
 # ---------------------------------------------------------------------------------------------
-# Webhooks: a real receiver on loopback, and a local result location for the outbox.
+# Webhooks: a real receiver on loopback, and a result location for the outbox on each profile.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -267,11 +357,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-def results(tmp_path: Path) -> Storage:
-    """A batch's result location on an empty local directory, where the webhook outbox lives."""
-    root = tmp_path / "results"
-    root.mkdir()
-    return LocalStorage(Location.parse(str(root)))
+async def results(profile_locations: ProfileLocations, profile_storages: StorageFactory) -> Storage:
+    """A batch's empty result location on each profile, where the webhook outbox lives: a local
+    directory, or `s3://<fresh bucket>/results/` (through the "ncp" proxy for ncp)."""
+    return await profile_storages.open(profile_locations.results)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The batch store on both backends: CRUD, compare-and-swap, the catalog lease, and apply."""
+"""The batch store on each storage profile: CRUD, compare-and-swap, the catalog lease, and apply.
+
+Its documents are in the profile's `coordination`: objects of the control location on a local
+directory and on moto, Redis on the NAVER profile (whose store ignores conditional writes)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from fixtures.clock import FakeClock
 
 from ocrbatch.batches.spec import BatchSpec, parse_spec
 from ocrbatch.batches.store import LOCK_KEY, BatchStore
-from ocrbatch.coordination.storage import StorageCoordination
+from ocrbatch.coordination.base import Coordination
 from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation, StorageError
+from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings
 from ocrbatch.storage.base import Storage
 
@@ -36,24 +40,25 @@ def spec(name: str = "forms", **overrides: Any) -> BatchSpec:
     return parse_spec(data)
 
 
-def make_store(storage: Storage, clock: FakeClock | None = None) -> BatchStore:
+@pytest.fixture
+def control(profile_storage: Storage) -> Location:
+    """The control location the store's batches must keep out of."""
+    return profile_storage.location
+
+
+def make_store(coordination: Coordination, control: Location, clock: FakeClock | None = None) -> BatchStore:
     clock = clock or FakeClock()
-    return BatchStore(
-        StorageCoordination(storage),
-        control=storage.location,
-        domains=DOMAINS,
-        clock=clock,
-        sleep=clock.sleep,
-    )
+    return BatchStore(coordination, control=control, domains=DOMAINS, clock=clock, sleep=clock.sleep)
 
 
-async def keys(storage: Storage) -> list[str]:
-    return [info.key async for info in storage.list()]
+async def keys(coordination: Coordination) -> list[str]:
+    """Every document of the coordination, the catalog's and any other."""
+    return [key async for key in coordination.keys("")]
 
 
-async def test_create_get_list_and_search(storage: Storage) -> None:
+async def test_create_get_list_and_search(coordination: Coordination, control: Location) -> None:
     """A created batch can be found by id, by name (any case), and by searching part of its name."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     receipts = await store.create(spec("영수증-2026", domain="gen", template_ids=None))
     forms = await store.create(spec("申込書フォーム"))
     assert (await store.get(receipts.batch.id)).batch == receipts.batch
@@ -63,33 +68,34 @@ async def test_create_get_list_and_search(storage: Storage) -> None:
     assert await store.list_batches(search="nothing") == []
     assert receipts.batch.language == "ko"  # filled from defaults for General domains
     assert receipts.batch.status == "available"
-    assert await keys(storage) == sorted(f"batches/{item.batch.id}.json" for item in (receipts, forms))
+    assert await keys(coordination) == sorted(f"batches/{item.batch.id}.json" for item in (receipts, forms))
 
 
-async def test_unknown_batch_is_not_found(storage: Storage) -> None:
+async def test_unknown_batch_is_not_found(coordination: Coordination, control: Location) -> None:
     """Ids and names that match nothing raise BatchNotFound, including ones that are not valid keys."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     for ref in ("0123456789abcdef", "no such", "../x", ""):
         with pytest.raises(BatchNotFound):
             await store.get(ref)
 
 
-async def test_refused_create_writes_nothing(storage: Storage) -> None:
-    """A batch that breaks a rule is refused and the storage is left exactly as it was."""
-    store = make_store(storage)
+async def test_refused_create_writes_nothing(coordination: Coordination, control: Location) -> None:
+    """A batch that breaks a rule is refused and the documents are left exactly as they were."""
+    store = make_store(coordination, control)
     await store.create(spec("first", domain="gen", template_ids=None))
-    before = await keys(storage)
+    before = await keys(coordination)
     with pytest.raises(BatchRuleViolation, match="only one batch per General domain"):
         await store.create(spec("second", domain="gen", template_ids=None))
-    assert await keys(storage) == before
+    assert await keys(coordination) == before
 
 
-async def test_webhook_secret_is_kept_but_never_shown(storage: Storage) -> None:
+async def test_webhook_secret_is_kept_but_never_shown(coordination: Coordination, control: Location) -> None:
     """The document keeps the webhook secret (the worker signs with it); the model masks it."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     created = await store.create(spec(webhook={"url": "http://h/x", "secret": "whsec-kept-1234"}))
-    document = (await storage.read(f"batches/{created.batch.id}.json")).data.decode()
-    assert "whsec-kept-1234" in document
+    document = await coordination.read(f"batches/{created.batch.id}.json")
+    assert document is not None
+    assert "whsec-kept-1234" in document.data.decode()
     loaded = await store.get(created.batch.id)
     assert loaded.batch.webhook is not None
     assert loaded.batch.webhook.secret is not None
@@ -97,10 +103,10 @@ async def test_webhook_secret_is_kept_but_never_shown(storage: Storage) -> None:
     assert "whsec-kept-1234" not in loaded.batch.model_dump_json()
 
 
-async def test_update_changes_only_the_given_fields(storage: Storage) -> None:
+async def test_update_changes_only_the_given_fields(coordination: Coordination, control: Location) -> None:
     """An edit changes the given fields, keeps the others and the id, and moves updated_at."""
     clock = FakeClock()
-    store = make_store(storage, clock)
+    store = make_store(coordination, control, clock)
     created = await store.create(spec(webhook={"url": "http://h/x", "secret": "whsec-kept-1234"}))
     clock.now_s += 60
     updated = await store.update(created.batch.name, {"file_format": "xls", "webhook": {"url": "http://h/y"}})
@@ -116,9 +122,11 @@ async def test_update_changes_only_the_given_fields(storage: Storage) -> None:
     assert removed.batch.webhook is None
 
 
-async def test_moving_to_a_domain_of_the_other_kind_drops_the_old_options(storage: Storage) -> None:
+async def test_moving_to_a_domain_of_the_other_kind_drops_the_old_options(
+    coordination: Coordination, control: Location
+) -> None:
     """An edit onto a General domain drops the template ids; back onto Template, the language goes."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     created = await store.create(spec())
     general = (await store.update(created.batch.id, {"domain": "gen"})).batch
     assert (general.template_ids, general.language, general.table_extraction) == (None, "ko", False)
@@ -126,21 +134,21 @@ async def test_moving_to_a_domain_of_the_other_kind_drops_the_old_options(storag
     assert (template.template_ids, template.language, template.long_image) == ([4], None, None)
 
 
-async def test_status_change_works_for_a_batch_that_no_longer_passes(storage: Storage) -> None:
+async def test_status_change_works_for_a_batch_that_no_longer_passes(
+    coordination: Coordination, control: Location
+) -> None:
     """Pausing a batch whose domain was removed from the settings still works; editing it is refused."""
-    created = await make_store(storage).create(spec())
-    without_domain = BatchStore(
-        StorageCoordination(storage), control=storage.location, domains={"gen": DOMAINS["gen"]}
-    )
+    created = await make_store(coordination, control).create(spec())
+    without_domain = BatchStore(coordination, control=control, domains={"gen": DOMAINS["gen"]})
     paused = await without_domain.update(created.batch.id, {}, status="paused")
     assert paused.batch.status == "paused"
     with pytest.raises(BatchRuleViolation, match="no OCR domain named 'tpl'"):
         await without_domain.update(created.batch.id, {"file_format": "xls"})
 
 
-async def test_refused_update_writes_nothing(storage: Storage) -> None:
+async def test_refused_update_writes_nothing(coordination: Coordination, control: Location) -> None:
     """An edit that breaks a rule is refused; the stored batch is unchanged."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     created = await store.create(spec())
     with pytest.raises(BatchRuleViolation, match="result_path: must not lie inside the input path"):
         await store.update(created.batch.id, {"result_path": "s3://data/forms/in/out"})
@@ -149,9 +157,9 @@ async def test_refused_update_writes_nothing(storage: Storage) -> None:
     assert (await store.get(created.batch.id)) == created
 
 
-async def test_concurrent_edits_one_wins_one_conflicts(storage: Storage) -> None:
+async def test_concurrent_edits_one_wins_one_conflicts(coordination: Coordination, control: Location) -> None:
     """Two edits made from the same read: exactly one is stored, the other gets BatchConflict."""
-    first_store, second_store = make_store(storage), make_store(storage)
+    first_store, second_store = make_store(coordination, control), make_store(coordination, control)
     created = await first_store.create(spec())
     results = await asyncio.gather(
         first_store.update(created.batch.id, {"file_format": "xls"}, if_match=created.etag),
@@ -171,9 +179,11 @@ async def test_concurrent_edits_one_wins_one_conflicts(storage: Storage) -> None
     assert (final.file_format, final.template_ids) == ("xls", [5, 6])
 
 
-async def test_stale_etag_conflicts_and_changes_nothing(storage: Storage) -> None:
+async def test_stale_etag_conflicts_and_changes_nothing(
+    coordination: Coordination, control: Location
+) -> None:
     """An edit or delete against an etag that is no longer current is refused."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     created = await store.create(spec())
     current = await store.update(created.batch.id, {"file_format": "xls"})
     with pytest.raises(BatchConflict):
@@ -183,9 +193,11 @@ async def test_stale_etag_conflicts_and_changes_nothing(storage: Storage) -> Non
     assert await store.get(created.batch.id) == current
 
 
-async def test_concurrent_creates_cannot_break_uniqueness(storage: Storage) -> None:
+async def test_concurrent_creates_cannot_break_uniqueness(
+    coordination: Coordination, control: Location
+) -> None:
     """Creates racing with the same name, or on the same General domain, store exactly one batch."""
-    stores = [make_store(storage) for _ in range(5)]
+    stores = [make_store(coordination, control) for _ in range(5)]
     same_name = await asyncio.gather(
         *(
             store.create(spec("dup", input_path=f"s3://data/i{n}", result_path=f"s3://data/o{n}"))
@@ -206,21 +218,21 @@ async def test_concurrent_creates_cannot_break_uniqueness(storage: Storage) -> N
     assert len(await stores[0].list_batches()) == 2
 
 
-async def test_delete_removes_the_definition(storage: Storage) -> None:
+async def test_delete_removes_the_definition(coordination: Coordination, control: Location) -> None:
     """Deleting a batch removes its document; it can then not be found, and its name is free again."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     created = await store.create(spec())
     deleted = await store.delete("forms")
     assert deleted.id == created.batch.id
     with pytest.raises(BatchNotFound):
         await store.get(created.batch.id)
-    assert await keys(storage) == []
+    assert await keys(coordination) == []
     await store.create(spec())
 
 
-async def test_set_status_records_transitions(storage: Storage) -> None:
+async def test_set_status_records_transitions(coordination: Coordination, control: Location) -> None:
     """The worker's status changes are stored with their reason, after an operator's concurrent edit too."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     created = await store.create(spec())
     await store.update(created.batch.id, {"file_format": "xls"})
     errored = await store.set_status(created.batch.id, "error", "0002 Secret key validate failed")
@@ -233,17 +245,19 @@ async def test_set_status_records_transitions(storage: Storage) -> None:
     assert (resumed.batch.status, resumed.batch.status_reason) == ("available", None)
 
 
-async def test_a_corrupt_document_is_a_clear_error(storage: Storage) -> None:
+async def test_a_corrupt_document_is_a_clear_error(coordination: Coordination, control: Location) -> None:
     """A hand-damaged batch document makes listing fail loudly, naming the document."""
-    store = make_store(storage)
-    await storage.write("batches/0123456789abcdef.json", b'{"name": 1}')
+    store = make_store(coordination, control)
+    await coordination.create("batches/0123456789abcdef.json", b'{"name": 1}')
     with pytest.raises(StorageError, match=r"batches/0123456789abcdef.json: batch document is not valid"):
         await store.list_batches()
 
 
-async def test_apply_is_idempotent_and_checks_the_whole_file_first(storage: Storage) -> None:
+async def test_apply_is_idempotent_and_checks_the_whole_file_first(
+    coordination: Coordination, control: Location
+) -> None:
     """apply creates, then reports unchanged; an edit updates; a bad file writes nothing; prune deletes."""
-    store = make_store(storage)
+    store = make_store(coordination, control)
     declared = [spec("a"), spec("b", domain="gen", template_ids=None)]
     assert [(c.action, c.name) for c in await store.apply(declared)] == [("create", "a"), ("create", "b")]
     assert [c.action for c in await store.apply(declared)] == ["unchanged", "unchanged"]
@@ -255,35 +269,39 @@ async def test_apply_is_idempotent_and_checks_the_whole_file_first(storage: Stor
     assert [c.action for c in await store.apply(changed)] == ["update", "unchanged"]
     assert (await store.get("a")).batch.id == before["a"].batch.id
 
-    snapshot = await keys(storage), await store.list_batches()
+    snapshot = await keys(coordination), await store.list_batches()
     bad = [*changed, spec("c", domain="gen", template_ids=None)]
     with pytest.raises(BatchRuleViolation, match="batch 'c': domain: only one batch per General domain"):
         await store.apply(bad)
     with pytest.raises(BatchRuleViolation, match="declared more than once"):
         await store.apply([spec("a"), spec("A")])
-    assert (await keys(storage), await store.list_batches()) == snapshot
+    assert (await keys(coordination), await store.list_batches()) == snapshot
 
     assert [c.action for c in await store.apply([changed[0]])] == ["unchanged", "unchanged"]
     assert [c.action for c in await store.apply([changed[0]], prune=True)] == ["unchanged", "delete"]
     assert [item.batch.name for item in await store.list_batches()] == ["a"]
 
 
-async def test_catalog_lease_blocks_then_times_out(storage: Storage) -> None:
+async def test_catalog_lease_blocks_then_times_out(coordination: Coordination, control: Location) -> None:
     """While another writer holds a live lease, a change waits and then fails with a clear conflict."""
     clock = FakeClock()
-    store = make_store(storage, clock)
-    await storage.write(LOCK_KEY, json.dumps({"owner": "other", "expires_at": clock.now_s + 3600}).encode())
+    store = make_store(coordination, control, clock)
+    await coordination.create(
+        LOCK_KEY, json.dumps({"owner": "other", "expires_at": clock.now_s + 3600}).encode()
+    )
     with pytest.raises(BatchConflict, match="being changed by another writer"):
         await store.create(spec())
     assert clock.sleeps_s  # it waited (on the injected clock) before giving up
-    assert [item async for item in storage.list("batches/")] == []
+    assert [key async for key in coordination.keys("batches/")] == []
 
 
-async def test_expired_lease_is_taken_over(storage: Storage) -> None:
+async def test_expired_lease_is_taken_over(coordination: Coordination, control: Location) -> None:
     """A lease left by a crashed writer is taken over once it expires, and released afterwards."""
     clock = FakeClock()
-    store = make_store(storage, clock)
-    await storage.write(LOCK_KEY, json.dumps({"owner": "crashed", "expires_at": clock.now_s - 1}).encode())
+    store = make_store(coordination, control, clock)
+    await coordination.create(
+        LOCK_KEY, json.dumps({"owner": "crashed", "expires_at": clock.now_s - 1}).encode()
+    )
     created = await store.create(spec())
     assert (await store.get(created.batch.id)).batch.name == "forms"
-    assert await keys(storage) == [f"batches/{created.batch.id}.json"]
+    assert await keys(coordination) == [f"batches/{created.batch.id}.json"]

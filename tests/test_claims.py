@@ -1,4 +1,7 @@
-"""Item claims on both storage backends, and two workers reconciling one batch at the same time."""
+"""Item claims on each storage profile, and two workers reconciling one batch at the same time.
+
+Claims are documents of the profile's `coordination`: objects of the control location on a local
+directory and on moto, Redis on the NAVER profile (whose store ignores conditional writes)."""
 
 from __future__ import annotations
 
@@ -9,24 +12,21 @@ import socket
 
 from fixtures.clock import FakeClock
 from fixtures.samples import png
-from fixtures.worker import MakeSetup, create_batch, keys
+from fixtures.waits import within
+from fixtures.worker import MakeSetup, WorkerProfile, create_batch, keys
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims, claim_key
-from ocrbatch.coordination.storage import StorageCoordination
-from ocrbatch.storage.base import Storage
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import Worker
 
 
-async def test_a_claim_is_held_by_one_worker_until_released(storage: Storage) -> None:
+async def test_a_claim_is_held_by_one_worker_until_released(coordination: Coordination) -> None:
     """While one worker holds an item, neither another worker nor another task of its own process can
     take it; once released, the other can."""
-    first, second = (
-        ItemClaims(StorageCoordination(storage), ttl_s=60),
-        ItemClaims(StorageCoordination(storage), ttl_s=60),
-    )
+    first, second = ItemClaims(coordination, ttl_s=60), ItemClaims(coordination, ttl_s=60)
     assert await first.take("b1", "scans/a.png")
     assert not await first.take("b1", "scans/a.png")  # a second task of the same process
     assert not await second.take("b1", "scans/a.png")
@@ -38,13 +38,13 @@ async def test_a_claim_is_held_by_one_worker_until_released(storage: Storage) ->
     assert second.held == 3
 
 
-async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(storage: Storage) -> None:
+async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(coordination: Coordination) -> None:
     """A claim not renewed within its lifetime is taken over; the old holder counts it as lost at its
     next renewal and its release leaves the new claim alone."""
     clock = FakeClock()
     stalled, other = (
-        ItemClaims(StorageCoordination(storage), ttl_s=30, clock=clock),
-        ItemClaims(StorageCoordination(storage), ttl_s=30, clock=clock),
+        ItemClaims(coordination, ttl_s=30, clock=clock),
+        ItemClaims(coordination, ttl_s=30, clock=clock),
     )
     assert await stalled.take("b1", "a.png")
     clock.now_s += 20
@@ -56,14 +56,15 @@ async def test_an_expired_claim_is_taken_over_and_its_holder_loses_it(storage: S
     await stalled.renew_all()
     assert (stalled.lost, stalled.held) == (1, 0)
     await stalled.release("b1", "a.png")
-    document = json.loads((await storage.read(claim_key("b1", "a.png"))).data)
-    assert document["owner"] == other.owner
+    document = await coordination.read(claim_key("b1", "a.png"))
+    assert document is not None
+    assert json.loads(document.data)["owner"] == other.owner
 
 
-async def test_a_claim_of_a_dead_process_on_this_host_is_taken_at_once(storage: Storage) -> None:
+async def test_a_claim_of_a_dead_process_on_this_host_is_taken_at_once(coordination: Coordination) -> None:
     """A claim left by a process of this host that no longer runs (a killed worker, restarted) is
     taken over without waiting for it to expire; one of a live process or another host is not."""
-    claims = ItemClaims(StorageCoordination(storage), ttl_s=600)
+    claims = ItemClaims(coordination, ttl_s=600)
     dead = await asyncio.create_subprocess_exec("true")
     await dead.wait()
     host = socket.gethostname()
@@ -74,7 +75,7 @@ async def test_a_claim_of_a_dead_process_on_this_host_is_taken_at_once(storage: 
         "elsewhere.png": {"host": host + "-other", "pid": dead.pid},
     }.items():
         document = {**holder, "owner": "previous", "process": "previous", "expires_at": 4_000_000_000}
-        await storage.write(claim_key("b1", key), json.dumps(document).encode())
+        await coordination.create(claim_key("b1", key), json.dumps(document).encode())
     assert await claims.take("b1", "dead.png")
     assert await claims.take("b1", "restarted.png")
     assert not await claims.take("b1", "alive.png")
@@ -82,12 +83,15 @@ async def test_a_claim_of_a_dead_process_on_this_host_is_taken_at_once(storage: 
 
 
 async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
-    make_worker_setup: MakeSetup,
+    make_worker_setup: MakeSetup, worker_profile: WorkerProfile
 ) -> None:
     """Two workers (replicas) run passes over the same batch at the same time: every input gets its
-    result and is recognised exactly once, and no claim is left behind."""
-    setup = await make_worker_setup(max_concurrent_calls=4, faults={"latency_ms": 5, "seed": 1})
-    settings = setup.settings()
+    result and is recognised exactly once, and no claim is left behind; on moto, and on the NAVER
+    profile with claims in Redis."""
+    setup = await make_worker_setup(
+        store=worker_profile.store, max_concurrent_calls=4, faults={"latency_ms": 5, "seed": 1}
+    )
+    settings = setup.settings(coordination=worker_profile.coordination)
     for index in range(60):
         await setup.inputs.write(f"scan-{index:03}.png", png(200 + index, 100))
     await create_batch(setup, settings)
@@ -96,7 +100,7 @@ async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
         open_ocr_session(max_connections=32) as session,
     ):
         store = await batch_store_in(settings, storages)
-        control = await storages.open(store.control)
+        assert store.coordination.backend == {"moto": "storage", "ncp": "redis"}[worker_profile.store]
         workers = [
             Worker(
                 settings,
@@ -107,8 +111,10 @@ async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
             )
             for _ in range(2)
         ]
-        passes = await asyncio.gather(*(worker.run_pass() for worker in workers))
-        assert await keys(control, "claims/") == []
+        passes = await within(
+            asyncio.gather(*(worker.run_pass() for worker in workers)), 50, "the two passes did not end"
+        )
+        assert [key async for key in store.coordination.keys("claims/")] == []
     stats = setup.emulator.stats()
     assert stats["recognised_more_than_once"] == {}
     assert len(stats["recognitions"]) == 60

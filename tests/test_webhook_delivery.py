@@ -1,5 +1,9 @@
 """Webhook delivery against a real aiohttp receiver: retries and their waits, Retry-After, 410,
-dead letters, an unreachable receiver, and signatures the receiver can verify."""
+dead letters, an unreachable receiver, and signatures the receiver can verify.
+
+The outbox is on each storage profile (`results`), its records in the profile's `coordination`:
+a local directory or moto with the control location's conditional writes, or the NAVER profile
+(no conditional writes) with Redis."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from fixtures.waits import within
 from fixtures.webhooks import BATCH_ID, SECRET, UNREACHABLE, StatusLog, attached, finish, outbox_keys
 from structlog.testing import capture_logs
 
+from ocrbatch.coordination.base import Coordination
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.storage.base import Storage
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, SEQUENCE_KEY
@@ -27,12 +32,14 @@ CHUNKS, OUTCOMES = "ocrbatch_webhook_chunks_total", ("made", "sent", "retried", 
 
 
 async def test_failing_receiver_gets_every_chunk_without_blocking_items(
-    receiver: Receiver, results: Storage
+    receiver: Receiver, results: Storage, coordination: Coordination
 ) -> None:
     """503, then 429 with Retry-After, then 200: every chunk arrives; meanwhile items keep being accepted."""
     receiver.answers = [(503, {}), (429, {"Retry-After": "7"})]
     backoffs = FakeClock(advance_on_sleep=False)
-    async with attached(receiver.url, results, backoffs=backoffs, chunk_size=10, idle_flush_s=60) as webhooks:
+    async with attached(
+        receiver.url, results, backoffs=backoffs, coordination=coordination, chunk_size=10, idle_flush_s=60
+    ) as webhooks:
         receiver.gate.clear()  # the receiver hangs: the first delivery is stuck
         for index in range(30):  # three full chunks made while it waits
             await within(finish(webhooks, index), 5, "an item was not accepted while the receiver hung")
@@ -92,6 +99,7 @@ def assert_waits(slept_s: list[float], waits: list[float | Jitter], state: tuple
 async def test_delivery_waits_and_when_a_chunk_is_given_up(
     receiver: Receiver,
     results: Storage,
+    coordination: Coordination,
     *,
     answers: list[int | tuple[int, str]],
     waits: list[float | Jitter],
@@ -115,6 +123,7 @@ async def test_delivery_waits_and_when_a_chunk_is_given_up(
             statuses=statuses,
             backoffs=backoffs,
             metrics=metrics,
+            coordination=coordination,
             chunk_size=1,
             max_attempts=max_attempts,
             backoff_initial_s=0.5,
@@ -138,7 +147,9 @@ async def test_delivery_waits_and_when_a_chunk_is_given_up(
     ]
 
 
-async def test_an_unreachable_receiver_is_retried_forever_with_the_same_waits(results: Storage) -> None:
+async def test_an_unreachable_receiver_is_retried_forever_with_the_same_waits(
+    results: Storage, coordination: Coordination
+) -> None:
     """Nothing listens: the chunk is retried past max_attempts, before the n-th retry waiting
     uniform(0, min(0.5 x 2^(n-1), 6)), and each retry is counted and logged without a status."""
     backoffs, sixth_retry, state = FakeClock(advance_on_sleep=False), asyncio.Event(), random.getstate()
@@ -155,6 +166,7 @@ async def test_an_unreachable_receiver_is_retried_forever_with_the_same_waits(re
             results,
             items=1,
             backoffs=backoffs,
+            coordination=coordination,
             chunk_size=1,
             max_attempts=2,
             backoff_initial_s=0.5,
@@ -173,10 +185,10 @@ async def test_an_unreachable_receiver_is_retried_forever_with_the_same_waits(re
 
 
 async def test_signature_verifies_independently_and_tampering_fails(
-    receiver: Receiver, results: Storage
+    receiver: Receiver, results: Storage, coordination: Coordination
 ) -> None:
     """The receiver can check the signature with a plain HMAC; a tampered body fails verification."""
-    async with attached(receiver.url, results, items=2, chunk_size=2):
+    async with attached(receiver.url, results, items=2, coordination=coordination, chunk_size=2):
         await receiver.wait_for(1)
     request = receiver.received[0]
     headers = {name.lower(): value for name, value in request.headers.items()}
@@ -190,30 +202,39 @@ async def test_signature_verifies_independently_and_tampering_fails(
         verify(SECRET, headers, request.body.replace(b"00000", b"99999"), now_s=now_s)
 
 
-async def test_gone_stops_deliveries_and_flags_the_batch(receiver: Receiver, results: Storage) -> None:
+async def test_gone_stops_deliveries_and_flags_the_batch(
+    receiver: Receiver, results: Storage, coordination: Coordination
+) -> None:
     """410 stops deliveries for the batch, puts the reason in its status, and keeps the chunks."""
     receiver.answers = [(410, {})]
     statuses = StatusLog()
-    async with attached(receiver.url, results, items=3, statuses=statuses, chunk_size=1) as webhooks:
+    async with attached(
+        receiver.url, results, items=3, statuses=statuses, coordination=coordination, chunk_size=1
+    ) as webhooks:
         assert await webhooks.drain(10)
     assert len(receiver.received) == 1
     assert statuses.calls[0][0] == "error"
     assert "410" in (statuses.calls[0][1] or "")
-    assert len([key for key in await outbox_keys(results) if key != "_outbox/sequence.json"]) == 3
+    assert len([key for key in await outbox_keys(results) if key != SEQUENCE_KEY]) == 3
 
 
-async def test_other_client_errors_become_dead_letters(receiver: Receiver, results: Storage) -> None:
-    """A 400 is retried max_attempts times, then the chunk is parked under _outbox/dead/."""
+async def test_other_client_errors_become_dead_letters(
+    receiver: Receiver, results: Storage, coordination: Coordination
+) -> None:
+    """A 400 is retried max_attempts times, then the chunk is parked under _outbox/dead/; the note
+    on the batch's status survives a restart."""
     receiver.answers = [(400, {})] * 3
-    async with attached(receiver.url, results, items=2, chunk_size=1, max_attempts=3) as webhooks:
+    async with attached(
+        receiver.url, results, items=2, coordination=coordination, chunk_size=1, max_attempts=3
+    ) as webhooks:
         assert await webhooks.drain(10)
     assert list(receiver._statuses) == [400, 400, 400, 200]
     assert webhooks.dead_lettered == 1
-    keys = await outbox_keys(results)
+    keys = [key for key in await outbox_keys(results) if key != SEQUENCE_KEY]
     assert len([key for key in keys if key.startswith(DEAD_PREFIX)]) == 1
-    assert len(keys) == 2  # the dead letter and the sequence document
+    assert len(keys) == 1  # the dead letter only: the other chunk was delivered
     assert webhooks.status_note(BATCH_ID) == (
         "webhook: 1 chunk(s) refused by the receiver, parked under _outbox/dead/"
     )
-    async with attached(receiver.url, results, chunk_size=1) as restarted:  # the note survives a restart
+    async with attached(receiver.url, results, coordination=coordination, chunk_size=1) as restarted:
         assert restarted.status_note(BATCH_ID) is not None

@@ -1,4 +1,8 @@
-"""The worker end to end, on moto's S3 server and the emulator."""
+"""The worker end to end, on moto's S3 server and the emulator.
+
+Where the store matters (discovery, results, the batch's status, a second run resuming), a test
+runs on both worker profiles (`worker_profile`): moto with documents in the control location, and
+the NAVER profile (V1 listings, no conditional writes) with coordination in Redis."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 from fixtures.clock import FakeClock
 from fixtures.samples import jpeg, pdf, png, tiff
 from fixtures.waits import within
-from fixtures.worker import MakeSetup, create_batch, keys, read_json, with_domain
+from fixtures.worker import MakeSetup, WorkerProfile, create_batch, keys, read_json, with_domain
 from openpyxl import load_workbook
 from structlog.testing import capture_logs
 
@@ -55,11 +59,12 @@ BAD_INPUTS = {
 }
 
 
-async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
+async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup, worker_profile: WorkerProfile) -> None:
     """300 good inputs of every format and bad ones, under 0500/0025 faults: every good input gets one
     result, every bad one a failure record with its reason, the .gif is skipped, the cap is never
     exceeded and nothing is recognised twice."""
     setup = await make_worker_setup(
+        store=worker_profile.store,
         max_concurrent_calls=5,
         faults={
             "error_rate": 0.10,
@@ -69,7 +74,9 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
             "seed": 3,
         },
     )
-    settings = setup.settings(progress_interval_s=PROGRESS_INTERVAL_S)
+    settings = setup.settings(
+        coordination=worker_profile.coordination, progress_interval_s=PROGRESS_INTERVAL_S
+    )
     good = good_inputs(300)
     for key, data in good.items():
         await setup.inputs.write(key, data)
@@ -125,11 +132,13 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup) -> None:
     assert len(done) == 305  # every processed item ends in exactly one event
 
 
-async def test_long_pdf_is_split_and_merged_and_xls_results_open(make_worker_setup: MakeSetup) -> None:
+async def test_long_pdf_is_split_and_merged_and_xls_results_open(
+    make_worker_setup: MakeSetup, worker_profile: WorkerProfile
+) -> None:
     """A 23-page PDF takes 3 calls and gives one result with pageIndex 0-22; an xls batch's workbook
     opens with openpyxl and holds the text sheet and a table sheet with merged cells."""
-    setup = await make_worker_setup()
-    settings = setup.settings()
+    setup = await make_worker_setup(store=worker_profile.store)
+    settings = setup.settings(coordination=worker_profile.coordination)
     await setup.inputs.write("contract.pdf", pdf(23))
     await create_batch(setup, settings)
     assert await run_worker(settings, once=True) == 0
@@ -168,11 +177,13 @@ async def test_long_pdf_is_split_and_merged_and_xls_results_open(make_worker_set
     assert stored.info.metadata["source-key"] == "receipt.png"
 
 
-async def test_wrong_secret_stops_only_its_domain(make_worker_setup: MakeSetup) -> None:
+async def test_wrong_secret_stops_only_its_domain(
+    make_worker_setup: MakeSetup, worker_profile: WorkerProfile
+) -> None:
     """A wrong secret puts the batch on that domain in error with 0002 and writes no failure records,
     while a batch on another domain completes; run --once exits 1."""
-    setup = await make_worker_setup()
-    settings = setup.settings()
+    setup = await make_worker_setup(store=worker_profile.store)
+    settings = setup.settings(coordination=worker_profile.coordination)
     broken = with_domain(settings, "receipts", secret="not-the-secret")
     for index in range(6):
         await setup.inputs.write(f"{index}.png", png(100 + index, 100))
@@ -231,11 +242,13 @@ async def test_cap_configured_too_high_settles_at_the_real_limit(make_worker_set
     assert len([key for key in await keys(setup.results) if key.endswith(".png.json")]) == 300
 
 
-async def test_results_layout_metadata_and_a_second_run_calls_nothing(make_worker_setup: MakeSetup) -> None:
+async def test_results_layout_metadata_and_a_second_run_calls_nothing(
+    make_worker_setup: MakeSetup, worker_profile: WorkerProfile
+) -> None:
     """Results sit at {result}/{key}.json with their metadata; a second run --once on a finished batch
     makes zero API calls; a changed input is recognised again."""
-    setup = await make_worker_setup()
-    settings = setup.settings()
+    setup = await make_worker_setup(store=worker_profile.store)
+    settings = setup.settings(coordination=worker_profile.coordination)
     await setup.inputs.write("a/영수증 1.png", png(300, 200))
     await setup.inputs.write("b.jpg", jpeg(100, 100))
     batch_id = await create_batch(setup, settings)
@@ -266,10 +279,11 @@ async def test_results_layout_metadata_and_a_second_run_calls_nothing(make_worke
 
 
 @pytest.mark.parametrize("mode", ["multipart", "url"])
-async def test_transfer_modes(make_worker_setup: MakeSetup, mode: str) -> None:
-    """Multipart and url (presigned S3 URL) domains produce the same results as data."""
-    setup = await make_worker_setup()
-    base = setup.settings()
+async def test_transfer_modes(make_worker_setup: MakeSetup, worker_profile: WorkerProfile, mode: str) -> None:
+    """Multipart and url (presigned S3 URL, here of the store the worker reaches) domains produce the
+    same results as data."""
+    setup = await make_worker_setup(store=worker_profile.store)
+    base = setup.settings(coordination=worker_profile.coordination)
     settings = with_domain(base, "receipts", transfer_mode=mode)
     await setup.inputs.write("x.png", png(321, 123))
     await setup.inputs.write("long.pdf", pdf(12))
