@@ -35,7 +35,7 @@ from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.storage.base import Storage
-from ocrbatch.webhooks.outbox import ITEMS_PREFIX, MANIFESTS_PREFIX, SEQUENCE_KEY
+from ocrbatch.webhooks.outbox import ITEMS_PREFIX, SEQUENCE_KEY, manifest_key
 from ocrbatch.webhooks.service import RECOVER_INTERVAL_S
 from ocrbatch.webhooks.signing import verify
 
@@ -173,7 +173,7 @@ async def test_a_chunk_written_before_a_crash_is_sent_once_and_its_markers_remov
         markers = [info.key async for info in results.list(ITEMS_PREFIX)]
         chunk_key = f"{OUTBOX_PREFIX}000000000001-msg_1.json"
         manifest = {"chunk": chunk_key, "markers": markers}
-        await results.write(f"{MANIFESTS_PREFIX}msg_1.json", json.dumps(manifest).encode())
+        await coordination.create(manifest_key(BATCH_ID, "msg_1"), json.dumps(manifest).encode())
         chunk = {"chunkId": "msg_1", "items": [item(index) for index in range(3)]}
         await results.write(chunk_key, json.dumps(chunk).encode(), metadata={"chunk-id": "msg_1"})
     async with attached(receiver.url, results, coordination=coordination, idle_flush_s=3600) as restarted:
