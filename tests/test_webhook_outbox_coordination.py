@@ -41,6 +41,7 @@ from ocrbatch.webhooks.outbox import (
     SEQUENCE_KEY,
     Outbox,
     SequenceUnavailable,
+    announced_by,
     chunk_key,
     coordination_prefix,
     manifest_key,
@@ -477,3 +478,25 @@ async def test_a_live_replica_s_half_made_chunk_is_left_to_it_and_settled_once_i
         await b.flush()
     assert receiver.received == [], "B chunked again items that A's chunk carries"
     assert await last_number(shared) == sequence
+
+
+async def test_a_dead_writer_s_marker_is_dropped_once_another_worker_announced_the_item_again(
+    outbox_results: Storage,
+) -> None:
+    """Writer A made item 0 durable and died before its result; writer B took the item over, made
+    its own marker and wrote the result, which names B's marker. Recovering A's markers then drops
+    A's (B's chunk carries the item), although the result was made from the same input. A result
+    naming no marker (written by an older version) is still judged by its input's etag."""
+    a, b = (Outbox(outbox_results, writer=writer) for writer in ("aaaa", "bbbb"))
+    result_key = "scans/00000.png.json"
+    a_marker = await a.write_item(item(0), result_key=result_key, source_etag="etag-1")
+    b_marker = await b.write_item(item(0), result_key=result_key, source_etag="etag-1")
+    metadata = {"source-etag": "etag-1", **announced_by(b_marker)}
+    await outbox_results.write(result_key, b"{}", metadata=metadata)
+    assert await a.read_item(a_marker) is None
+    assert a_marker not in await outbox_keys(outbox_results, ITEMS_PREFIX)
+    assert await b.read_item(b_marker) == item(0)
+    older_key = "scans/00001.png.json"
+    older = await a.write_item(item(1), result_key=older_key, source_etag="etag-2")
+    await outbox_results.write(older_key, b"{}", metadata={"source-etag": "etag-2"})
+    assert await a.read_item(older) == item(1)

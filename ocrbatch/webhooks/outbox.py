@@ -87,6 +87,14 @@ def chunk_id_of(key: str) -> str:
 WriterBusy = Callable[[str], Awaitable[bool]]  # whether a writer may still be making its chunks
 
 
+ANNOUNCED_BY = "webhook-marker"  # result metadata: the marker that announces this result
+
+
+def announced_by(marker: str | None) -> dict[str, str]:
+    """The metadata naming the marker that announces a result or failure record (none without)."""
+    return {} if marker is None else {ANNOUNCED_BY: marker}
+
+
 class SequenceUnavailable(StorageError):
     """No chunk number could be taken: the counter kept changing under us, or is unreadable."""
 
@@ -161,21 +169,27 @@ class Outbox:
         except (ValueError, KeyError, TypeError):
             log.error("webhook.marker_unreadable", key=marker)
             return None
-        if not await self._result_kept(document):
+        if not await self._result_kept(marker, document):
             log.info("webhook.marker_dropped", key=item.get("key"))
             await self.delete([marker])
             return None
         return item
 
-    async def _result_kept(self, marker: dict[str, Any]) -> bool:
-        result_key = marker.get("result_key")
+    async def _result_kept(self, marker: str, document: dict[str, Any]) -> bool:
+        """Whether the result the marker announces is there, made from the same input, and still
+        the one this marker announces: a result written again by another worker (which took the
+        item over from this marker's dead writer) names that worker's marker instead."""
+        result_key = document.get("result_key")
         if not isinstance(result_key, str):
             return True
         try:
             info = await self.results.head(result_key)
         except ObjectNotFound:
             return False
-        return info.metadata.get("source-etag") == marker.get("source_etag")
+        announcer = info.metadata.get(ANNOUNCED_BY)
+        if announcer is not None and announcer != marker:
+            return False
+        return info.metadata.get("source-etag") == document.get("source_etag")
 
     # -- chunks -----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ocrbatch.clova.contract import OcrError, OcrResponse
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.storage.base import Storage
 from ocrbatch.types import DomainKind
+from ocrbatch.webhooks.outbox import announced_by
 from ocrbatch.webhooks.service import PendingItem, WebhookService, item_payload
 from ocrbatch.worker.discovery import DiscoveredItem
 from ocrbatch.worker.prepare import PreparedItem
@@ -64,7 +65,7 @@ class ItemOutcomes:
             response=response,
         )
         try:
-            await asyncio.shield(self._write_result(prepared, response, attempts))
+            await asyncio.shield(self._write_result(prepared, response, attempts, notice))
         except BaseException:
             await self.abandon(notice)
             raise
@@ -113,7 +114,11 @@ class ItemOutcomes:
                 self._results.write(
                     key,
                     json.dumps(record, ensure_ascii=False, indent=1).encode(),
-                    metadata={"source-etag": etag, "retryable": "true" if retryable else "false"},
+                    metadata={
+                        "source-etag": etag,
+                        "retryable": "true" if retryable else "false",
+                        **announced_by(None if notice is None else notice.marker),
+                    },
                     content_type="application/json",
                 )
             )
@@ -135,7 +140,9 @@ class ItemOutcomes:
             attempts=attempts,
         )
 
-    async def _write_result(self, prepared: PreparedItem, response: OcrResponse, attempts: int) -> None:
+    async def _write_result(
+        self, prepared: PreparedItem, response: OcrResponse, attempts: int, notice: PendingItem | None
+    ) -> None:
         item = prepared.item
         body = (
             render_json(response)
@@ -148,6 +155,7 @@ class ItemOutcomes:
             "batch-id": self._batch.id,
             "domain": self._batch.domain,
             "attempts": str(attempts),
+            **announced_by(None if notice is None else notice.marker),
         }
         await self._results.write(
             result_key(item.key, self._suffix),
