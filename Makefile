@@ -36,8 +36,9 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# `make soak ARGS="--profile ncp"`: 2 replicas on S3 as NAVER's, with Redis (see README, Soak).
 soak: $(STAMP)
-	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

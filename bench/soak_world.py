@@ -1,27 +1,167 @@
-"""The soak's files: its inputs, what the worker left in the result directory, and the deliberate
-breakages `--break` applies to show that the checks fail."""
+"""The soak's side of storage: its inputs, what the workers left in the result location, what a
+worker had in hand when it was killed, and the deliberate breakages `--break` applies to show that
+the checks fail.
+
+A location is seen through a `LocationView`: a local directory (`LocalView`), or a prefix of a
+bucket read and written with aioboto3 on moto itself, never through the proxy the workers go
+through (`S3View`). Both leave ocrbatch's private objects out (`.ocrbatch/`: temp files, sidecars,
+probes), as the workers' own listings do.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from bench.common import OCR_SECRET, png, write_inputs
 from bench.receiver import FlakyReceiver
-from ocrbatch.batches.layout import OUTBOX_PREFIX, failed_input_key, failure_record_key, is_own_object
+from ocrbatch.batches.layout import (
+    OUTBOX_PREFIX,
+    RESULT_SUFFIX,
+    failed_input_key,
+    failure_record_key,
+    is_own_object,
+)
 from ocrbatch.clova.client import OcrCall, OcrClient, open_ocr_session
+from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.claims import CLAIM_PREFIX, claim_key
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.storage.local import PRIVATE_DIR
+from ocrbatch.storage.s3 import PRIVATE_PREFIX
 from ocrbatch.webhooks.outbox import SEQUENCE_KEY
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 EMPTY_INPUTS = 20  # zero-byte documents: failure records without a call
 CORRUPT_INPUTS = 20  # unreadable documents: failure records without a call
 UNSUPPORTED_INPUTS = 10  # .txt: skipped, neither result nor failure record
 BREAKS = ("duplicate-record", "partial-object", "double-billing", "lost-webhook", "secret-in-log")
+JSON_SUFFIX = RESULT_SUFFIX["json"]  # the soak's batch writes JSON results
+S3_CONCURRENCY = 16  # requests at once to moto
+
+
+class LocationView(ABC):
+    """A location as the soak sees it, behind the workers' backs: every object by key (ocrbatch's
+    private objects left out), their bytes, and writes (inputs, `--break`)."""
+
+    @abstractmethod
+    async def keys(self) -> list[str]:
+        """Every object key, in no particular order."""
+
+    @abstractmethod
+    async def read_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The bytes of `keys`; a key whose object is gone (deleted since it was listed) is left out."""
+
+    @abstractmethod
+    async def write_many(self, objects: Mapping[str, bytes]) -> None:
+        """Write each object whole (replacing what is there)."""
+
+    async def temp_files(self) -> int:
+        """Temp files of interrupted writes (invisible to listings, but litter)."""
+        return 0
+
+
+def local_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(key, path) of every file under `root`, ocrbatch's private directory left out."""
+    for directory, subdirectories, files in os.walk(root):
+        if Path(directory) == root and PRIVATE_DIR in subdirectories:
+            subdirectories.remove(PRIVATE_DIR)
+        for name in files:
+            path = Path(directory) / name
+            yield path.relative_to(root).as_posix(), path
+
+
+class LocalView(LocationView):
+    """A local directory; `.ocrbatch/` at its root is ocrbatch's."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    async def keys(self) -> list[str]:
+        return await asyncio.to_thread(lambda: [key for key, _ in local_files(self.root)])
+
+    async def read_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        def read() -> dict[str, bytes]:
+            found = {}
+            for key in keys:
+                try:
+                    found[key] = (self.root / key).read_bytes()
+                except FileNotFoundError:
+                    continue
+            return found
+
+        return await asyncio.to_thread(read)
+
+    async def write_many(self, objects: Mapping[str, bytes]) -> None:
+        def write() -> None:
+            for key, data in objects.items():
+                (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+                (self.root / key).write_bytes(data)
+
+        await asyncio.to_thread(write)
+
+    async def temp_files(self) -> int:
+        tmp = self.root / PRIVATE_DIR / "tmp"
+        return await asyncio.to_thread(lambda: sum(1 for _ in tmp.iterdir()) if tmp.is_dir() else 0)
+
+
+class S3View(LocationView):
+    """`s3://bucket/prefix` through `client` (on moto itself); `prefix/.ocrbatch/` is ocrbatch's,
+    and a PUT is whole or absent, so no temp file is ever left."""
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._limit = asyncio.Semaphore(S3_CONCURRENCY)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    async def keys(self) -> list[str]:
+        found: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix) :]
+                if key and not key.endswith("/") and not key.startswith(PRIVATE_PREFIX):
+                    found.append(key)
+        return found
+
+    async def _read(self, key: str) -> bytes | None:
+        async with self._limit:
+            try:
+                response = await self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                    return None
+                raise
+            async with response["Body"] as body:
+                return await body.read()
+
+    async def read_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(keys)
+        datas = await asyncio.gather(*(self._read(key) for key in wanted))
+        return {key: data for key, data in zip(wanted, datas, strict=True) if data is not None}
+
+    async def _write(self, key: str, data: bytes) -> None:
+        async with self._limit:
+            await self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    async def write_many(self, objects: Mapping[str, bytes]) -> None:
+        await asyncio.gather(*(self._write(key, data) for key, data in objects.items()))
 
 
 def write_soak_inputs(directory: Path, items: int) -> tuple[set[str], set[str]]:
@@ -43,72 +183,85 @@ def write_soak_inputs(directory: Path, items: int) -> tuple[set[str], set[str]]:
     return documents, skipped
 
 
-def _files(root: Path) -> Iterator[tuple[str, Path]]:
-    """(key, path) of every object under `root`, ocrbatch's private directory left out."""
-    for directory, subdirectories, files in os.walk(root):
-        if Path(directory) == root and PRIVATE_DIR in subdirectories:
-            subdirectories.remove(PRIVATE_DIR)
-        for name in files:
-            path = Path(directory) / name
-            yield path.relative_to(root).as_posix(), path
+async def copy_inputs(directory: Path, target: LocationView) -> int:
+    """Copy every file under `directory` to `target` (inputs written locally, then uploaded)."""
+    files = await asyncio.to_thread(lambda: {key: path.read_bytes() for key, path in local_files(directory)})
+    await target.write_many(files)
+    return len(files)
 
 
-def read_objects(root: Path) -> dict[str, bytes]:
-    return {key: path.read_bytes() for key, path in _files(root)}
+async def read_objects(view: LocationView) -> dict[str, bytes]:
+    return await view.read_many(await view.keys())
 
 
-def leftover_temp_files(root: Path) -> int:
-    """Temp files of interrupted writes (invisible to listings, but litter)."""
-    tmp = root / PRIVATE_DIR / "tmp"
-    return sum(1 for _ in tmp.iterdir()) if tmp.is_dir() else 0
+async def leftover_temp_files(view: LocationView) -> int:
+    return await view.temp_files()
 
 
-def stored_inputs(root: Path) -> set[str]:
-    """Inputs with a result or a failure record of any kind."""
-    stored = set()
-    for key, _ in _files(root):
-        if (source := failed_input_key(key)) is not None:
-            stored.add(source)
-        elif key.endswith(".json") and not is_own_object(key):
-            stored.add(key.removesuffix(".json"))
-    return stored
+async def stored_inputs(view: LocationView, among: Collection[str]) -> set[str]:
+    """The inputs of `among` that have a result. A failure record does not count: an image that
+    was recognised is safe only once its result is written."""
+    if not among:
+        return set()
+    keys = set(await view.keys())
+    return {key for key in among if key + JSON_SUFFIX in keys}
 
 
-def settled(root: Path) -> tuple[set[str], set[str], int]:
+async def settled(view: LocationView) -> tuple[set[str], set[str], int]:
     """Inputs with a result, inputs with a final failure record, chunks waiting in the outbox."""
     results, final_failures, outbox = set(), set(), 0
-    for key, path in _files(root):
+    records = {}
+    for key in await view.keys():
         if (source := failed_input_key(key)) is not None:
-            try:
-                retryable = json.loads(path.read_bytes()).get("retryable", True)
-            except (ValueError, OSError):
-                retryable = True  # being written or broken: not settled
-            if not retryable:
-                final_failures.add(source)
+            records[key] = source
         elif key.startswith(OUTBOX_PREFIX):
             outbox += key.endswith(".json") and key != SEQUENCE_KEY  # chunks, markers, manifests
-        elif key.endswith(".json") and not is_own_object(key):
-            results.add(key.removesuffix(".json"))
+        elif key.endswith(JSON_SUFFIX) and not is_own_object(key):
+            results.add(key.removesuffix(JSON_SUFFIX))
+    for key, data in (await view.read_many(records)).items():
+        try:
+            retryable = json.loads(data).get("retryable", True)
+        except ValueError:
+            retryable = True  # being written or broken: not settled
+        if not retryable:
+            final_failures.add(records[key])
     return results, final_failures, outbox
 
 
+async def held_claims(
+    coordination: Coordination, batch_id: str, documents: Iterable[str], pid: int
+) -> set[str]:
+    """The inputs of `documents` whose claim (`coordination/claims.py`) is held by process `pid`."""
+    by_claim = {claim_key(batch_id, key): key for key in documents}
+    held = set()
+    async for key in coordination.keys(f"{CLAIM_PREFIX}{batch_id}/"):
+        stored = await coordination.read(key)
+        if stored is None or key not in by_claim:
+            continue
+        try:
+            holder = json.loads(stored.data)
+        except ValueError:
+            continue
+        if isinstance(holder, dict) and holder.get("pid") == pid:
+            held.add(by_claim[key])
+    return held
+
+
 async def apply_break(
-    name: str, *, results_dir: Path, emulator: Emulator, receiver: FlakyReceiver, log: Path
+    name: str, *, results: LocationView, emulator: Emulator, receiver: FlakyReceiver, log: Path
 ) -> str:
     """Break one invariant on purpose; returns what was done."""
     result_key = sorted(
-        key for key, _ in _files(results_dir) if key.startswith("day-") and key.endswith(".json")
+        key for key in await results.keys() if key.startswith("day-") and key.endswith(JSON_SUFFIX)
     )[0]
-    source_key = result_key.removesuffix(".json")
+    source_key = result_key.removesuffix(JSON_SUFFIX)
     if name == "duplicate-record":
         record = {"key": source_key, "message": "written by --break", "retryable": False}
-        target = results_dir / failure_record_key(source_key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(record), encoding="utf-8")
+        await results.write_many({failure_record_key(source_key): json.dumps(record).encode()})
         return f"wrote a failure record beside the result of {source_key}"
     if name == "partial-object":
-        path = results_dir / result_key
-        path.write_bytes(path.read_bytes()[:20])
+        data = (await results.read_many([result_key]))[result_key]
+        await results.write_many({result_key: data[:20]})
         return f"cut {result_key} to 20 bytes"
     if name == "double-billing":
         async with open_ocr_session() as session:
@@ -123,7 +276,11 @@ async def apply_break(
         ]
         return f"the receiver forgot every chunk carrying {source_key}"
     if name == "secret-in-log":
-        with log.open("a", encoding="utf-8") as output:
-            output.write(json.dumps({"event": "oops", "note": f"Bearer {OCR_SECRET}"}) + "\n")
+        await asyncio.to_thread(_append_secret, log)
         return f"appended the OCR secret to {log.name}"
     raise ValueError(f"unknown breakage {name!r}; one of {', '.join(BREAKS)}")
+
+
+def _append_secret(log: Path) -> None:
+    with log.open("a", encoding="utf-8") as output:
+        output.write(json.dumps({"event": "oops", "note": f"Bearer {OCR_SECRET}"}) + "\n")
