@@ -1,7 +1,7 @@
 """`make bench`: ocrbatch against the emulator, beside a plain baseline script, as one table.
 
     python -m bench.run                      # every row (a few minutes)
-    python -m bench.run --only utilisation   # one group: utilisation, overcap, memory, events
+    python -m bench.run --only utilisation   # one group: utilisation, overcap, replicas, memory, events
 
 Each row names the command that reproduces it. Figures are timings on a shared machine: other
 processes running at the same time make them noisier.
@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import scenarios
+from bench import replicas, scenarios
 from bench.common import percentile
 from bench.events_bench import upload_latencies
 from bench.scenarios import EMULATOR_CAP, JITTER_MS, LATENCY_MS, STORAGE_DELAY_MS, Figures
 
-GROUPS = ("utilisation", "overcap", "memory", "events")
+GROUPS = ("utilisation", "overcap", "replicas", "memory", "events")
 IDEAL_PER_S = EMULATOR_CAP / (LATENCY_MS / 1000)
 TARGET_UTILISATION = 0.98
 TARGET_RSS_GROWTH = 0.10
+TARGET_REPLICA_UTILISATION = 0.95
 EXIT_TERMINATED = 143
 
 
@@ -126,6 +127,70 @@ async def overcap(options: Options) -> list[Row]:
     ]
 
 
+def _replica_util(figures: replicas.ReplicaFigures) -> str:
+    return "n/a" if figures.utilisation is None else f"{figures.utilisation:.3f}"
+
+
+def _replica_rate(figures: replicas.ReplicaFigures) -> str:
+    return f"{figures.items_per_s:.2f} ({figures.items_per_s / IDEAL_PER_S:.0%} of ideal)"
+
+
+async def replica_rows(options: Options) -> list[Row]:
+    figures = await replicas.compare(options.work / "replicas", items=options.items)
+    shared, full, split = figures["shared"], figures["static-5-each"], figures["static-2-2-1"]
+    ncp = figures["shared-ncp"]
+    group = "replicas"
+    both = "shared via Redis vs static 5 each"
+
+    def clean(run: replicas.ReplicaFigures) -> bool:
+        return run.succeeded == run.items and run.recognised_twice == 0 and set(run.exit_codes) == {0}
+
+    return [
+        Row(
+            f"3 replicas, slot utilisation ({both}; static 2+2+1: {_replica_util(split)})",
+            _replica_util(shared),
+            _replica_util(full),
+            f">= {TARGET_REPLICA_UTILISATION}",
+            group,
+            shared.utilisation is not None and shared.utilisation >= TARGET_REPLICA_UTILISATION,
+        ),
+        Row(
+            f"3 replicas, 0025 answers ({both}; static 2+2+1: {split.answers_0025})",
+            str(shared.answers_0025),
+            str(full.answers_0025),
+            "0",
+            group,
+            shared.answers_0025 == 0,
+        ),
+        Row(
+            f"3 replicas, items/s ({both}; static 2+2+1: {_replica_rate(split)})",
+            _replica_rate(shared),
+            _replica_rate(full),
+            "-",
+            group,
+        ),
+        Row(
+            f"3 replicas, {options.items} inputs: results / images recognised twice / exit codes ({both})",
+            f"{shared.succeeded} / {shared.recognised_twice} / {shared.exit_codes}",
+            f"{full.succeeded} / {full.recognised_twice} / {full.exit_codes}",
+            f"{options.items} / 0 / 0",
+            group,
+            clean(shared),
+        ),
+        Row(
+            "3 replicas on the NCP profile, shared via Redis: slot utilisation; 0025s; results / twice",
+            f"{_replica_util(ncp)}; {ncp.answers_0025}; {ncp.succeeded} / {ncp.recognised_twice}",
+            "n/a (without Redis a second replica refuses)",
+            f">= {TARGET_REPLICA_UTILISATION}; 0; {options.items} / 0",
+            group,
+            clean(ncp)
+            and ncp.answers_0025 == 0
+            and ncp.utilisation is not None
+            and ncp.utilisation >= TARGET_REPLICA_UTILISATION,
+        ),
+    ]
+
+
 def _mb(figures: Figures) -> float:
     return figures.peak_rss_kb / 1024
 
@@ -199,6 +264,7 @@ async def events(options: Options) -> list[Row]:
 RUNNERS: dict[str, Callable[[Options], Awaitable[list[Row]]]] = {
     "utilisation": utilisation,
     "overcap": overcap,
+    "replicas": replica_rows,
     "memory": memory,
     "events": events,
 }
@@ -210,7 +276,8 @@ def render(rows: list[Row], elapsed_s: float) -> str:
         f"ocrbatch benchmark, {datetime.now(UTC):%Y-%m-%d}, {machine}, {elapsed_s:.0f} s. "
         f"Emulator: cap {EMULATOR_CAP}, latency {LATENCY_MS:.0f} +/- {JITTER_MS:.0f} ms; "
         f"storage reads/heads/list pages +{STORAGE_DELAY_MS:.0f} ms (throughput rows). "
-        "Baseline: bench/baseline.py (list, skip done, thread pool of urllib calls, 3 tries 1 s apart).",
+        "Baseline: bench/baseline.py (list, skip done, thread pool of urllib calls, 3 tries 1 s apart); "
+        "in the replicas rows, 3 replicas with static shares (bench/replicas.py).",
         "",
         "| Measure | ocrbatch | baseline | target | met | reproduce |",
         "|---|---|---|---|---|---|",
