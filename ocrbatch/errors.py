@@ -35,7 +35,11 @@ class ConfigError(OcrBatchError):
 
 
 class StorageError(OcrBatchError):
-    """A storage operation failed; the message names the location, the key and the reason."""
+    """A storage operation failed; the message names the location, the key and the reason.
+    `transient`: whether trying again later may succeed (an item's failure record is then
+    retryable)."""
+
+    transient = True
 
     def __init__(self, message: str, *, location: str | None = None, key: str | None = None) -> None:
         self.location = location
@@ -54,8 +58,17 @@ class PreconditionFailed(StorageError):
     """A create-only or if-match write lost: the object exists or changed since it was read."""
 
 
+class SymlinkRefused(StorageError):
+    """A local key is (or passes through) a symbolic link that is never followed: it leads outside
+    the location's root, into ocrbatch's private directory, or to a directory. Final for that key."""
+
+    transient = False
+
+
 class UnsupportedOperation(StorageError):
     """The backend cannot do this (for example presigned URLs on a local directory)."""
+
+    transient = False
 
 
 class BatchNotFound(OcrBatchError):

@@ -162,3 +162,27 @@ async def test_finished_items_not_yet_in_a_chunk_survive_a_sigkill(
         assert [key for key in await keys(setup.results, "_outbox/") if key != "_outbox/sequence.json"] == []
     finally:
         await receiver.stop()
+
+
+async def test_sigterm_with_calls_outlasting_the_grace_exits_within_it(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """Cap 1, calls held at the service, discovery blocked on a full queue: SIGTERM exits 0 within
+    `shutdown_grace_s` + 5 s. What is still running when the grace ends (the held call, the item
+    tasks, discovery waiting to queue more) is cancelled, and the items stay pending."""
+    setup = await make_worker_setup(max_concurrent_calls=1)
+    config, names = await prepare(setup, tmp_path)
+    config = write_config(setup, config, shutdown_grace_s=1)
+    emulator = setup.emulator
+    emulator.hold()  # the call in flight outlasts the grace period
+    try:
+        process = await start_worker(config)
+        await within(emulator.wait_for_in_flight(1), 60, "no call was in flight")
+        process.process.send_signal(signal.SIGTERM)
+        await process.wait_for_log("worker.stopping", timeout_s=30)
+        assert await process.wait(timeout_s=1 + 5) == 0, process.explain("no exit within the grace + 5 s")
+        assert process.events("worker.grace_expired")
+    finally:
+        emulator.release()
+    assert await result_sources(setup) == set()
+    assert len(names) == INPUTS

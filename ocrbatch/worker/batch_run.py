@@ -4,6 +4,13 @@ Discovery feeds a bounded queue; a pool of item tasks reads ahead (within the sh
 and then waits for a call slot of the domain's limiter, so a slot never waits on storage. Calls are
 retried with backoff (`calls.py`); a fatal domain error stops the batch (and, for the domain's own
 configuration, every batch on the domain) and leaves its items pending.
+
+Containment: whatever an item raises (a storage error on its own keys, a document that does not
+decode, a bug) becomes that item's failure record, retryable for storage errors and final
+otherwise, and its task goes on with the next item; an item task never dies, so the pass always
+ends. Only what concerns the whole batch stops it: a fatal domain code, or a result location where
+not even failure records can be written (`RESULT_LOCATION_FAILURES` items in a row). On shutdown,
+discovery and the item tasks are cancelled together, even with the queue full.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from ocrbatch.worker.result_files import merge_responses
 
 log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
+# Items in a row whose failure record could not be written either: the result location is down.
+RESULT_LOCATION_FAILURES = 8
 
 
 def item_tasks_per_batch(max_concurrent_calls: int) -> int:
@@ -120,6 +129,7 @@ class BatchRun:
         self._keys = keys
         # Announced keys not settled by this run (left pending, or held by another worker).
         self.unsettled: set[str] = set()
+        self._unrecorded_in_a_row = 0  # items whose failure could not be recorded, since one could
 
     @property
     def queue_depth(self) -> int:
@@ -139,20 +149,27 @@ class BatchRun:
         workers = [
             asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
         ]
-        await self.context.webhooks.attach(self.batch, self._results)
+        queued_all = False
         try:
+            await self.context.webhooks.attach(self.batch, self._results)
             if self._keys is None:
                 await self._discover(queue)
             else:
                 await self._announced(queue, self._keys)
-        finally:
-            for _ in workers:
+            for _ in workers:  # the item tasks never die, so they take these in turn
                 await queue.put(None)
+            queued_all = True
+        finally:
+            if not queued_all:
+                # Cancelled (the grace period is over) or failed, maybe blocked on a full queue:
+                # the item tasks stop now, whatever the queue still holds.
+                for worker in workers:
+                    worker.cancel()
             outcomes = await asyncio.gather(*workers, return_exceptions=True)
         self.active = False
         for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+            if isinstance(outcome, Exception):
+                raise outcome  # an item task died after all: a bug in containment itself
         dead = self.context.dead_domains.get(self.batch.domain)
         if dead is not None and self.report.pending_found:
             await self._stop_batch_with(dead)
@@ -199,6 +216,10 @@ class BatchRun:
                 info = await self._inputs.head(key)
             except ObjectNotFound:
                 continue  # deleted since: nothing to do
+            except StorageError as error:  # a key that cannot be read: its failure record says why
+                self.report.pending_found += 1
+                await self._contain(_pending(ObjectInfo(key, 0, "", datetime.now(UTC))), error)
+                continue
             if reason := skip_reason(key):
                 log.debug("item.skipped", batch_id=self.batch.id, key=key, reason=reason)
                 continue
@@ -213,7 +234,39 @@ class BatchRun:
             if self.stopped:
                 self._leave_pending(item.key)
                 continue
-            await self._claimed(item)
+            try:
+                await self._claimed(item)
+            except Exception as error:  # containment: one item never ends the task
+                await self._contain(item, error)
+
+    async def _contain(self, item: DiscoveredItem, error: Exception) -> None:
+        """Make what an item raised its failure record: retryable for a transient storage error
+        (the next pass tries again), final otherwise. If not even that can be written, the item stays
+        pending; `RESULT_LOCATION_FAILURES` such items in a row stop the batch."""
+        retryable = isinstance(error, StorageError) and error.transient
+        reason = str(error) if retryable else f"unexpected {type(error).__name__}: {error}"
+        log.error(
+            "item.failed_unexpectedly",
+            batch_id=self.batch.id,
+            key=item.key,
+            error=reason,
+            retryable=retryable,
+            exc_info=not retryable,  # a storage error needs no traceback; anything else is a bug
+        )
+        try:
+            await self.outcomes.record_failure(item, item.etag, None, reason, retryable=retryable, attempts=0)
+        except Exception as unrecorded:  # the batch, not the task, decides below
+            self._leave_pending(item.key)
+            self._unrecorded_in_a_row += 1
+            log.error(
+                "item.failure_not_recorded", batch_id=self.batch.id, key=item.key, error=str(unrecorded)
+            )
+            if self._unrecorded_in_a_row >= RESULT_LOCATION_FAILURES:
+                await self._stop_batch_with(
+                    f"the result location {self.batch.result_path} takes no writes: {unrecorded}"
+                )
+            return
+        self._unrecorded_in_a_row = 0
 
     async def _claimed(self, item: DiscoveredItem) -> None:
         """Process the item under its claim, if it is still pending once claimed: another worker
@@ -306,12 +359,21 @@ class BatchRun:
             )
             return None
         notice = await self.outcomes.store_result(prepared, response, attempts)
+        self._unrecorded_in_a_row = 0
         self.report.billable_units += billable_units(response.images)  # billed, kept or not
-        changed = await self._changed_since_read(prepared)
-        if changed is not None:
-            await self.outcomes.abandon(notice)
-        else:
-            await self.outcomes.succeeded(item.key, notice, attempts=attempts, pages=len(response.images))
+        try:
+            changed = await self._changed_since_read(prepared)
+            if changed is not None:
+                await self.outcomes.abandon(notice)
+            else:
+                await self.outcomes.succeeded(item.key, notice, attempts=attempts, pages=len(response.images))
+        except Exception as error:  # the result is stored: no failure record beside it
+            # A failed change check leaves the judgement to the next pass (the result names the
+            # input's version); a failed announcement stays in the outbox, which recovers it.
+            log.error(
+                "item.settle_failed", batch_id=self.batch.id, key=item.key, error=str(error), exc_info=True
+            )
+            return None
         return changed
 
     async def _changed_since_read(self, prepared: PreparedItem) -> DiscoveredItem | None:
