@@ -9,23 +9,38 @@ stale metadata: such files, and files put here by hand, get an etag made of mtim
 Writes go to a temp file renamed into place, so readers never see partial bytes; preconditions
 are checked under an exclusive `flock` on the lock file, which also orders other processes.
 Blocking work runs in a thread, one call per operation or listing page.
+
+Nothing outside the root is ever read or written. The root is resolved once, when the storage is
+made (it may itself be a symbolic link), and every operation below it walks the key's directories
+by descriptor, never following a link (`_dirs`). A key naming a symbolic link to a regular file
+inside the root is that file; any other link (one leading outside the root or into `.ocrbatch/`,
+or to a directory, which is never entered, so listings cannot loop or repeat) is still listed, by
+its own stat, but reading it raises `SymlinkRefused` saying why: it is never silently skipped.
+Writes and deletes act on a key's own link, never on its target.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import os
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from itertools import islice
 from typing import Any
 
-from ocrbatch.errors import ObjectNotFound, PreconditionFailed, StorageError, UnsupportedOperation
+from ocrbatch.errors import (
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    SymlinkRefused,
+    UnsupportedOperation,
+)
 from ocrbatch.locations import Location
 from ocrbatch.storage.base import (
     DEFAULT_PAGE_SIZE,
@@ -42,16 +57,22 @@ PRIVATE_DIR = ".ocrbatch"
 STALE_TEMP_FILE_S = 3600.0  # a temp file this old was left by a write a crash cut short
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# O_NOFOLLOW everywhere below the root: a link is judged by `_dirs` or `_followed`, never followed.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+# O_NONBLOCK: opening a FIFO someone left here must not hang the reader.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+_NEVER_FOLLOWED = "those are never followed"
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a rename in `path` durable, where the filesystem lets directories be opened."""
+def _fsync_dir(fd: int) -> None:
+    """Make a rename into the directory open as `fd` durable, where the filesystem allows it."""
     with suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(fd)
+
+
+def _within(path: str, base: str) -> bool:
+    """True when the resolved `path` is the resolved `base` or lies inside it."""
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 class LocalStorage(Storage):
@@ -63,11 +84,9 @@ class LocalStorage(Storage):
         self.location = location
         self._sort_run_entries = sort_run_entries
         self._swept = False
-        self._root = location.prefix
+        self._root = os.path.realpath(location.prefix)  # once: the root may be a symlink
         self._private_dir = os.path.join(self._root, PRIVATE_DIR)
-        self._tmp_dir = os.path.join(self._private_dir, "tmp")
         self._meta_dir = os.path.join(self._private_dir, "meta")
-        self._lock_path = os.path.join(self._private_dir, "lock")
 
     async def list_pages(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
@@ -83,10 +102,12 @@ class LocalStorage(Storage):
                 return
 
     async def read(self, key: str) -> StoredObject:
-        return await asyncio.to_thread(self._read_sync, key, self._path(key))
+        self._path(key)
+        return await asyncio.to_thread(self._read_sync, key)
 
     async def head(self, key: str) -> ObjectInfo:
-        return await asyncio.to_thread(self._head_sync, key, self._path(key))
+        self._path(key)
+        return await asyncio.to_thread(self._head_sync, key)
 
     async def write(
         self,
@@ -98,18 +119,19 @@ class LocalStorage(Storage):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> ObjectInfo:
-        path = self._path(key)
+        self._path(key)
         metadata = dict(metadata or {})
         check_metadata(metadata)
         if if_match is not None and if_none_match:
             raise ValueError("pass if_match or if_none_match, not both")
         sidecar_part = {"content_type": content_type or DEFAULT_CONTENT_TYPE, "metadata": metadata}
         return await asyncio.to_thread(
-            self._write_sync, key, path, data, sidecar_part, if_match=if_match, if_none_match=if_none_match
+            self._write_sync, key, data, sidecar_part, if_match=if_match, if_none_match=if_none_match
         )
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
-        await asyncio.to_thread(self._delete_sync, key, self._path(key), if_match)
+        self._path(key)
+        await asyncio.to_thread(self._delete_sync, key, if_match)
 
     async def presigned_get_url(self, key: str, *, expires_s: int) -> str:
         check_key(key)
@@ -122,6 +144,7 @@ class LocalStorage(Storage):
     # ---- paths, errors, sidecars ----
 
     def _path(self, key: str) -> str:
+        """The path that `key` names (for judging links: files are reached through `_dirs`)."""
         check_key(key)
         if key.split("/", 1)[0] == PRIVATE_DIR:
             raise ValueError(f"object key {key!r} is inside {PRIVATE_DIR}/, which ocrbatch reserves")
@@ -167,8 +190,10 @@ class LocalStorage(Storage):
     def _info(self, key: str, st: os.stat_result, *, details: bool) -> ObjectInfo:
         """The object's info, from its sidecar when that describes exactly the file behind `st`."""
         sidecar = None
-        with suppress(OSError), open(self._meta_path(key), "rb") as file:
-            sidecar = Sidecar.from_json(file.read())
+        with suppress(OSError):
+            fd = os.open(self._meta_path(key), _READ_FLAGS)
+            with os.fdopen(fd, "rb") as file:
+                sidecar = Sidecar.from_json(file.read())
         if sidecar is not None and not sidecar.describes(st):
             sidecar = None
         etag = sidecar.etag if sidecar else stat_etag(st)
@@ -179,13 +204,96 @@ class LocalStorage(Storage):
             key, st.st_size, etag, info.last_modified, dict(sidecar.metadata), sidecar.content_type
         )
 
-    def _current_etag(self, key: str, path: str) -> str | None:
-        """The etag of the object at `path` now, or None when there is none."""
+    def _current_etag(self, key: str) -> str | None:
+        """The etag a listing would show for `key` now, or None when it would show none."""
         try:
-            st = os.stat(path)
+            st = self._stat_at(key, key.split("/"))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return self._info(key, st, details=False).etag if stat.S_ISREG(st.st_mode) else None
+        info = self._listed(key, st)
+        return info.etag if info is not None else None
+
+    # ---- directories by descriptor, symbolic links ----
+
+    @contextmanager
+    def _dirs(self, key: str | None, segments: Sequence[str], *, create: bool = False) -> Iterator[list[int]]:
+        """Descriptors on the root and on each directory of `segments` below it, opened one at a
+        time without following a symbolic link (one there raises `SymlinkRefused`); with `create`,
+        missing directories are made. Acting on these descriptors, nothing can be redirected
+        outside the root by a link, not even one put in place while the operation runs."""
+        fds = [os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)]
+        try:
+            for depth, name in enumerate(segments):
+                if create:
+                    with suppress(FileExistsError):
+                        os.mkdir(name, dir_fd=fds[-1])
+                try:
+                    fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
+                except OSError as exc:  # Linux answers a link with ENOTDIR, like a file
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    if stat.S_ISLNK(os.stat(name, dir_fd=fds[-1], follow_symlinks=False).st_mode):
+                        raise self._dir_link_error(key, segments[: depth + 1]) from None
+                    raise
+            yield fds
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _open_at(self, key: str, segments: Sequence[str]) -> int:
+        """Open the file at `segments` under the root for reading, following no link (ELOOP)."""
+        with self._dirs(key, segments[:-1]) as fds:
+            return os.open(segments[-1], _READ_FLAGS, dir_fd=fds[-1])
+
+    def _stat_at(self, key: str, segments: Sequence[str]) -> os.stat_result:
+        """The `lstat` of the file at `segments` under the root, following no link."""
+        with self._dirs(key, segments[:-1]) as fds:
+            return os.stat(segments[-1], dir_fd=fds[-1], follow_symlinks=False)
+
+    def _link_target(self, key: str | None, path: str, what: str) -> str:
+        """The resolved target of the link at `path` when it stays among the objects, else
+        `SymlinkRefused` (nothing outside is even looked at). `what` starts the reason."""
+        target = os.path.realpath(path)
+        if _within(target, self._private_dir):
+            reason = f"{what} a symbolic link into {PRIVATE_DIR}/, which ocrbatch reserves"
+            raise self._error(key, reason, SymlinkRefused)
+        if not _within(target, self._root):
+            reason = f"{what} a symbolic link that leads outside the location's root (to {target})"
+            raise self._error(key, reason, SymlinkRefused)
+        return target
+
+    def _dir_link_error(self, key: str | None, segments: Sequence[str]) -> StorageError:
+        """The error for a key whose directory `segments` (under the root) is a symbolic link."""
+        what = f"passes through {'/'.join(segments)}, which is"
+        self._link_target(key, os.path.join(self._root, *segments), what)
+        return self._error(key, f"{what} a symbolic link to a directory ({_NEVER_FOLLOWED})", SymlinkRefused)
+
+    def _followed(self, key: str) -> list[str]:
+        """The segments under the root of the file that `key`'s own link leads to, when it may be
+        followed: to a non-directory inside the root. Else `SymlinkRefused`."""
+        target = self._link_target(key, self._path(key), "is")
+        if os.path.isdir(target):
+            raise self._error(key, f"is a symbolic link to a directory ({_NEVER_FOLLOWED})", SymlinkRefused)
+        return os.path.relpath(target, self._root).split(os.sep)
+
+    def _listed(self, key: str, st: os.stat_result) -> ObjectInfo | None:
+        """What a listing shows for `key`, whose `lstat` is `st`: a file as itself, a followed link
+        as its target, a refused link by its own stat (reading it says why), else nothing (a
+        special file, a link to one or to nothing)."""
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                segments = self._followed(key)
+            except SymlinkRefused:
+                return ObjectInfo(key, st.st_size, stat_etag(st), file_mtime(st))
+            try:
+                st = os.stat(os.path.join(self._root, *segments))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return None  # a loop of links leads to no file
+                raise
+        return self._info(key, st, details=False) if stat.S_ISREG(st.st_mode) else None
 
     # ---- listing ----
 
@@ -201,15 +309,34 @@ class LocalStorage(Storage):
         for key, st in walk_files(
             self._root, prefix, start_after, hidden=PRIVATE_DIR, run_entries=self._sort_run_entries
         ):
-            yield self._info(key, st, details=False)
+            if (info := self._listed(key, st)) is not None:
+                yield info
 
     # ---- read, head ----
 
-    def _read_sync(self, key: str, path: str) -> StoredObject:
+    def _open_object(self, key: str) -> int:
+        """A descriptor on what `key` names, or on its own link's target when that is followed."""
+        try:
+            return self._open_at(key, key.split("/"))
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        try:
+            return self._open_at(key, self._followed(key))
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise self._not_found(key) from None  # a loop of links, or made a link meanwhile
+
+    def _stat_object(self, key: str) -> os.stat_result:
+        """The stat of what `key` names, or of its own link's target when that is followed."""
+        st = self._stat_at(key, key.split("/"))
+        return self._stat_at(key, self._followed(key)) if stat.S_ISLNK(st.st_mode) else st
+
+    def _read_sync(self, key: str) -> StoredObject:
         with self._os_errors(key):
             try:
-                # O_NONBLOCK: opening a FIFO someone left here must not hang the reader.
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                fd = self._open_object(key)
             except (FileNotFoundError, NotADirectoryError):
                 raise self._not_found(key) from None
             try:
@@ -222,10 +349,10 @@ class LocalStorage(Storage):
                 os.close(fd)
             return StoredObject(info=self._info(key, st, details=True), data=data)
 
-    def _head_sync(self, key: str, path: str) -> ObjectInfo:
+    def _head_sync(self, key: str) -> ObjectInfo:
         with self._os_errors(key):
             try:
-                st = os.stat(path)
+                st = self._stat_object(key)
             except (FileNotFoundError, NotADirectoryError):
                 raise self._not_found(key) from None
             if not stat.S_ISREG(st.st_mode):
@@ -237,11 +364,10 @@ class LocalStorage(Storage):
     def _ensure_private_dirs(self) -> None:
         """Create `.ocrbatch/` and its dirs inside the existing root (never the root itself); the
         first time, remove temp files that writes cut short by a crash left behind."""
-        for path in (self._private_dir, self._tmp_dir, self._meta_dir):
+        for sub in ("tmp", "meta"):
             try:
-                os.mkdir(path)
-            except FileExistsError:
-                pass
+                with self._dirs(None, [PRIVATE_DIR, sub], create=True):
+                    pass
             except (FileNotFoundError, NotADirectoryError):
                 raise self._root_error() or self._error(None, f"cannot create {PRIVATE_DIR}/") from None
         if not self._swept:
@@ -251,36 +377,40 @@ class LocalStorage(Storage):
     def _remove_stale_temp_files(self) -> None:
         """Temp files older than `STALE_TEMP_FILE_S` belong to no write still under way."""
         cutoff_s = time.time() - STALE_TEMP_FILE_S
-        with suppress(OSError), os.scandir(self._tmp_dir) as scan:
+        with suppress(OSError), self._dirs(None, [PRIVATE_DIR, "tmp"]) as fds, os.scandir(fds[-1]) as scan:
             for entry in scan:
                 with suppress(OSError):
-                    if entry.name.endswith(".tmp") and entry.stat().st_mtime < cutoff_s:
-                        os.unlink(entry.path)
+                    if entry.name.endswith(".tmp") and entry.stat(follow_symlinks=False).st_mtime < cutoff_s:
+                        os.unlink(entry.name, dir_fd=fds[-1])
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the exclusive lock that orders every write and delete in this directory."""
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        with self._dirs(None, [PRIVATE_DIR]) as fds:
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666, dir_fd=fds[-1])
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def _temp_file(self, data: bytes, temp_paths: list[str]) -> os.stat_result:
-        """Write `data` durably to a new temp file (added to `temp_paths`); return its stat."""
-        path = os.path.join(self._tmp_dir, f"{secrets.token_hex(12)}.tmp")
+    @staticmethod
+    def _temp_file(data: bytes, tmp_fd: int, temp_names: list[str]) -> os.stat_result:
+        """Write `data` durably to a new temp file in `tmp_fd` (its name added to `temp_names`);
+        return its stat."""
+        name = f"{secrets.token_hex(12)}.tmp"
         # Mode 0o666 so the umask decides, as for any file a user creates.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        temp_paths.append(path)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=tmp_fd)
+        temp_names.append(name)
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(fd)
             return os.fstat(fd)  # a rename keeps inode, size and mtime: the sidecar's signature
 
-    def _check_precondition(self, key: str, path: str, if_match: str | None, if_none_match: bool) -> None:
-        current = self._current_etag(key, path)
+    def _check_precondition(
+        self, key: str, current: str | None, if_match: str | None, if_none_match: bool
+    ) -> None:
         if if_none_match and current is not None:
             raise self._error(key, "object already exists", PreconditionFailed)
         if if_match is not None and current != if_match:
@@ -290,67 +420,74 @@ class LocalStorage(Storage):
     def _write_sync(
         self,
         key: str,
-        path: str,
         data: bytes,
         sidecar_part: dict[str, Any],
         *,
         if_match: str | None,
         if_none_match: bool,
     ) -> ObjectInfo:
-        temp_paths: list[str] = []
-        meta_path = self._meta_path(key)
+        *dirs, name = key.split("/")
+        temp_names: list[str] = []
         with self._os_errors(key):
             self._ensure_private_dirs()
-            try:
-                st = self._temp_file(data, temp_paths)
-                etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
-                sidecar = Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
-                self._temp_file(sidecar.to_json(), temp_paths)
-                data_temp, meta_temp = temp_paths
-                with self._locked():
-                    self._check_precondition(key, path, if_match, if_none_match)
-                    # Under the lock: a concurrent delete prunes empty directories under it too.
-                    try:
-                        os.makedirs(os.path.dirname(path), exist_ok=True)
-                    except (FileExistsError, NotADirectoryError):
-                        raise self._error(key, "a file has the name of one of its directories") from None
-                    os.makedirs(os.path.dirname(meta_path), exist_ok=True)
-                    # Sidecar first: until the data lands it describes no file, so it is ignored.
-                    os.replace(meta_temp, meta_path)
-                    try:
-                        os.replace(data_temp, path)
-                    except OSError:
+            with self._dirs(key, [PRIVATE_DIR, "tmp"]) as tmp_fds, ExitStack() as held:
+                tmp_fd = tmp_fds[-1]
+                try:
+                    st = self._temp_file(data, tmp_fd, temp_names)
+                    etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+                    sidecar = Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
+                    self._temp_file(sidecar.to_json(), tmp_fd, temp_names)
+                    data_temp, meta_temp = temp_names
+                    with self._locked():
+                        self._check_precondition(key, self._current_etag(key), if_match, if_none_match)
+                        # Under the lock: a concurrent delete prunes empty directories under it too.
+                        try:
+                            dir_fd = held.enter_context(self._dirs(key, dirs, create=True))[-1]
+                        except NotADirectoryError:
+                            raise self._error(key, "a file has the name of one of its directories") from None
+                        meta_fd = held.enter_context(
+                            self._dirs(key, [PRIVATE_DIR, "meta", *dirs], create=True)
+                        )[-1]
+                        # Sidecar first: until the data lands it describes no file, so it is ignored.
+                        os.replace(meta_temp, f"{name}.json", src_dir_fd=tmp_fd, dst_dir_fd=meta_fd)
+                        try:  # a rename replaces a link at `name`, never writes through it
+                            os.replace(data_temp, name, src_dir_fd=tmp_fd, dst_dir_fd=dir_fd)
+                        except OSError:
+                            with suppress(OSError):
+                                os.unlink(f"{name}.json", dir_fd=meta_fd)
+                            raise
+                        temp_names.clear()
+                finally:
+                    for temp in temp_names:
                         with suppress(OSError):
-                            os.unlink(meta_path)
-                        raise
-                    temp_paths.clear()
-            finally:
-                for temp in temp_paths:
-                    with suppress(OSError):
-                        os.unlink(temp)
-            _fsync_dir(os.path.dirname(path))
+                            os.unlink(temp, dir_fd=tmp_fd)
+                _fsync_dir(dir_fd)
         return ObjectInfo(key, len(data), etag, file_mtime(st), sidecar.metadata, sidecar.content_type)
 
-    def _delete_sync(self, key: str, path: str, if_match: str | None) -> None:
-        meta_path = self._meta_path(key)
+    def _delete_sync(self, key: str, if_match: str | None) -> None:
+        *dirs, name = key.split("/")
         with self._os_errors(key):
             self._ensure_private_dirs()
             with self._locked():
+                current = self._current_etag(key)
                 if if_match is not None:
-                    self._check_precondition(key, path, if_match, False)
-                if self._current_etag(key, path) is not None:
-                    os.unlink(path)
-                with suppress(FileNotFoundError, NotADirectoryError):
-                    os.unlink(meta_path)
-                self._prune_empty_dirs(os.path.dirname(path), self._root)
-                self._prune_empty_dirs(os.path.dirname(meta_path), self._meta_dir)
+                    self._check_precondition(key, current, if_match, False)
+                # The key's own link, if it is one, is removed; its target never is.
+                self._remove(key, dirs, name if current is not None else None, keep=0)
+                self._remove(key, [PRIVATE_DIR, "meta", *dirs], f"{name}.json", keep=2)
 
-    @staticmethod
-    def _prune_empty_dirs(path: str, stop: str) -> None:
-        """Remove `path` and its parents while they are empty, up to but not including `stop`."""
-        while path.startswith(stop + os.sep):
-            try:
-                os.rmdir(path)
-            except OSError:
-                return  # not empty (or gone): its parents are not empty either
-            path = os.path.dirname(path)
+    def _remove(self, key: str, dirs: list[str], name: str | None, *, keep: int) -> None:
+        """Unlink `name` (if given) from the directory at `dirs`, then remove the directories of
+        `dirs` that this leaves empty, deepest first, keeping the first `keep` of them."""
+        try:
+            with self._dirs(key, dirs) as fds:
+                if name is not None:
+                    with suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fds[-1])
+                for depth in range(len(dirs) - 1, keep - 1, -1):
+                    try:
+                        os.rmdir(dirs[depth], dir_fd=fds[depth])  # fds[depth] is its parent
+                    except OSError:
+                        return  # not empty (or gone): its parents are not empty either
+        except (FileNotFoundError, NotADirectoryError):
+            return  # no such directory: nothing to remove

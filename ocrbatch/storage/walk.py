@@ -19,12 +19,14 @@ SORT_READ_BYTES = 16 * 1024
 def walk_files(
     root: str, prefix: str, start_after: str | None, *, hidden: str, run_entries: int = SORT_RUN_ENTRIES
 ) -> Iterator[tuple[str, os.stat_result]]:
-    """The key and stat of every regular file under `root` whose key starts with `prefix` and
-    sorts after `start_after`, in S3's key order, reading one directory at a time.
+    """The key and `lstat` of every regular file and symbolic link under `root` whose key starts
+    with `prefix` and sorts after `start_after`, in S3's key order, reading one directory at a time.
 
-    The walk starts in the deepest directory the prefix names and filters its entries by the rest
-    of the prefix. Subtrees sorting entirely before `start_after` are never read. The directory
-    `hidden` at the root is not part of the key space.
+    No symbolic link is followed, so the walk never leaves `root` and never loops: links are
+    yielded as links, for the caller to judge, and a prefix naming a directory through a link
+    holds no keys. The walk starts in the deepest directory the prefix names and filters its
+    entries by the rest of the prefix. Subtrees sorting entirely before `start_after` are never
+    read. The directory `hidden` at the root is not part of the key space.
     """
     dir_key, _, name_prefix = prefix.rpartition("/")
     segments = dir_key.split("/") if dir_key else []
@@ -32,6 +34,8 @@ def walk_files(
         return  # no key can lie under such a prefix
     after = start_after.encode() if start_after is not None else None
     start = os.path.join(root, *segments)
+    if segments and os.path.realpath(start) != os.path.join(os.path.realpath(root), *segments):
+        return  # a directory of the prefix is a symbolic link, which the walk never enters
     base = dir_key + "/" if dir_key else ""
     stack = [(base, start, iter(_entries(start, name_prefix, hidden if not segments else None, run_entries)))]
     while stack:
@@ -50,17 +54,18 @@ def walk_files(
         if after is not None and key.encode() <= after:
             continue
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
-            continue  # deleted since its directory was read, or a dangling symlink
-        if stat.S_ISREG(st.st_mode):
+            continue  # deleted since its directory was read
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
             yield key, st
 
 
 def _entries(path: str, name_prefix: str, hidden: str | None, run_entries: int) -> Iterator[tuple[str, bool]]:
     """The directory's (name, is_dir) entries in key order; none when it is gone.
 
-    Symlinked directories are not followed (a cycle would never end); symlinked files are.
+    A symbolic link is an entry like a file, whatever it points to: directories are entered only
+    when they are real, so a cycle cannot form.
     Names that are not UTF-8 (os gives them with surrogates) cannot be keys and are skipped.
     A directory of more than `run_entries` names is sorted in runs spilled to temporary
     files and merged, so memory stays flat however many files one directory holds.
