@@ -28,7 +28,7 @@ async def write_inputs(inputs: Storage, count: int) -> None:
         await asyncio.gather(*(inputs.write(f"scan-{index:05}.png", image) for index in batch))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 async def test_2500_inputs_give_2500_results_on_the_ncp_profile(make_worker_setup: MakeSetup) -> None:
     """2,500 inputs on a store that lists only V1 pages of 1,000: `run --once` gives 2,500 results,
     `_report.json` says 2,500, and each image is recognised once (the worker is the single writer)."""
@@ -36,7 +36,7 @@ async def test_2500_inputs_give_2500_results_on_the_ncp_profile(make_worker_setu
     settings = setup.settings(coordination=NO_SETTLE)
     await write_inputs(setup.inputs, 2500)
     await create_batch(setup, settings)
-    assert await within(run_worker(settings, once=True), 240, "the pass over 2,500 inputs did not end") == 0
+    assert await within(run_worker(settings, once=True), 420, "the pass over 2,500 inputs did not end") == 0
     results = [key for key in await keys(setup.results) if key.endswith(".png.json")]
     assert len(results) == 2500
     report = await read_json(setup.results, "_report.json")

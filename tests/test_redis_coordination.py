@@ -1,6 +1,7 @@
-"""Coordination documents in Redis: create, read, replace and delete guarded by versions, keys
-listed by prefix in UTF-8 order a page at a time, and Redis failures as `StorageError` that name
-the server without its password."""
+"""Coordination documents in Redis (and in memory, the single writer's claims, which must keep the
+same contract): create, read, replace and delete guarded by versions, keys listed by prefix in
+UTF-8 order a page at a time, and Redis failures as `StorageError` that name the server without
+its password."""
 
 from __future__ import annotations
 
@@ -10,40 +11,45 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
+from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.coordination.redis import RedisCoordination, open_redis_coordination, redacted_redis_url
 from ocrbatch.errors import PreconditionFailed, StorageError
 
 PREFIX = "ocrbatch-test:"
 
 
-@pytest.fixture
-async def coordination(redis_url: str) -> AsyncIterator[RedisCoordination]:
-    opened = open_redis_coordination(redis_url, PREFIX)
+@pytest.fixture(params=["redis", "memory"])
+async def coordination(request: pytest.FixtureRequest) -> AsyncIterator[Coordination]:
+    """Versioned documents in Redis (on the session's server), or in this process's memory."""
+    if request.param == "memory":
+        yield MemoryCoordination()
+        return
+    opened = open_redis_coordination(request.getfixturevalue("redis_url"), PREFIX)
     yield opened
     await opened.aclose()
 
 
-async def _keys(coordination: RedisCoordination, prefix: str) -> list[str]:
+async def _keys(coordination: Coordination, prefix: str) -> list[str]:
     return [key async for key in coordination.keys(prefix)]
 
 
 async def test_create_then_read_gives_the_data_at_the_version_created(
-    coordination: RedisCoordination,
+    coordination: Coordination,
 ) -> None:
     """A created document reads back with its bytes and the version `create` returned."""
     version = await coordination.create("batches/a.json", b'{"n": 1}')
     read = await coordination.read("batches/a.json")
     assert read is not None
     assert (read.data, read.version) == (b'{"n": 1}', version)
-    assert coordination.backend == "redis"
 
 
-async def test_reading_a_missing_document_gives_none(coordination: RedisCoordination) -> None:
+async def test_reading_a_missing_document_gives_none(coordination: Coordination) -> None:
     """No document, no error: `read` answers None."""
     assert await coordination.read("batches/none.json") is None
 
 
-async def test_create_refuses_an_existing_document(coordination: RedisCoordination) -> None:
+async def test_create_refuses_an_existing_document(coordination: Coordination) -> None:
     """A second create of the same key fails with PreconditionFailed and leaves the first intact."""
     await coordination.create("catalog.lease", b"first")
     with pytest.raises(PreconditionFailed) as raised:
@@ -55,7 +61,7 @@ async def test_create_refuses_an_existing_document(coordination: RedisCoordinati
     assert read.data == b"first"
 
 
-async def test_replace_at_the_current_version_writes_a_new_version(coordination: RedisCoordination) -> None:
+async def test_replace_at_the_current_version_writes_a_new_version(coordination: Coordination) -> None:
     """Replace succeeds at the version read and returns a different one; the old one is now stale."""
     first = await coordination.create("k", b"1")
     second = await coordination.replace("k", b"2", version=first)
@@ -67,14 +73,14 @@ async def test_replace_at_the_current_version_writes_a_new_version(coordination:
         await coordination.replace("k", b"3", version=first)
 
 
-async def test_replace_of_a_missing_document_fails(coordination: RedisCoordination) -> None:
+async def test_replace_of_a_missing_document_fails(coordination: Coordination) -> None:
     """A document that is gone cannot be replaced, whatever version is given."""
     with pytest.raises(PreconditionFailed):
         await coordination.replace("gone", b"x", version="anything")
     assert await coordination.read("gone") is None
 
 
-async def test_a_recreated_document_does_not_match_an_old_version(coordination: RedisCoordination) -> None:
+async def test_a_recreated_document_does_not_match_an_old_version(coordination: Coordination) -> None:
     """Deleted and created again, a document gets a new version: a reader of the old one loses."""
     old = await coordination.create("k", b"old")
     await coordination.delete("k", version=old)
@@ -83,7 +89,7 @@ async def test_a_recreated_document_does_not_match_an_old_version(coordination: 
         await coordination.replace("k", b"stale writer", version=old)
 
 
-async def test_delete_with_a_version_only_at_that_version(coordination: RedisCoordination) -> None:
+async def test_delete_with_a_version_only_at_that_version(coordination: Coordination) -> None:
     """Delete with a stale version or of a missing document fails; at the current version it removes
     the document and its key from the listing."""
     first = await coordination.create("k", b"1")
@@ -97,7 +103,7 @@ async def test_delete_with_a_version_only_at_that_version(coordination: RedisCoo
         await coordination.delete("k", version=current)
 
 
-async def test_delete_without_a_version_accepts_a_missing_document(coordination: RedisCoordination) -> None:
+async def test_delete_without_a_version_accepts_a_missing_document(coordination: Coordination) -> None:
     """Delete without a version removes what is there and is fine when nothing is."""
     await coordination.create("k", b"1")
     await coordination.delete("k")
@@ -105,7 +111,7 @@ async def test_delete_without_a_version_accepts_a_missing_document(coordination:
     assert await coordination.read("k") is None
 
 
-async def test_keys_lists_a_prefix_in_utf8_order(coordination: RedisCoordination) -> None:
+async def test_keys_lists_a_prefix_in_utf8_order(coordination: Coordination) -> None:
     """Only keys starting with the prefix, in ascending UTF-8 byte order, Korean keys included."""
     for key in ["claims/나", "claims/b", "claims/가", "claims/가나", "claimsX", "batches/a", "claims/ﾟ"]:
         await coordination.create(key, b"")
@@ -129,9 +135,12 @@ async def test_keys_pages_through_more_than_one_page(redis_url: str) -> None:
         await coordination.aclose()
 
 
-async def test_the_prefix_keeps_deployments_apart(coordination: RedisCoordination, redis_url: str) -> None:
+async def test_the_prefix_keeps_deployments_apart(redis_url: str) -> None:
     """Two key prefixes on one database see only their own documents."""
-    other = open_redis_coordination(redis_url, "other:")
+    coordination, other = (
+        open_redis_coordination(redis_url, PREFIX),
+        open_redis_coordination(redis_url, "other:"),
+    )
     try:
         await other.create("k", b"other")
         assert await coordination.read("k") is None
@@ -140,6 +149,7 @@ async def test_the_prefix_keeps_deployments_apart(coordination: RedisCoordinatio
         assert await _keys(other, "") == ["k"]
     finally:
         await other.aclose()
+        await coordination.aclose()
 
 
 def _closed_port() -> int:
