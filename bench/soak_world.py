@@ -24,11 +24,13 @@ from pydantic import SecretStr
 from bench.common import OCR_SECRET, png, write_inputs
 from bench.receiver import FlakyReceiver
 from ocrbatch.batches.layout import (
+    FAILED_FALLBACK_PREFIX,
     OUTBOX_PREFIX,
     RESULT_SUFFIX,
     failed_input_key,
     failure_record_key,
     is_own_object,
+    result_key,
 )
 from ocrbatch.clova.client import OcrCall, OcrClient, open_ocr_session
 from ocrbatch.coordination.base import Coordination
@@ -204,15 +206,15 @@ async def stored_inputs(view: LocationView, among: Collection[str]) -> set[str]:
     if not among:
         return set()
     keys = set(await view.keys())
-    return {key for key in among if key + JSON_SUFFIX in keys}
+    return {key for key in among if result_key(key, JSON_SUFFIX) in keys}
 
 
 async def settled(view: LocationView) -> tuple[set[str], set[str], int]:
     """Inputs with a result, inputs with a final failure record, chunks waiting in the outbox."""
     results, final_failures, outbox = set(), set(), 0
-    records = {}
+    records: dict[str, str | None] = {}  # failure record -> its input (None: the record's `key` says)
     for key in await view.keys():
-        if (source := failed_input_key(key)) is not None:
+        if (source := failed_input_key(key)) is not None or key.startswith(FAILED_FALLBACK_PREFIX):
             records[key] = source
         elif key.startswith(OUTBOX_PREFIX):
             outbox += key.endswith(".json") and key != SEQUENCE_KEY  # chunks, markers, manifests
@@ -220,11 +222,13 @@ async def settled(view: LocationView) -> tuple[set[str], set[str], int]:
             results.add(key.removesuffix(JSON_SUFFIX))
     for key, data in (await view.read_many(records)).items():
         try:
-            retryable = json.loads(data).get("retryable", True)
-        except ValueError:
+            record = json.loads(data)
+            retryable = record.get("retryable", True)
+            input_key = records[key] or str(record["key"])
+        except (ValueError, KeyError):
             retryable = True  # being written or broken: not settled
         if not retryable:
-            final_failures.add(records[key])
+            final_failures.add(input_key)
     return results, final_failures, outbox
 
 

@@ -2,11 +2,13 @@
 its result, failed, or pending as a retry, and what decides (source etag or trusted timestamps).
 
 Each test gets two storages on the same backend (`pair`): inputs, and a separate result location
-holding results (`K + suffix`) and failure records (`_failed/K.json`).
+holding results (`K + suffix`) and failure records (`_failed/K.json`), or their fallback names
+(`_keys/…`, `_failed/_keys/…`) for keys the storage cannot hold as names.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from fixtures.discovery import Pair, state_by_key
 
+from ocrbatch.batches.layout import SOURCE_KEY, encode_source_key, failure_record_key, result_key
 from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage.base import Storage
@@ -162,3 +165,79 @@ async def test_failure_of_an_older_version_is_pending_as_a_retry(pair: Pair) -> 
         "a.png": "pending (changed since its failure) [retry]",
         "b.png": "pending (changed since its failure) [retry]",
     }
+
+
+# ---- fallback names (keys the result storage cannot hold as names) ----
+
+LONG_NAME = "계" * 79 + "약서.png"  # 253 bytes: its result name would be over 255 with a sidecar
+CONTROL = "scan\x01page.png"
+DEEP = "/".join(["d" * 99] * 7) + "/" + "x" * 40 + ".png"  # 744 bytes: past S3's key limit as a result
+
+
+async def _put_hostile_input(pair: Pair, key: str) -> str:
+    """Put an input whatever its name; returns its etag. Local files too long for the backend's
+    own sidecar are put by hand, as a user would."""
+    if pair.inputs.location.is_s3 or len(key.rpartition("/")[2].encode()) <= 245:
+        return (await pair.inputs.write(key, key.encode())).etag
+    await asyncio.to_thread(Path(_local_path(pair.inputs, key)).write_bytes, key.encode())
+    return (await pair.inputs.head(key)).etag
+
+
+async def _put_fallback(pair: Pair, name: str, key: str, metadata: dict[str, str]) -> None:
+    await pair.results.write(name, b"{}", metadata={SOURCE_KEY: encode_source_key(key), **metadata})
+
+
+async def test_fallback_named_results_and_failure_records_are_found(pair: Pair) -> None:
+    """Inputs without natural names are judged by their fallback-named result and failure record:
+    done, failed, retrying or changed; the fallback prefixes are listed once for all of them."""
+    etags = {
+        key: await _put_hostile_input(pair, key) for key in (LONG_NAME, CONTROL, DEEP, "z/tab\tchanged.png")
+    }
+    location = pair.results.location
+    await _put_fallback(
+        pair, result_key(LONG_NAME, ".json", location=location), LONG_NAME, {"source-etag": etags[LONG_NAME]}
+    )
+    for key, retryable in ((CONTROL, "false"), (DEEP, "true")):
+        record = {"source-etag": etags[key], "retryable": retryable}
+        await _put_fallback(pair, failure_record_key(key, location=location), key, record)
+    await _put_fallback(
+        pair,
+        result_key("z/tab\tchanged.png", ".json", location=location),
+        "z/tab\tchanged.png",
+        {"source-etag": "old"},
+    )
+    stats = DiscoveryStats()
+
+    assert await pair.states(stats=stats, trust_timestamps=False) == {
+        DEEP: "pending (retrying a failure) [retry]",
+        LONG_NAME: "done",
+        CONTROL: "failed",
+        "z/tab\tchanged.png": "pending (changed since its result)",
+    }
+    assert stats.fallbacks == 4  # each listed once, not once per input
+    assert stats.heads == 4  # one per object found, for its metadata
+
+
+async def test_fallback_object_made_for_another_key_does_not_count(pair: Pair) -> None:
+    """A fallback-named object whose `source-key` names another input (a hash collision, or an
+    object put there by hand) is not this input's result or failure record."""
+    etag = await _put_hostile_input(pair, CONTROL)
+    location = pair.results.location
+    await _put_fallback(
+        pair, result_key(CONTROL, ".json", location=location), "other.png", {"source-etag": etag}
+    )
+    record = {"source-etag": etag, "retryable": "false"}
+    await _put_fallback(pair, failure_record_key(CONTROL, location=location), "other.png", record)
+
+    assert await pair.states(trust_timestamps=False) == {CONTROL: "pending (new)"}
+
+
+async def test_fallback_prefixes_are_not_listed_without_an_input_needing_them(pair: Pair) -> None:
+    """A batch whose keys all have natural names never lists `_keys/` or `_failed/_keys/`, and a
+    fallback object there is not taken for a result."""
+    etags = await pair.put_inputs("a.png")
+    await _put_fallback(pair, result_key(CONTROL, ".json"), CONTROL, {"source-etag": etags["a.png"]})
+    stats = DiscoveryStats()
+
+    assert await pair.states(stats=stats) == {"a.png": "pending (new)"}
+    assert stats.fallbacks == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -11,11 +12,12 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from ocrbatch.batches.layout import FAILED_PREFIX, failed_input_key
+from ocrbatch.batches.layout import FAILED_PREFIX, SOURCE_KEY, decode_source_key, failed_input_key
 from ocrbatch.batches.report import read_report
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.cli import output as cli_output
 from ocrbatch.cli.state import CliState
+from ocrbatch.errors import StorageError
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.estimate import estimate_batch
@@ -87,9 +89,15 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
             batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
             results = await storages.open(batch.result_location, create=True)
             keys = [info.key async for info in results.list(FAILED_PREFIX)]
+            items = []
             for key in keys:
+                source = failed_input_key(key)
+                if source is None:  # a fallback name: its input is in its metadata
+                    with contextlib.suppress(StorageError):
+                        source = decode_source_key((await results.head(key)).metadata.get(SOURCE_KEY))
                 await results.delete(key)
-            return batch.name, [failed_input_key(key) or key for key in keys]
+                items.append(source or key)
+            return batch.name, items
 
     name, items = asyncio.run(go())
     if as_json:

@@ -390,7 +390,7 @@ class BatchRun:
         if current.etag == prepared.etag:
             return None
         log.info("item.changed_during_recognition", batch_id=self.batch.id, key=item.key)
-        await self._results.delete(result_key(item.key, self.suffix))
+        await self._results.delete(result_key(item.key, self.suffix, location=self._results.location))
         return dataclasses.replace(
             item, etag=current.etag, size=current.size, last_modified=current.last_modified
         )

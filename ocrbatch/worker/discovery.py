@@ -6,31 +6,58 @@ order: "a.png" < "a.png.jpg" while "a.png.jpg.json" < "a.png.json". So each deri
 read up to K's own derived key, and entries read ahead of their input wait in a small stash.
 Only keys that extend K can be read ahead, so the stash stays small (and has a hard cap) and
 memory stays flat whatever the bucket size.
+
+A key without natural names (`layout.has_natural_names`: too long, empty or dot segments, control
+characters) has its result and failure record under fallback names, which sort nowhere near it.
+The first such input of a pass lists `_keys/` and `_failed/_keys/` once into a map by name (only
+such keys live there: few; past `max_fallbacks` entries the rest are HEADed one by one), and such
+inputs are looked up there, then in the merge (a result an older version wrote under the natural
+name, where the store took it, still counts).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar
+from functools import partial
+from typing import Literal, Protocol, TypeVar
 
-from ocrbatch.batches.layout import FAILED_PREFIX, FAILURE_SUFFIX, OWN_PREFIXES, REPORT_KEY, is_reserved
+import structlog
+
+from ocrbatch.batches.layout import (
+    FAILED_FALLBACK_PREFIX,
+    FAILED_PREFIX,
+    FAILURE_SUFFIX,
+    FALLBACK_PREFIX,
+    OWN_PREFIXES,
+    REPORT_KEY,
+    SOURCE_KEY,
+    decode_source_key,
+    failure_record_key,
+    has_natural_names,
+    is_fallback_name,
+    is_reserved,
+    result_key,
+)
 from ocrbatch.clova.contract import IMAGE_FORMATS
 from ocrbatch.errors import ObjectNotFound
+from ocrbatch.locations import Location
 from ocrbatch.storage.base import DEFAULT_PAGE_SIZE, ObjectInfo, Storage
 
+log = structlog.get_logger("ocrbatch.worker")
 SUPPORTED_FORMATS = frozenset(IMAGE_FORMATS)
 ItemState = Literal["pending", "done", "failed", "skipped"]
 
 DEFAULT_MAX_STASH = 1000
+DEFAULT_MAX_FALLBACKS = 50_000  # fallback-named objects held per listing; beyond, HEADs
 
 REASON_NEW = "new"
 REASON_CHANGED = "changed since its result"
 REASON_RETRY = "retrying a failure"
 REASON_FAILURE_STALE = "changed since its failure"
-REASON_RESERVED = "reserved name (its result would collide with _failed/, _outbox/ or _report.json)"
+REASON_RESERVED = "reserved name (its result would collide with _failed/, _outbox/, _keys/ or _report.json)"
 
 # Sorts after every other character: `start_after=subtree + _MAX_CHAR` skips a reserved subtree.
 _MAX_CHAR = "\U0010ffff"
@@ -71,6 +98,7 @@ class DiscoveryStats:
 
     heads: int = 0  # HEAD requests made (results that timestamps could not decide, failure records)
     max_stash: int = 0  # most entries read ahead of their input and held at once (either listing)
+    fallbacks: int = 0  # objects listed under the fallback prefixes (`_keys/`, `_failed/_keys/`)
 
 
 @dataclass(frozen=True)
@@ -98,12 +126,13 @@ async def _head(storage: Storage, key: str, stats: DiscoveryStats) -> ObjectInfo
 
 
 async def _result_listing(results: Storage, page_size: int) -> AsyncIterator[ObjectInfo]:
-    """The result storage's objects in key order, without `_failed/`, `_outbox/` and `_report.json`.
+    """The result storage's objects in key order, without `_failed/`, `_outbox/`, `_keys/` and
+    `_report.json`.
 
     Reaching a reserved subtree restarts the listing after it (one LIST request) instead of
-    paging through it: failure records have their own listing, and outbox chunks may pile up
-    while a webhook is down. Keys the restart cannot skip (starting with subtree + U+10FFFF)
-    are dropped one by one.
+    paging through it: failure records and fallback names have their own listings, and outbox
+    chunks may pile up while a webhook is down. Keys the restart cannot skip (starting with
+    subtree + U+10FFFF) are dropped one by one.
     """
     start_after: str | None = None
     while True:
@@ -120,6 +149,11 @@ async def _result_listing(results: Storage, page_size: int) -> AsyncIterator[Obj
                     break
             else:
                 return
+
+
+class _Finder(Protocol):
+    async def find(self, key: str) -> _Found | None:
+        """The result (or failure record) of input `key`, or None when it has none."""
 
 
 class _DerivedCursor:
@@ -152,6 +186,14 @@ class _DerivedCursor:
 
     async def find(self, key: str) -> _Found | None:
         """The derived object of `key`, from the listing (or a HEAD when the stash is full)."""
+        return await self._find(key, may_head=True)
+
+    async def find_listed(self, key: str) -> _Found | None:
+        """The derived object of `key` if the listing holds it; never a HEAD (for keys whose
+        derived name the storage may refuse to be asked about)."""
+        return await self._find(key, may_head=False)
+
+    async def _find(self, key: str, *, may_head: bool) -> _Found | None:
         key_bytes = key.encode()
         for orphan in [source for source in self._stash if source.encode() < key_bytes]:
             del self._stash[orphan]  # its input is gone: no later input can claim it
@@ -166,19 +208,14 @@ class _DerivedCursor:
             if source is not None and source.encode() > key_bytes:
                 if len(self._stash) >= self._max_stash:
                     # Leave `info` unread for the inputs after this one; ask for this one directly.
+                    if not may_head:
+                        return None
                     found = await _head(self._storage, self.derived_key(key), self._stats)
                     return _Found(found, headed=True) if found else None
                 self._stash[source] = info
                 self._stats.max_stash = max(self._stats.max_stash, len(self._stash))
             self._next = None  # consumed: a stray key or an orphan is simply dropped
         return None
-
-    async def metadata(self, key: str, found: _Found) -> Mapping[str, str] | None:
-        """The metadata of `key`'s derived object; None when it was deleted since it was listed."""
-        if found.headed:
-            return found.info.metadata
-        headed = await _head(self._storage, self.derived_key(key), self._stats)
-        return headed.metadata if headed else None
 
     async def _peek(self) -> ObjectInfo | None:
         if self._next is None and not self._exhausted:
@@ -196,20 +233,74 @@ class _DerivedCursor:
 
 
 class _HeadCursor:
-    """Finds `prefix + K + suffix` with a HEAD: for one input, without listings."""
+    """Finds the object `name(K)` with a HEAD: for one input, without listings."""
 
-    def __init__(self, storage: Storage, *, prefix: str, suffix: str, stats: DiscoveryStats) -> None:
+    def __init__(self, storage: Storage, name: Callable[[str], str], *, stats: DiscoveryStats) -> None:
         self._storage = storage
-        self._prefix = prefix
-        self._suffix = suffix
+        self._name = name
         self._stats = stats
 
     async def find(self, key: str) -> _Found | None:
-        found = await _head(self._storage, self._prefix + key + self._suffix, self._stats)
+        found = await _head(self._storage, self._name(key), self._stats)
         return _Found(found, headed=True) if found else None
 
-    async def metadata(self, key: str, found: _Found) -> Mapping[str, str] | None:
-        return found.info.metadata
+
+class _FallbackCursor:
+    """Finds the fallback-named object `name(K)` of a key without natural names, in a map of the
+    fallback prefix's objects listed the first time it is asked; then in `natural`'s listing.
+
+    The map holds at most `max_entries` objects; past that, a name not in it is asked with a HEAD.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        name: Callable[[str], str],
+        *,
+        prefix: str,
+        natural: _DerivedCursor,
+        page_size: int,
+        max_entries: int,
+        stats: DiscoveryStats,
+    ) -> None:
+        self._storage = storage
+        self._name = name
+        self._prefix = prefix
+        self._natural = natural
+        self._page_size = page_size
+        self._max_entries = max_entries
+        self._stats = stats
+        self._listed: dict[str, ObjectInfo] | None = None
+        self._complete = True
+
+    async def find(self, key: str) -> _Found | None:
+        name = self._name(key)
+        if self._listed is None:
+            self._listed = await self._list()
+        if (info := self._listed.get(name)) is not None:
+            return _Found(info, headed=False)
+        if not self._complete and (headed := await _head(self._storage, name, self._stats)) is not None:
+            return _Found(headed, headed=True)
+        # Older versions wrote some such names where the store took them (long segments on S3).
+        return await self._natural.find_listed(key)
+
+    async def _list(self) -> dict[str, ObjectInfo]:
+        listed: dict[str, ObjectInfo] = {}
+        async with _closing(self._storage.list(self._prefix, page_size=self._page_size)) as listing:
+            async for info in listing:
+                if len(listed) >= self._max_entries:
+                    self._complete = False
+                    log.warning(
+                        "discovery.many_fallback_names",
+                        location=str(self._storage.location),
+                        prefix=self._prefix,
+                        held=len(listed),
+                        hint="the rest are looked up one HEAD per input",
+                    )
+                    break
+                self._stats.fallbacks += 1
+                listed[info.key] = info
+        return listed
 
 
 class _Judge:
@@ -217,42 +308,50 @@ class _Judge:
 
     def __init__(
         self,
-        results: _DerivedCursor | _HeadCursor,
-        failures: _DerivedCursor | _HeadCursor,
+        results: Storage,
+        natural: tuple[_Finder, _Finder],
+        fallback: tuple[_Finder, _Finder],
         *,
         trust_timestamps: bool,
+        stats: DiscoveryStats,
     ) -> None:
-        self._results = results
-        self._failures = failures
+        self._storage = results
+        self._location = results.location
+        self._natural = natural  # (results, failure records) of keys with natural names
+        self._fallback = fallback  # the same, of keys without
         self._trust_timestamps = trust_timestamps
+        self._stats = stats
 
     async def item(self, info: ObjectInfo) -> DiscoveredItem:
         if reason := skip_reason(info.key):
             return _item(info, "skipped", reason)
-        result_current = await self._result_current(info)
+        results, failures = (
+            self._natural if has_natural_names(info.key, location=self._location) else self._fallback
+        )
+        result_current = await self._result_current(info, results)
         if result_current:
             return _item(info, "done")
-        if from_failure := await self._from_failure(info):
+        if from_failure := await self._from_failure(info, failures):
             return from_failure
         return _item(info, "pending", REASON_NEW if result_current is None else REASON_CHANGED)
 
-    async def _result_current(self, info: ObjectInfo) -> bool | None:
+    async def _result_current(self, info: ObjectInfo, results: _Finder) -> bool | None:
         """Whether the result was made from this version of the input; None when there is none."""
-        result = await self._results.find(info.key)
+        result = await results.find(info.key)
         if result is None:
             return None
         # Written strictly after the input last changed (S3 times have 1 s resolution): current.
         if self._trust_timestamps and not result.headed and info.last_modified < result.info.last_modified:
             return True
-        metadata = await self._results.metadata(info.key, result)
+        metadata = await self._metadata(info.key, result)
         return None if metadata is None else metadata.get("source-etag") == info.etag
 
-    async def _from_failure(self, info: ObjectInfo) -> DiscoveredItem | None:
+    async def _from_failure(self, info: ObjectInfo, failures: _Finder) -> DiscoveredItem | None:
         """The item as its failure record says: failed, retrying or stale; None without a record."""
-        failure = await self._failures.find(info.key)
+        failure = await failures.find(info.key)
         if failure is None:
             return None
-        record = await self._failures.metadata(info.key, failure)
+        record = await self._metadata(info.key, failure)
         if record is None:
             return None
         if record.get("source-etag") != info.etag:
@@ -260,6 +359,19 @@ class _Judge:
         if record.get("retryable") == "false":  # a record of unknown kind is retried, never final
             return _item(info, "failed")
         return _item(info, "pending", REASON_RETRY, retry_of_failure=True)
+
+    async def _metadata(self, key: str, found: _Found) -> Mapping[str, str] | None:
+        """The metadata of input `key`'s object; None when it was deleted since it was listed, or
+        is a fallback name made for another key (its hash is all the name says)."""
+        if found.headed:
+            metadata = found.info.metadata
+        elif (headed := await _head(self._storage, found.info.key, self._stats)) is not None:
+            metadata = headed.metadata
+        else:
+            return None
+        if is_fallback_name(found.info.key) and decode_source_key(metadata.get(SOURCE_KEY)) != key:
+            return None
+        return metadata
 
 
 def skip_reason(key: str) -> str | None:
@@ -275,6 +387,12 @@ def _item(info: ObjectInfo, state: ItemState, reason: str | None = None, **flags
     return DiscoveredItem(info.key, info.size, info.etag, info.last_modified, state, reason, **flags)
 
 
+def _names(location: Location, suffix: str) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """How the result location names an input's result and failure record (`layout.py`)."""
+    result_name = partial(result_key, suffix=suffix, location=location)
+    return result_name, partial(failure_record_key, location=location)
+
+
 async def discover(
     inputs: Storage,
     results: Storage,
@@ -282,6 +400,7 @@ async def discover(
     result_suffix: str,
     page_size: int = DEFAULT_PAGE_SIZE,
     max_stash: int = DEFAULT_MAX_STASH,
+    max_fallbacks: int = DEFAULT_MAX_FALLBACKS,
     trust_timestamps: bool | None = None,
     stats: DiscoveryStats | None = None,
 ) -> AsyncIterator[DiscoveredItem]:
@@ -298,15 +417,18 @@ async def discover(
         raise ValueError("result_suffix must not be empty")
     if max_stash < 1:
         raise ValueError("max_stash must be at least 1")
+    if max_fallbacks < 1:
+        raise ValueError("max_fallbacks must be at least 1")
     if trust_timestamps is None:
         trust_timestamps = inputs.location.is_s3 and results.location.is_s3
     stats = DiscoveryStats() if stats is None else stats
+    result_name, failure_name = _names(results.location, result_suffix)
     async with (
         _closing(inputs.list(page_size=page_size)) as input_listing,
         _closing(_result_listing(results, page_size)) as result_listing,
         _closing(results.list(FAILED_PREFIX, page_size=page_size)) as failure_listing,
     ):
-        judge = _Judge(
+        cursors = (
             _DerivedCursor(
                 results, result_listing, prefix="", suffix=result_suffix, max_stash=max_stash, stats=stats
             ),
@@ -318,7 +440,24 @@ async def discover(
                 max_stash=max_stash,
                 stats=stats,
             ),
-            trust_timestamps=trust_timestamps,
+        )
+        fallbacks = tuple(
+            _FallbackCursor(
+                results,
+                name,
+                prefix=prefix,
+                natural=natural,
+                page_size=page_size,
+                max_entries=max_fallbacks,
+                stats=stats,
+            )
+            for name, prefix, natural in (
+                (result_name, FALLBACK_PREFIX, cursors[0]),
+                (failure_name, FAILED_FALLBACK_PREFIX, cursors[1]),
+            )
+        )
+        judge = _Judge(
+            results, cursors, (fallbacks[0], fallbacks[1]), trust_timestamps=trust_timestamps, stats=stats
         )
         async for info in input_listing:
             yield await judge.item(info)
@@ -333,9 +472,10 @@ async def judge_item(
     worker may have finished it since the listing was read.
     """
     stats = DiscoveryStats() if stats is None else stats
-    judge = _Judge(
-        _HeadCursor(results, prefix="", suffix=result_suffix, stats=stats),
-        _HeadCursor(results, prefix=FAILED_PREFIX, suffix=FAILURE_SUFFIX, stats=stats),
-        trust_timestamps=False,
+    result_name, failure_name = _names(results.location, result_suffix)
+    cursors = (
+        _HeadCursor(results, result_name, stats=stats),
+        _HeadCursor(results, failure_name, stats=stats),
     )
+    judge = _Judge(results, cursors, cursors, trust_timestamps=False, stats=stats)
     return await judge.item(info)

@@ -2,7 +2,9 @@
 
 The webhook notice of an item is made durable before its result or failure record is written and
 confirmed after it (or abandoned when the result is not kept), so a crash in between neither loses
-the notice nor announces a result that was never written (`webhooks.py`).
+the notice nor announces a result that was never written (`webhooks.py`). Every name comes from
+`batches.layout`, which gives keys the storage cannot hold fallback names: the notice's
+`resultLocation` is the object actually written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from ocrbatch.batches.layout import failure_record_key, result_key
+from ocrbatch.batches.layout import failure_record_key, is_fallback_name, result_key, source_key_metadata
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
 from ocrbatch.clova.contract import OcrError, OcrResponse
@@ -45,6 +47,7 @@ class ItemOutcomes:
     ) -> None:
         self._batch = batch
         self._results = results
+        self._location = results.location  # the names of its objects depend on its prefix
         self._suffix = suffix
         self._domain_kind = domain_kind
         self._report = report
@@ -58,7 +61,7 @@ class ItemOutcomes:
         item = prepared.item
         notice = await self._notice(
             item.key,
-            result_key(item.key, self._suffix),
+            self._result_key(item.key),
             prepared.etag,
             succeeded=True,
             message="SUCCESS",
@@ -107,14 +110,17 @@ class ItemOutcomes:
             "retryable": retryable,
             "failed_at": datetime.now(UTC).isoformat(),
         }
-        key = failure_record_key(item.key)
+        key = self._failure_record_key(item.key)
         notice = await self._notice(item.key, key, etag, succeeded=False, message=message, response=None)
+        # A natural record's name says its input; a fallback record's metadata has to.
+        source = source_key_metadata(key, item.key) if is_fallback_name(key) else {}
         try:
             await asyncio.shield(
                 self._results.write(
                     key,
                     json.dumps(record, ensure_ascii=False, indent=1).encode(),
                     metadata={
+                        **source,
                         "source-etag": etag,
                         "retryable": "true" if retryable else "false",
                         **announced_by(None if notice is None else notice.marker),
@@ -149,8 +155,9 @@ class ItemOutcomes:
             if self._suffix == ".json"
             else await asyncio.to_thread(render_xlsx, response, kind=self._domain_kind)
         )
+        key = self._result_key(item.key)
         metadata = {
-            "source-key": item.key,
+            **source_key_metadata(key, item.key),
             "source-etag": prepared.etag,
             "batch-id": self._batch.id,
             "domain": self._batch.domain,
@@ -158,13 +165,19 @@ class ItemOutcomes:
             **announced_by(None if notice is None else notice.marker),
         }
         await self._results.write(
-            result_key(item.key, self._suffix),
+            key,
             body,
             metadata=metadata,
             content_type=CONTENT_TYPES[self._suffix],
         )
         if item.retry_of_failure:
-            await self._results.delete(failure_record_key(item.key))
+            await self._results.delete(self._failure_record_key(item.key))
+
+    def _result_key(self, key: str) -> str:
+        return result_key(key, self._suffix, location=self._location)
+
+    def _failure_record_key(self, key: str) -> str:
+        return failure_record_key(key, location=self._location)
 
     async def _notice(
         self,
