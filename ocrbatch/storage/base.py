@@ -54,7 +54,8 @@ def check_metadata(metadata: Mapping[str, str]) -> None:
 
 
 def check_key(key: str) -> None:
-    """Refuse keys that cannot mean the same object on both backends."""
+    """Refuse keys that are not relative paths: a local directory's keys are paths (S3 takes any
+    non-empty key, `storage/s3.py`)."""
     if not key or key.startswith("/") or key.endswith("/"):
         raise ValueError(f"object key {key!r} must be non-empty and not start or end with '/'")
     if any(part in ("", ".", "..") for part in key.split("/")):

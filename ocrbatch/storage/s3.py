@@ -36,7 +36,6 @@ from ocrbatch.storage.base import (
     ObjectInfo,
     Storage,
     StoredObject,
-    check_key,
     check_metadata,
 )
 from ocrbatch.storage.capabilities import Endpoint
@@ -60,6 +59,7 @@ _T = TypeVar("_T")
 log = structlog.get_logger("ocrbatch.storage")
 # ocrbatch's own objects in a location, as `.ocrbatch/` is in a local directory: never listed.
 PRIVATE_PREFIX = ".ocrbatch/"
+MAX_KEY_BYTES = 1024  # S3's limit on a whole key
 SIDECAR_PREFIX = PRIVATE_PREFIX + "meta/"
 
 
@@ -112,6 +112,17 @@ class S3Storage(Storage):
 
     def _full_key(self, key: str) -> str:
         return self.location.prefix + key
+
+    def _check_key(self, key: str) -> None:
+        """Any key S3 allows: not empty, at most 1,024 UTF-8 bytes with the location's prefix.
+        `a//b.png`, `./x.png` and `x/../y.png` are different objects on S3, and are read as such
+        (results never use such names: `batches/layout.py` maps them)."""
+        if not key:
+            raise ValueError("an object key must not be empty")
+        if len(self._full_key(key).encode()) > MAX_KEY_BYTES:
+            raise StorageError(
+                f"the key is longer than S3's {MAX_KEY_BYTES} bytes", location=str(self.location), key=key
+            )
 
     async def list_pages(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
@@ -195,7 +206,7 @@ class S3Storage(Storage):
         return dict(await self._call(None, lambda: self._client.list_objects(**request)))
 
     async def read(self, key: str) -> StoredObject:
-        check_key(key)
+        self._check_key(key)
 
         async def get() -> tuple[ObjectInfo, bytes]:
             response = await self._client.get_object(Bucket=self._bucket, Key=self._full_key(key))
@@ -215,7 +226,7 @@ class S3Storage(Storage):
         return StoredObject(info=await self._with_sidecar(info), data=data)
 
     async def head(self, key: str) -> ObjectInfo:
-        check_key(key)
+        self._check_key(key)
         response = await self._call(
             key, lambda: self._client.head_object(Bucket=self._bucket, Key=self._full_key(key))
         )
@@ -271,7 +282,7 @@ class S3Storage(Storage):
         The returned `last_modified` is the server's `Date` header (the local clock if absent):
         a head afterwards would cost a request and could see a later writer's object.
         """
-        check_key(key)
+        self._check_key(key)
         metadata = dict(metadata or {})
         check_metadata(metadata)
         if if_match is not None and if_none_match:
@@ -310,7 +321,7 @@ class S3Storage(Storage):
         )
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
-        check_key(key)
+        self._check_key(key)
         request: dict[str, Any] = {"Bucket": self._bucket, "Key": self._full_key(key)}
         if if_match is not None:
             await self._endpoint.ensure_probed(self)
@@ -322,7 +333,7 @@ class S3Storage(Storage):
             await self._call(key, lambda: self._client.delete_object(Bucket=self._bucket, Key=sidecar_key))
 
     async def presigned_get_url(self, key: str, *, expires_s: int) -> str:
-        check_key(key)
+        self._check_key(key)
         if not 1 <= expires_s <= MAX_PRESIGN_EXPIRES_S:
             raise ValueError(f"expires_s must be between 1 and {MAX_PRESIGN_EXPIRES_S}")
         params = {"Bucket": self._bucket, "Key": self._full_key(key)}
