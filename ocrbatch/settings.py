@@ -169,6 +169,9 @@ class DomainSettings(_Section):
         return self
 
 
+DEFAULT_MAX_PAGES_PER_DOCUMENT = 2000  # as the public OCR services' asynchronous limits
+
+
 class WorkerSettings(_Section):
     """Timings and budgets of the batch worker."""
 
@@ -182,11 +185,20 @@ class WorkerSettings(_Section):
     quota_pause_s: float = Field(default=300.0, gt=0)
     prefetch_memory_mb: int = Field(default=256, ge=16)
     claim_ttl_s: float = Field(default=120.0, ge=5)
+    # Pages (PDF) or frames (TIFF) of one input; a longer one gets a failure record, and no call.
+    max_pages_per_document: int = Field(default=DEFAULT_MAX_PAGES_PER_DOCUMENT, ge=1)
+    # Reading the batch catalog while the control storage fails: retried with backoff, until it
+    # answers (`serve`, `run`), or `control_max_attempts` times (`run --once`, then exit 1).
+    control_backoff_initial_s: float = Field(default=1.0, gt=0)
+    control_backoff_max_s: float = Field(default=30.0, gt=0)
+    control_max_attempts: int = Field(default=8, ge=1, le=100)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> WorkerSettings:
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        if self.control_backoff_max_s < self.control_backoff_initial_s:
+            raise ValueError("control_backoff_max_s must be at least control_backoff_initial_s")
         return self
 
 
@@ -216,6 +228,9 @@ class SqsSettings(_Section):
     visibility_timeout_s: int = Field(default=300, ge=10, le=43200)
     max_messages_in_flight: int = Field(default=10, ge=1, le=100)
     unsettled_retry_s: int = Field(default=30, ge=0, le=43200)
+    # A message still unsettled at its n-th delivery is deleted (the reconcile pass covers its
+    # inputs) instead of coming back forever; 0 leaves that to the queue's redrive policy.
+    max_deliveries: int = Field(default=10, ge=0, le=1000)
 
     @field_validator("queue_url", "endpoint_url")
     @classmethod

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from fixtures.clock import FakeClock
+from structlog.testing import capture_logs
 
 from ocrbatch.batches.spec import BatchSpec, parse_spec
-from ocrbatch.batches.store import LOCK_KEY, BatchStore
+from ocrbatch.batches.store import LOCK_KEY, BatchStore, BrokenBatchDocument
 from ocrbatch.coordination.base import Coordination
-from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation, StorageError
+from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation
 from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings
 from ocrbatch.storage.base import Storage
@@ -246,11 +247,79 @@ async def test_set_status_records_transitions(coordination: Coordination, contro
 
 
 async def test_a_corrupt_document_is_a_clear_error(coordination: Coordination, control: Location) -> None:
-    """A hand-damaged batch document makes listing fail loudly, naming the document."""
+    """A hand-damaged batch document is listed apart as broken, and reading it fails loudly, naming
+    the document."""
     store = make_store(coordination, control)
     await coordination.create("batches/0123456789abcdef.json", b'{"name": 1}')
-    with pytest.raises(StorageError, match=r"batches/0123456789abcdef.json: batch document is not valid"):
-        await store.list_batches()
+    assert await store.list_batches() == []
+    [broken] = (await store.catalog()).broken
+    assert broken.message.startswith(f"{coordination.where.rstrip('/')}/batches/0123456789abcdef.json: ")
+    with pytest.raises(
+        BrokenBatchDocument, match=r"batches/0123456789abcdef.json: batch document is not valid"
+    ):
+        await store.get("0123456789abcdef")
+
+
+async def test_a_broken_document_is_listed_apart_and_logged_once_per_version(
+    coordination: Coordination, control: Location
+) -> None:
+    """Beside a good batch, a document that is not JSON is skipped by listings and shown by
+    `catalog` with its id, key and reason; it is logged at error level once per version of it (not
+    at every listing), and its repair and its removal once each."""
+    store = make_store(coordination, control)
+    good = await store.create(spec())
+    key = "batches/0badd0c0000000ff.json"
+    version = await coordination.create(key, b'{"name": "broken one", "domain": ')
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert [item.batch.id for item in await store.list_batches()] == [good.batch.id]
+        catalog = await store.catalog()
+        version = await coordination.replace(key, b'{"name": "broken one"}', version=version)
+        await store.catalog()
+        await store.catalog()
+        repaired = good.batch.model_copy(update={"id": "0badd0c0000000ff", "name": "repaired"})
+        version = await coordination.replace(key, repaired.model_dump_json().encode(), version=version)
+        assert {item.batch.name for item in await store.list_batches()} == {"forms", "repaired"}
+        await coordination.replace(key, b"[]", version=version)
+        await store.catalog()
+        await coordination.delete(key)
+        await store.catalog()
+    [broken] = catalog.broken
+    assert (broken.batch_id, broken.key, broken.name) == ("0badd0c0000000ff", key, None)  # not JSON
+    assert broken.reason.startswith("Invalid JSON")
+    assert broken.as_dict()["status"] == "broken"
+    noted = [(entry["event"], entry["log_level"]) for entry in logs if entry["event"].startswith("batch.doc")]
+    assert noted == [
+        ("batch.document_broken", "error"),  # not JSON
+        ("batch.document_broken", "error"),  # JSON, but required fields are missing
+        ("batch.document_repaired", "info"),
+        ("batch.document_broken", "error"),  # not an object
+        ("batch.document_removed", "info"),
+    ]
+    assert all(entry["key"] == key for entry in logs if entry["event"].startswith("batch.doc"))
+
+
+async def test_a_broken_document_is_found_by_id_or_stated_name_and_can_be_deleted(
+    coordination: Coordination, control: Location
+) -> None:
+    """Reading or deleting a broken document by its id or by the name it states raises
+    `BrokenBatchDocument` with the reason; a search finds it by that name; `delete_broken` removes
+    the document (and only it)."""
+    store = make_store(coordination, control)
+    good = await store.create(spec())
+    await coordination.create("batches/0badd0c0000000ff.json", b'{"name": "receipts", "domain": 7}')
+    for ref in ("0badd0c0000000ff", "RECEIPTS"):
+        with pytest.raises(BrokenBatchDocument, match=r"0badd0c0000000ff.json: batch document is not valid"):
+            await store.get(ref)
+    assert [broken.batch_id for broken in (await store.catalog("ceip")).broken] == ["0badd0c0000000ff"]
+    assert (await store.catalog("forms")).broken == []
+    with pytest.raises(BrokenBatchDocument) as refused:
+        await store.delete("0badd0c0000000ff")
+    await store.delete_broken(refused.value.broken)
+    assert await coordination.read("batches/0badd0c0000000ff.json") is None
+    assert [item.batch.id for item in await store.list_batches()] == [good.batch.id]
+    with pytest.raises(BatchNotFound):
+        await store.get("0badd0c0000000ff")
 
 
 async def test_apply_is_idempotent_and_checks_the_whole_file_first(

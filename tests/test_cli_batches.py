@@ -225,3 +225,32 @@ def test_apply_toml_and_yaml(cli: Cli) -> None:
     _, err = cli("batch", "apply", "-f", "wrong.yaml", expect=EXIT_BAD_INPUT)
     assert "expected a 'batches:' list" in err
     assert {path: path.read_bytes() for path in control_files(cli)} == before
+
+
+def test_a_broken_document_is_listed_as_broken_and_show_fails_clearly(cli: Cli) -> None:
+    """A batch document that is not JSON, beside a good batch: `batch list` shows it as a row with
+    its id and status `broken` with the reason, `--json` includes it with "status": "broken", `batch
+    show` of it ends with one clear error line (exit 1, no traceback), and `batch delete` removes it."""
+    good = cli.json(*CREATE_RECEIPTS)
+    (cli.workdir / "control" / "batches" / "0badd0c0000000ff.json").write_text('{"name": "x", "domain":')
+
+    table, _ = cli("batch", "list")
+    row = next(line for line in table.splitlines() if "0badd0c0000000ff" in line)
+    assert "broken: " in row
+    assert "영수증" in table
+    listed = {entry["id"]: entry for entry in cli.json("batch", "list")}
+    assert listed[good["id"]]["status"] == "available"
+    broken = listed["0badd0c0000000ff"]
+    assert (broken["status"], broken["key"]) == ("broken", "batches/0badd0c0000000ff.json")
+    assert "batch document is not valid (Invalid JSON" in broken["status_reason"]
+
+    _, err = cli("batch", "show", "0badd0c0000000ff", expect=1)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    assert "0badd0c0000000ff.json: batch document is not valid" in last
+    assert "fix or delete it" in last
+    assert "Traceback" not in err
+
+    out, _ = cli("batch", "delete", "0badd0c0000000ff", "--yes")
+    assert out.startswith("deleted the broken batch document ")
+    assert [entry["id"] for entry in cli.json("batch", "list")] == [good["id"]]

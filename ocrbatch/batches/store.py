@@ -7,11 +7,17 @@ Concurrency, without any database of our own:
 - changes that must look at all batches (unique names, one batch per General domain, paths)
   run under a short lease on `locks/catalog.json`, taken with a create and taken over with a
   replace once expired, so two writers cannot both pass the checks.
+
+A document that does not parse as a batch (hand-edited, truncated, from a newer version) is
+*broken*: listings skip it and show it as a `BrokenBatch` (logged at error level once per version
+of it), reading it by id raises `BrokenBatchDocument`, and `delete_broken` removes it. One bad
+document never hides the other batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import secrets
 import time
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import structlog
 from pydantic import ValidationError
 
 from ocrbatch.batches.spec import (
@@ -40,8 +47,8 @@ from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
     BatchRuleViolation,
+    OcrBatchError,
     PreconditionFailed,
-    StorageError,
     validation_problems,
 )
 from ocrbatch.locations import Location
@@ -53,6 +60,8 @@ BATCH_PREFIX = "batches/"
 LOCK_KEY = "locks/catalog.json"
 Action = Literal["create", "update", "unchanged", "delete"]
 _STATUS_ATTEMPTS = 10
+_SHOWN_NAME_CHARS = 100
+log = structlog.get_logger("ocrbatch.batches")
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,50 @@ class StoredBatch:
 
     batch: Batch
     etag: str
+
+
+@dataclass(frozen=True)
+class BrokenBatch:
+    """A batch document that is not a valid batch (not JSON, or a field breaks a rule): shown with
+    its reason and skipped by the worker until it is fixed or deleted."""
+
+    batch_id: str  # from the document's key, `batches/{id}.json`
+    key: str
+    document: str  # where it is: the control location (or Redis server) and the key
+    reason: str  # the first problem, such as "name: is required" or "Invalid JSON: ..."
+    version: str
+    name: str | None = None  # the name the document states, if it states one
+
+    @property
+    def message(self) -> str:
+        return f"{self.document}: batch document is not valid ({self.reason}); fix or delete it"
+
+    def as_dict(self) -> dict[str, Any]:
+        """How listings (CLI JSON, API) show it: a batch's id, name and status, with the key."""
+        return {
+            "id": self.batch_id,
+            "name": self.name,
+            "status": "broken",
+            "status_reason": self.message,
+            "key": self.key,
+            "document": self.document,
+        }
+
+
+class BrokenBatchDocument(OcrBatchError):
+    """The batch asked for is stored in a document that is not a valid batch."""
+
+    def __init__(self, broken: BrokenBatch) -> None:
+        super().__init__(broken.message)
+        self.broken = broken
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every batch document: the valid batches (sorted by name) and the broken ones (by key)."""
+
+    batches: list[StoredBatch]
+    broken: list[BrokenBatch]
 
 
 @dataclass(frozen=True)
@@ -101,6 +154,7 @@ class BatchStore:
         self._lease_s = lease_s
         self._lock_wait_s = lock_wait_s
         self._leases = Leases(coordination, owner=new_owner(), clock=clock)
+        self._broken_versions: dict[str, str] = {}  # broken document key -> version logged
 
     @property
     def control(self) -> Location:
@@ -114,41 +168,86 @@ class BatchStore:
     # -- reading --------------------------------------------------------------------------
 
     async def list_batches(self, search: str | None = None) -> list[StoredBatch]:
-        """All batches sorted by name; `search` keeps those whose name contains it (any case/width)."""
+        """All valid batches sorted by name; `search` keeps those whose name contains it (any
+        case/width). Broken documents are left out (see `catalog`)."""
+        return (await self.catalog(search)).batches
+
+    async def catalog(self, search: str | None = None) -> Catalog:
+        """Every batch document, valid or broken; `search` filters both by name (a broken document
+        is matched by the name it states, if any)."""
         keys = [key async for key in self._coordination.keys(BATCH_PREFIX) if key.endswith(".json")]
-        found = [item for item in await asyncio.gather(*(self._read_key(key) for key in keys)) if item]
+        found = await asyncio.gather(*(self._read_key(key) for key in keys))
+        for key in set(self._broken_versions) - set(keys):
+            self._note(key, None)  # a broken document was deleted
+        batches = [item for item in found if isinstance(item, StoredBatch)]
+        broken = [item for item in found if isinstance(item, BrokenBatch)]
         if search:
             needle = name_key(search)
-            found = [item for item in found if needle in name_key(item.batch.name)]
-        return sorted(found, key=lambda item: (name_key(item.batch.name), item.batch.id))
+            batches = [item for item in batches if needle in name_key(item.batch.name)]
+            broken = [item for item in broken if item.name is not None and needle in name_key(item.name)]
+        return Catalog(
+            sorted(batches, key=lambda item: (name_key(item.batch.name), item.batch.id)),
+            sorted(broken, key=lambda item: item.key),
+        )
 
     async def get(self, ref: str) -> StoredBatch:
-        """The batch whose id or name is `ref`; `BatchNotFound` otherwise."""
-        if (by_id := await self._read_key(_doc_key(ref))) is not None:
+        """The batch whose id or name is `ref`; `BatchNotFound` otherwise, `BrokenBatchDocument`
+        when its document is not a valid batch."""
+        by_id = await self._read_key(_doc_key(ref))
+        if isinstance(by_id, BrokenBatch):
+            raise BrokenBatchDocument(by_id)
+        if by_id is not None:
             return by_id
         wanted = name_key(ref)
-        for item in await self.list_batches():
+        catalog = await self.catalog()
+        for item in catalog.batches:
             if name_key(item.batch.name) == wanted:
                 return item
+        for broken in catalog.broken:
+            if broken.name is not None and name_key(broken.name) == wanted:
+                raise BrokenBatchDocument(broken)
         raise BatchNotFound(f"no batch has the id or name {ref!r}")
 
-    async def _read_key(self, key: str) -> StoredBatch | None:
+    async def _read_key(self, key: str) -> StoredBatch | BrokenBatch | None:
         try:
             stored = await self._coordination.read(key)
         except ValueError:  # not a valid key, so no such batch
             return None
-        if stored is None:
-            return None
-        try:
-            batch = Batch.model_validate_json(stored.data)
-        except ValidationError as exc:
-            field, rule = validation_problems(exc, unknown_key="is not a batch field")[0]
-            raise StorageError(
-                f"batch document is not valid ({field}: {rule}); fix or delete it",
-                location=self._coordination.where,
-                key=key,
-            ) from None
-        return StoredBatch(batch, stored.version)
+        found: StoredBatch | BrokenBatch | None = None
+        if stored is not None:
+            try:
+                found = StoredBatch(Batch.model_validate_json(stored.data), stored.version)
+            except ValidationError as exc:
+                problems = validation_problems(exc, unknown_key="is not a batch field")
+                field, rule = problems[0]
+                reason = f"{field}: {rule}" if field else rule
+                if len(problems) > 1:
+                    reason += f" (and {len(problems) - 1} more)"
+                found = BrokenBatch(
+                    batch_id=key.removeprefix(BATCH_PREFIX).removesuffix(".json"),
+                    key=key,
+                    document=_where(self._coordination.where, key),
+                    reason=reason,
+                    version=stored.version,
+                    name=_stated_name(stored.data),
+                )
+        self._note(key, found)
+        return found
+
+    def _note(self, key: str, found: StoredBatch | BrokenBatch | None) -> None:
+        """Log a broken document at error level once per version of it, and its repair once."""
+        if isinstance(found, BrokenBatch):
+            if self._broken_versions.get(key) != found.version:
+                self._broken_versions[key] = found.version
+                log.error(
+                    "batch.document_broken",
+                    key=key,
+                    document=found.document,
+                    batch_id=found.batch_id,
+                    reason=found.reason,
+                )
+        elif self._broken_versions.pop(key, None) is not None:
+            log.info("batch.document_repaired" if found else "batch.document_removed", key=key)
 
     # -- changing -------------------------------------------------------------------------
 
@@ -202,13 +301,24 @@ class BatchStore:
         return merged
 
     async def delete(self, ref: str, *, if_match: str | None = None) -> Batch:
-        """Remove the batch's definition (its results are never touched)."""
+        """Remove the batch's definition (its results are never touched). A broken document raises
+        `BrokenBatchDocument`, which `delete_broken` removes."""
         base = await self.get(ref)
         try:
             await self._coordination.delete(_doc_key(base.batch.id), version=if_match or base.etag)
         except PreconditionFailed:
             raise BatchConflict(_conflict_message(base.batch)) from None
         return base.batch
+
+    async def delete_broken(self, broken: BrokenBatch) -> None:
+        """Remove a broken document, if it is still the version that was read."""
+        try:
+            await self._coordination.delete(broken.key, version=broken.version)
+        except PreconditionFailed:
+            raise BatchConflict(
+                f"{broken.document} was changed since it was read; read it again and retry"
+            ) from None
+        self._note(broken.key, None)
 
     async def set_status(self, batch_id: str, status: BatchStatus, reason: str | None = None) -> Batch:
         """Record a status transition (used by the worker); retried on concurrent edits."""
@@ -353,6 +463,20 @@ class BatchStore:
 
 def _doc_key(batch_id: str) -> str:
     return f"{BATCH_PREFIX}{batch_id}.json"
+
+
+def _where(where: str, key: str) -> str:
+    return f"{where.rstrip('/')}/{key}" if where else key
+
+
+def _stated_name(data: bytes) -> str | None:
+    """The `name` a document that is not a valid batch states, if it is JSON and has one."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    name = document.get("name") if isinstance(document, dict) else None
+    return name[:_SHOWN_NAME_CHARS] if isinstance(name, str) and name.strip() else None
 
 
 def _spec_dump(spec: BatchSpec) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import click
 import structlog
 import yaml
 
-from ocrbatch.batches.spec import BatchStatus, parse_spec
-from ocrbatch.batches.store import BatchStore, open_batch_store
+from ocrbatch.batches.spec import Batch, BatchStatus, parse_spec
+from ocrbatch.batches.store import BatchStore, BrokenBatch, BrokenBatchDocument, open_batch_store
 from ocrbatch.cli import output as cli_output
 from ocrbatch.cli.state import CliState
 from ocrbatch.errors import ConfigError
@@ -128,14 +128,16 @@ def batch_create(state: CliState, /, *, as_json: bool, **options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def batch_list(state: CliState, search: str | None, as_json: bool) -> None:
-    """List batches, optionally searching by name."""
-    items = _with_store(state, lambda store: store.list_batches(search))
+    """List batches, optionally searching by name; documents that are not valid batches are listed
+    as broken, with the reason."""
+    catalog = _with_store(state, lambda store: store.catalog(search))
     if as_json:
-        cli_output.print_json([cli_output.batch_json(item.batch) for item in items])
-    elif not items:
+        listed = [cli_output.batch_json(item.batch) for item in catalog.batches]
+        cli_output.print_json(listed + [broken.as_dict() for broken in catalog.broken])
+    elif not catalog.batches and not catalog.broken:
         click.echo("no batches" + (f" match {search!r}" if search else ""))
     else:
-        cli_output.console().print(cli_output.batches_table(items))
+        cli_output.console().print(cli_output.batches_table(catalog.batches, catalog.broken))
 
 
 @batch.command("show")
@@ -186,12 +188,27 @@ def batch_edit(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def batch_delete(state: CliState, ref: str, yes: bool, as_json: bool) -> None:
-    """Delete a batch definition; its results are kept."""
+    """Delete a batch definition (a broken one too); its results are kept."""
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError("refusing to delete without --yes (no terminal to confirm on)")
         click.confirm(f"Delete batch {ref!r}? Its results are kept.", abort=True)
-    deleted = _with_store(state, lambda store: store.delete(ref))
+
+    async def delete(store: BatchStore) -> Batch | BrokenBatch:
+        try:
+            return await store.delete(ref)
+        except BrokenBatchDocument as refused:
+            await store.delete_broken(refused.broken)
+            return refused.broken
+
+    deleted = _with_store(state, delete)
+    if isinstance(deleted, BrokenBatch):
+        log.info("batch.deleted", batch_id=deleted.batch_id, key=deleted.key, broken=True)
+        if as_json:
+            cli_output.print_json(deleted.as_dict())
+        else:
+            click.echo(f"deleted the broken batch document {deleted.document}")
+        return
     log.info("batch.deleted", batch_id=deleted.id, name=deleted.name)
     if as_json:
         cli_output.print_json(cli_output.batch_json(deleted))

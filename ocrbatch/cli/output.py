@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ocrbatch.batches.spec import Batch
-from ocrbatch.batches.store import PlannedChange, StoredBatch
+from ocrbatch.batches.store import BrokenBatch, PlannedChange, StoredBatch
 
 
 def console() -> Console:
@@ -45,7 +45,9 @@ def status_text(batch: Batch) -> str:
     return f"{batch.status}: {batch.status_reason}" if batch.status_reason else batch.status
 
 
-def batches_table(items: Iterable[StoredBatch]) -> Table:
+def batches_table(items: Iterable[StoredBatch], broken: Iterable[BrokenBatch] = ()) -> Table:
+    """The console's batch list; a broken document is a row of its id, the name it states, and
+    status `broken` with the reason (which names the document)."""
     table = Table("ID", "Name", "Domain", "Domain information", "Input", "Result", "Webhook", "Status")
     for column in table.columns:
         column.overflow = "fold"  # paths and URLs are shown whole, never cut with an ellipsis
@@ -60,6 +62,10 @@ def batches_table(items: Iterable[StoredBatch]) -> Table:
             batch.result_path,
             batch.webhook.url if batch.webhook else "-",
             status_text(batch),
+        )
+    for document in broken:
+        table.add_row(
+            document.batch_id, document.name or "-", "-", "-", "-", "-", "-", f"broken: {document.message}"
         )
     return table
 

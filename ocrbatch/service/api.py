@@ -4,6 +4,11 @@ Every error is JSON, `{"error": {"code", "message", "violations"?}}`, with messa
 to show (they never carry the API token or a batch's secrets). Edits take the same input as the
 CLI and go through the same `BatchStore`, so the rules and their wording are the same.
 
+A batch document that is not a valid batch is listed as `{"id", "name", "status": "broken",
+"status_reason", "key", "document"}` among the batches; reading, editing or a conditional delete
+of it is 409 `broken_batch` (a plain delete removes it). `/readyz` is 503 `not_ready` while any
+document is broken or the control storage does not answer, with the reason and the details.
+
 Preconditions: `ETag` is the stored document's etag. An edit or delete sent with `If-Match` is
 refused with 412 `precondition_failed` when the batch changed since that etag (checked before
 the change and again by the store's compare-and-swap write); without `If-Match`, a lost race or
@@ -25,7 +30,7 @@ from pydantic import SecretStr
 
 from ocrbatch.batches.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
 from ocrbatch.batches.spec import Batch, BatchStatus, parse_spec
-from ocrbatch.batches.store import BatchStore, StoredBatch
+from ocrbatch.batches.store import BatchStore, BrokenBatchDocument, StoredBatch
 from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
@@ -35,7 +40,8 @@ from ocrbatch.errors import (
 )
 
 ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
-Ready = Callable[[], Awaitable[Mapping[str, Any] | None]]  # raises when not ready; details to show
+# Raises `NotReady` (or `StorageError`) when not ready; returns the details to show.
+Ready = Callable[[], Awaitable[Mapping[str, Any] | None]]
 OnUploads = Callable[[list[Upload]], Awaitable[int]]  # returns how many uploads a batch wanted
 ConfirmSubscription = Callable[[str], Awaitable[None]]
 EVENTS_PATH = "/api/v1/events/s3"
@@ -81,6 +87,15 @@ class ApiError(Exception):
         if self.violations is not None:
             error["violations"] = [{"field": field, "rule": rule} for field, rule in self.violations]
         return _json({"error": error}, status=self.status, headers=self.headers)
+
+
+class NotReady(Exception):
+    """The service cannot do its work now: `reason` says why, `details` (JSON) what was found."""
+
+    def __init__(self, reason: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = dict(details or {})
 
 
 def check_bind(host: str, token: SecretStr | None) -> None:
@@ -142,6 +157,7 @@ def create_app(
 # Operator-facing errors and their HTTP status and code; first match wins.
 _ERROR_STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (BatchNotFound, 404, "not_found"),
+    (BrokenBatchDocument, 409, "broken_batch"),
     (BatchRuleViolation, 422, "invalid_batch"),
     (BatchConflict, 409, "conflict"),
     (StorageError, 503, "storage_unavailable"),
@@ -241,16 +257,20 @@ class _Handlers:
         if self._ready is not None:
             try:
                 details = await self._ready()
+            except NotReady as exc:
+                return _not_ready(exc.reason, exc.details)
             except StorageError as exc:
-                return ApiError(503, "not_ready", str(exc)).response()
+                return _not_ready(str(exc))
             except Exception:
                 log.exception("api.readiness_failed")
-                return ApiError(503, "not_ready", "the readiness check failed").response()
+                return _not_ready("the readiness check failed")
         return _json({"status": "ready", **(details or {})})
 
     async def list_batches(self, request: web.Request) -> web.Response:
-        found = await self._store.list_batches(request.query.get("search") or None)
-        return _json({"batches": [_batch_json(item.batch) for item in found]})
+        catalog = await self._store.catalog(request.query.get("search") or None)
+        listed = [_batch_json(item.batch) for item in catalog.batches]
+        listed += [broken.as_dict() for broken in catalog.broken]
+        return _json({"batches": listed})
 
     async def create_batch(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -282,6 +302,10 @@ class _Handlers:
         if_match = await self._precondition(request, ref)
         try:
             deleted = await self._store.delete(ref, if_match=if_match)
+        except BrokenBatchDocument as refused:  # not conditional: If-Match was refused above
+            await self._store.delete_broken(refused.broken)
+            log.info("batch.deleted", batch_id=refused.broken.batch_id, key=refused.broken.key, via="api")
+            return _json({"deleted": refused.broken.as_dict()})
         except BatchConflict as exc:
             await self._raise_conflict(exc, ref, if_match)
         log.info("batch.deleted", batch_id=deleted.id, via="api")
@@ -325,6 +349,13 @@ def _json(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = N
     return web.json_response(
         data, status=status, headers=headers, dumps=lambda value: json.dumps(value, ensure_ascii=False)
     )
+
+
+def _not_ready(reason: str, details: Mapping[str, Any] | None = None) -> web.Response:
+    """503 with the reason as an error (as every error is shown) beside the details found."""
+    body = {"status": "not_ready", **(details or {})}
+    body["error"] = {"code": "not_ready", "message": reason}
+    return _json(body, status=503)
 
 
 def _batch_json(batch: Batch) -> dict[str, Any]:

@@ -4,6 +4,12 @@ with two-phase shutdown.
 The first SIGTERM/SIGINT stops discovery and new items; items in flight finish within
 `shutdown_grace_s`, results and reports are flushed, and the process exits 0. A second signal
 exits at once.
+
+The control path may fail while the process runs: `serve` and `run` keep passing (the catalog is
+read again with backoff) and the API stays up, answering 503 where it needs storage; `/readyz`
+says why it is not ready (storage down, broken batch documents) until that is over. `run --once`
+gives up after `control_max_attempts` reads and exits 1 with the reason; a control path that
+cannot be reached at start-up fails start-up (exit 1, with the reason), `serve` included.
 """
 
 from __future__ import annotations
@@ -21,18 +27,22 @@ from ocrbatch.batches.report import read_report
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore, batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims
+from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.coordination.single_writer import SingleWriter
 from ocrbatch.coordination.storage import StorageCoordination
-from ocrbatch.service.api import check_bind, create_app
+from ocrbatch.errors import StorageError
+from ocrbatch.service.api import NotReady, check_bind, create_app
 from ocrbatch.service.sns import confirm_sns_subscription
-from ocrbatch.service.sqs import SqsConsumer
+from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import PassResult, Worker
 
 log = structlog.get_logger("ocrbatch.run")
 EXIT_FORCED = 130
+READY_TIMEOUT_S = 5.0  # /readyz answers within this even when the control storage hangs
 
 
 async def run_worker(settings: Settings, *, once: bool, serve: bool = False) -> int:
@@ -101,6 +111,7 @@ class _Service:
         self._claims: ItemClaims | None = None
         self._single_writer: SingleWriter | None = None
         self._worker: Worker | None = None
+        self._store: BatchStore | None = None
         self._api: web.AppRunner | None = None
 
     async def startup(self, *, serve: bool) -> None:
@@ -108,6 +119,7 @@ class _Service:
         API when serving."""
         settings = self._settings
         store = await batch_store_in(settings, self._storages)
+        self._store = store
         coordination = store.coordination
         if isinstance(coordination, StorageCoordination) and coordination.backend == "single-writer":
             # No compare-and-swap anywhere: become the only worker, or refuse to process.
@@ -117,7 +129,11 @@ class _Service:
                 settle_s=settings.coordination.single_writer_settle_s,
             )
             await self._single_writer.acquire()
-        self._claims = ItemClaims(coordination, ttl_s=settings.worker.claim_ttl_s)
+            # No other worker can exist: claims only keep this process's own tasks apart.
+            claims_at: Coordination = MemoryCoordination()
+        else:
+            claims_at = coordination
+        self._claims = ItemClaims(claims_at, ttl_s=settings.worker.claim_ttl_s)
         await self._claims.register()
         self._worker = Worker(
             settings, store=store, storages=self._storages, session=self._session, claims=self._claims
@@ -136,7 +152,7 @@ class _Service:
     async def main_loop(self) -> PassResult | None:
         """Passes (one with `once`) and the SQS consumer until done or a signal; then the work under
         way gets `shutdown_grace_s` to finish. Returns the pass's outcome with `once`."""
-        if self._worker is None or self._claims is None:
+        if self._worker is None or self._claims is None or self._store is None:
             raise RuntimeError("startup() comes first")
         worker, settings = self._worker, self._settings
         work = asyncio.create_task(worker.run_pass() if self._once else worker.run_forever(), name="worker")
@@ -145,7 +161,7 @@ class _Service:
             consumer = SqsConsumer(
                 settings.sqs,
                 settings.storage,
-                worker.process_uploads,
+                _settle_announced(self._store, worker),
                 stopping=worker.stopping,
                 metrics=worker.metrics,
             )
@@ -211,6 +227,59 @@ def readiness_details(store: BatchStore, storages: StorageFactory) -> dict[str, 
     }
 
 
+async def _readiness(store: BatchStore, storages: StorageFactory, worker: Worker) -> dict[str, Any]:
+    """`/readyz`: ready when the catalog can be read now (within `READY_TIMEOUT_S`), the worker's
+    passes can read it, and every batch document parses; otherwise `NotReady` says which is not."""
+    details = readiness_details(store, storages)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            catalog = await store.catalog()
+    except StorageError as exc:
+        raise NotReady(f"the control storage cannot be read: {exc}", details) from None
+    except TimeoutError:
+        raise NotReady(
+            f"the control storage at {store.coordination.where} did not answer within {READY_TIMEOUT_S:g} s",
+            details,
+        ) from None
+    if worker.control_error is not None:
+        reason = f"passes are waiting for the control storage (retried with backoff): {worker.control_error}"
+        raise NotReady(reason, details)
+    if catalog.broken:
+        raise NotReady(
+            f"{len(catalog.broken)} batch document(s) are not valid batches and are skipped: "
+            + "; ".join(broken.message for broken in catalog.broken),
+            {**details, "broken_batches": [broken.as_dict() for broken in catalog.broken]},
+        )
+    return details
+
+
+def _for_batches(uploads: list[Upload], batches: list[Batch]) -> list[Upload]:
+    """The uploads that some batch reads; each of the others is logged with why it is ignored."""
+    wanted = []
+    for upload in uploads:
+        if batches_for(upload, batches):
+            wanted.append(upload)
+        else:
+            log.info(
+                "events.upload_ignored",
+                bucket=upload.bucket,
+                key=upload.key,
+                reason="no batch reads this location (no such batch, or outside every input path)",
+            )
+    return wanted
+
+
+def _settle_announced(store: BatchStore, worker: Worker) -> ProcessUploads:
+    """What the SQS consumer does with a message's uploads: those no batch reads are settled at
+    once (logged with the reason), the others are processed by the worker."""
+
+    async def process(uploads: list[Upload]) -> bool:
+        wanted = _for_batches(uploads, [stored.batch for stored in await store.list_batches()])
+        return await worker.process_uploads(wanted) if wanted else True
+
+    return process
+
+
 async def probe_capabilities(settings: Settings) -> dict[str, Any]:
     """Probe the control path's endpoint, and every other endpoint the batches write results to
     (in a batch's result location), as the worker would; returns `readiness_details`."""
@@ -232,16 +301,14 @@ async def _start_api(
         return await read_report(storages, batch)
 
     async def ready() -> dict[str, Any]:
-        await store.list_batches()  # the coordination backend answers and every document parses
-        return readiness_details(store, storages)
+        return await _readiness(store, storages, worker)
 
     async def on_uploads(uploads: list[Upload]) -> int:
-        batches = [stored.batch for stored in await store.list_batches()]
-        wanted = sum(1 for upload in uploads if batches_for(upload, batches))
+        wanted = _for_batches(uploads, [stored.batch for stored in await store.list_batches()])
         if wanted:
-            worker.announce(uploads)
-        log.info("events.received", uploads=len(uploads), for_batches=wanted)
-        return wanted
+            worker.announce(wanted)
+        log.info("events.received", uploads=len(uploads), for_batches=len(wanted))
+        return len(wanted)
 
     async def confirm(subscribe_url: str) -> None:
         await confirm_sns_subscription(session, subscribe_url)

@@ -5,8 +5,11 @@ while its inputs are processed (its visibility is extended every half timeout) a
 once every input it announces is settled: result or failure record written, not a document, gone,
 or not in any running batch. A message whose inputs another worker holds, or that shutdown left
 pending, is made visible again after `unsettled_retry_s` (at once on shutdown) and redelivered.
-Messages that are not S3 events are logged and deleted: no retry would ever make them one. Item
-claims (`claims.py`) keep a duplicate delivery from processing an input twice at once.
+Messages that are not S3 events, or that announce no upload, are logged and deleted: no retry would
+ever make them one. A message still unsettled at its `max_deliveries`-th delivery (its inputs keep
+failing, or the control storage is down for long) is deleted too, logged with the reason: events
+only hurry discovery along, and the reconcile pass covers its inputs. Item claims (`claims.py`)
+keep a duplicate delivery from processing an input twice at once.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class SqsConsumer:
                 MaxNumberOfMessages=min(SQS_MAX_MESSAGES_PER_RECEIVE, room),
                 WaitTimeSeconds=self._settings.wait_time_s,
                 VisibilityTimeout=self._settings.visibility_timeout_s,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
         )
         stop = asyncio.create_task(self._stopping.wait())
@@ -150,19 +154,38 @@ class SqsConsumer:
             self._metrics.sqs_messages.labels(outcome="not_an_event").inc()
             await self._delete(client, message_id, receipt)
             return
-        settled = True
-        if announced:
-            heartbeat = asyncio.create_task(self._keep_invisible(client, message_id, receipt))
-            try:
-                settled = await self._process(announced)
-            except Exception as exc:  # the message comes back; the reconcile pass covers the rest
-                log.error("sqs.processing_failed", message_id=message_id, error=str(exc))
-                settled = False
-            finally:
-                heartbeat.cancel()
-                await asyncio.gather(heartbeat, return_exceptions=True)
+        if not announced:
+            log.info(
+                "sqs.message_done",
+                message_id=message_id,
+                uploads=0,
+                settled=True,
+                reason="announces no upload (a test event, or no object created)",
+            )
+            await self._delete(client, message_id, receipt)
+            return
+        heartbeat = asyncio.create_task(self._keep_invisible(client, message_id, receipt))
+        try:
+            settled = await self._process(announced)
+        except Exception as exc:  # the message comes back; the reconcile pass covers the rest
+            log.error("sqs.processing_failed", message_id=message_id, error=str(exc))
+            settled = False
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
         log.info("sqs.message_done", message_id=message_id, uploads=len(announced), settled=settled)
+        deliveries, limit = _deliveries(message), self._settings.max_deliveries
         if settled:
+            await self._delete(client, message_id, receipt)
+        elif limit and deliveries >= limit and not self._stopping.is_set():
+            log.error(
+                "sqs.message_abandoned",
+                message_id=message_id,
+                deliveries=deliveries,
+                keys=[upload.key for upload in announced][:10],
+                reason=f"not settled after {deliveries} deliveries; the reconcile pass covers its inputs",
+            )
+            self._metrics.sqs_messages.labels(outcome="abandoned").inc()
             await self._delete(client, message_id, receipt)
         else:
             retry_s = 0 if self._stopping.is_set() else self._settings.unsettled_retry_s
@@ -203,3 +226,11 @@ class SqsConsumer:
             for task in (sleeper, stop):
                 task.cancel()
             await asyncio.gather(sleeper, stop, return_exceptions=True)
+
+
+def _deliveries(message: MessageTypeDef) -> int:
+    """How many times SQS has delivered the message, this delivery included (1 if it does not say)."""
+    try:
+        return max(1, int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
+    except ValueError:
+        return 1

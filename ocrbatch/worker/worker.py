@@ -3,6 +3,11 @@
 One pass (`Worker.run_pass`) runs every active batch at once (`batch_run.BatchRun`), sharing one
 limiter per OCR domain, the HTTP clients and the memory budget for reads; it logs progress and
 keeps `_report.json` current meanwhile. `run_forever` repeats passes every poll interval.
+
+The control path (batch documents, claims) can fail for a while: a pass reads the catalog again
+with backoff until it answers (`run_forever`) or for `control_max_attempts` attempts (a single
+`run_pass`), and a batch interrupted by a control-path error keeps its status for the next pass.
+Broken batch documents are skipped (the store lists them apart and logs them).
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
+from tenacity import RetryCallState, retry_if_exception_type, stop_after_attempt, stop_never
 
 from ocrbatch.batches.events import Upload, batches_for
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch, BatchStatus
-from ocrbatch.batches.store import BatchStore
+from ocrbatch.batches.store import BatchStore, StoredBatch
 from ocrbatch.clova.client import OcrClient
+from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.coordination.redis import RedisCoordination
 from ocrbatch.coordination.slots import SharedSlots
@@ -81,6 +88,8 @@ class Worker:
         self._runs: list[BatchRun] = []
         self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
         self._announcements: set[asyncio.Task[None]] = set()
+        self._control_error: str | None = None  # why the catalog cannot be read now, while retried
+        self._control_down_since_s = 0.0
         self.metrics = WorkerMetrics()
         self.limiters = {
             name: DomainLimiter(
@@ -166,11 +175,17 @@ class Worker:
         log.info("worker.pass_requested", reason=reason)
         self._triggered.set()
 
+    @property
+    def control_error(self) -> str | None:
+        """Why the batch catalog cannot be read, while passes retry it; None when it can."""
+        return self._control_error
+
     async def run_forever(self) -> None:
-        """Pass after pass, every poll interval or sooner when triggered, until `stop()`."""
+        """Pass after pass, every poll interval or sooner when triggered, until `stop()`; an outage
+        of the control path delays passes (retried with backoff) but never ends the loop."""
         while not self.stopping.is_set():
             self._triggered.clear()
-            await self.run_pass()
+            await self.run_pass(wait_for_control=True)
             wake = [asyncio.create_task(self.stopping.wait()), asyncio.create_task(self._triggered.wait())]
             try:
                 await asyncio.wait(
@@ -181,11 +196,18 @@ class Worker:
                     task.cancel()
                 await asyncio.gather(*wake, return_exceptions=True)
 
-    async def run_pass(self) -> PassResult:
-        """Discover and process every active batch once; returns when all their items are handled."""
+    async def run_pass(self, *, wait_for_control: bool = False) -> PassResult:
+        """Discover and process every active batch once; returns when all their items are handled.
+
+        The catalog is read again with backoff while the control path fails: with
+        `wait_for_control` until it answers or `stop()`, otherwise `control_max_attempts` times,
+        then `StorageError`."""
         result = PassResult()
         self.context.dead_domains.clear()
-        batches = [item.batch for item in await self._store.list_batches()]
+        catalog = await self._read_catalog(forever=wait_for_control)
+        if catalog is None:
+            return result  # stopped while the control path was down
+        batches = [item.batch for item in catalog]
         self._statuses = {batch.id: (batch.status, batch.status_reason) for batch in batches}
         runs = []
         for batch in batches:
@@ -205,7 +227,13 @@ class Worker:
             await asyncio.gather(ticker, return_exceptions=True)
         for run, outcome in zip(runs, outcomes, strict=True):
             result.reports[run.batch.id] = run.report
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, StorageError) and self._on_control_path(outcome):
+                # Claims or documents failed under the batch: not the batch's fault, so its status
+                # stays as it is and the next pass runs it again.
+                reason = f"the control path failed during the pass: {outcome}"
+                log.error("batch.control_path_failed", batch_id=run.batch.id, error=reason)
+                result.errors[run.batch.id] = reason
+            elif isinstance(outcome, BaseException):
                 reason = f"the batch could not be processed: {outcome}"
                 log.error("batch.failed", batch_id=run.batch.id, error=reason)
                 await self._set_status(run.batch, "error", reason)
@@ -213,6 +241,67 @@ class Worker:
             elif run.fatal_reason is not None:
                 result.errors[run.batch.id] = run.fatal_reason
         return result
+
+    async def _read_catalog(self, *, forever: bool) -> list[StoredBatch] | None:
+        """The valid batches; while the control path fails, read again with backoff (full jitter):
+        until it answers or `stop()` (None) with `forever`, else `control_max_attempts` times."""
+        worker = self.settings.worker
+        retrying = backoff_retrying(
+            retry=retry_if_exception_type(StorageError),
+            initial_s=worker.control_backoff_initial_s,
+            max_s=worker.control_backoff_max_s,
+            stop=stop_never if forever else stop_after_attempt(worker.control_max_attempts),
+            sleep=self._sleep_unless_stopping,
+            before_sleep=self._control_failed,
+        )
+        catalog: list[StoredBatch] | None = None
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self.stopping.is_set():
+                        return None
+                    catalog = await self._store.list_batches()
+        except StorageError as exc:
+            log.error("worker.control_unavailable", error=str(exc), gave_up=True)
+            raise StorageError(
+                f"the batch catalog could not be read in {worker.control_max_attempts} attempts: {exc}"
+            ) from None
+        if self._control_error is not None:
+            down_s = round(self._clock() - self._control_down_since_s, 3)
+            log.info("worker.control_recovered", down_s=down_s)
+            self._control_error = None
+        return catalog
+
+    def _control_failed(self, retry_state: RetryCallState) -> None:
+        """Before each wait for the control path: remember why (readiness shows it) and log it,
+        at error level when it starts failing."""
+        outcome, action = retry_state.outcome, retry_state.next_action
+        error = str(outcome.exception()) if outcome is not None else "unknown error"
+        first = self._control_error is None
+        if first:
+            self._control_down_since_s = self._clock()
+        self._control_error = error
+        (log.error if first else log.warning)(
+            "worker.control_unavailable",
+            error=error,
+            attempt=retry_state.attempt_number,
+            retry_in_s=round(action.sleep, 3) if action is not None else None,
+        )
+
+    async def _sleep_unless_stopping(self, delay_s: float) -> None:
+        """`sleep(delay_s)`, cut short by `stop()` (shutdown never waits out a backoff)."""
+        sleeper = asyncio.ensure_future(self._sleep(delay_s))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stop):
+                task.cancel()
+            await asyncio.gather(sleeper, stop, return_exceptions=True)
+
+    def _on_control_path(self, error: StorageError) -> bool:
+        """Whether `error` came from the coordination backend (claims, documents)."""
+        return error.location == self._store.coordination.where
 
     async def process_uploads(self, uploads: list[Upload]) -> bool:
         """Process the announced inputs now, beside any pass; True once every one is settled
