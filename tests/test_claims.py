@@ -19,6 +19,8 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims, claim_key
+from ocrbatch.coordination.memory import MemoryCoordination
+from ocrbatch.errors import StorageError
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.worker.worker import Worker
 
@@ -122,3 +124,38 @@ async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
     reports = [next(iter(result.reports.values())) for result in passes]
     assert sum(report.succeeded for report in reports) == 60
     assert all(report.pending == 0 for report in reports)
+
+
+class _SlowRenewals(MemoryCoordination):
+    """Renewals (replaces) that pause once written, and deletes that can be made to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewed, self.go = asyncio.Event(), asyncio.Event()
+        self.deletes_fail = False
+
+    async def replace(self, key: str, data: bytes, *, version: str) -> str:
+        new_version = await super().replace(key, data, version=version)
+        self.renewed.set()
+        await self.go.wait()
+        return new_version
+
+    async def delete(self, key: str, *, version: str | None = None) -> None:
+        if self.deletes_fail:
+            raise StorageError("the store is down", location="memory", key=key)
+        await super().delete(key, version=version)
+
+
+async def test_a_claim_released_while_renewed_is_removed_and_a_failure_then_stops_no_renewal() -> None:
+    """An item settled while its claim is being renewed: the renewed claim is removed too. If that
+    removal fails (storage down), it is logged and left to expire: the renewals go on."""
+    coordination = _SlowRenewals()
+    claims = ItemClaims(coordination, ttl_s=60)
+    assert await claims.take("b1", "a.png")
+    renewing = asyncio.create_task(claims.renew_all())
+    await within(coordination.renewed.wait(), 10, "the claim was not renewed")
+    await claims.release("b1", "a.png")  # loses against the renewal's new version: left to it
+    coordination.deletes_fail = True
+    coordination.go.set()
+    await within(renewing, 10, "the renewal did not end")  # no StorageError out of renew_all
+    assert claims.held == 0

@@ -151,7 +151,10 @@ class ItemClaims:
                 continue
             if self._held.get(lease_key) != etag:  # released while renewing: the renewal must go too
                 if renewed is not None:
-                    await self._leases.release(lease_key, renewed)
+                    try:
+                        await self._leases.release(lease_key, renewed)
+                    except StorageError as exc:  # it expires on its own; the renewals go on
+                        log.warning("claim.not_released", claim=lease_key, error=str(exc))
                 continue
             if renewed is None:
                 self.lost += 1
