@@ -108,7 +108,7 @@ class WorkerMetrics:
         )
         self.sqs_messages = Counter(
             "ocrbatch_sqs_messages",
-            "SQS messages by outcome (deleted, returned: made visible again, not_an_event)",
+            "SQS messages by outcome (deleted, returned: made visible again, not_an_event, abandoned)",
             ["outcome"],
             registry=self.registry,
         )
