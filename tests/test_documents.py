@@ -9,10 +9,18 @@ import re
 
 import pytest
 from fixtures.samples import jpeg, pdf, png, tiff
+from PIL import Image
 from pypdf import PdfWriter
 
 from ocrbatch.clova.contract import MAX_PDF_PAGES_PER_CALL
-from ocrbatch.clova.documents import UnreadableDocument, is_long_image, page_sizes
+from ocrbatch.clova.documents import (
+    UnreadableDocument,
+    check_decodable,
+    count_pages,
+    is_long_image,
+    page_sizes,
+    tiff_parts,
+)
 
 
 def test_raster_sizes_are_read_from_the_content() -> None:
@@ -94,3 +102,44 @@ def test_all_pages_are_read_without_a_limit() -> None:
 def test_long_image_rule(width: int, height: int, long_image: bool) -> None:
     """A long image has a long side of at least 8,000 px and an aspect ratio of at least 5."""
     assert is_long_image(width, height) is long_image
+
+
+def test_pages_and_frames_are_counted_without_decoding() -> None:
+    """A PDF counts its pages, a TIFF its frames, any other image one page."""
+    assert count_pages(pdf(23), "pdf", limit=2000) == 23
+    assert count_pages(tiff([(40, 30)] * 12), "tif", limit=2000) == 12
+    assert count_pages(png(), "png", limit=2000) == 1
+    with pytest.raises(UnreadableDocument, match="encrypted PDF"):
+        count_pages(pdf(2, password="pw"), "pdf", limit=2000)
+    with pytest.raises(UnreadableDocument, match="not a valid TIFF image"):
+        count_pages(jpeg(64, 64), "tiff", limit=2000)
+
+
+def test_tiff_parts_keep_frames_in_order_with_their_compression_and_resolution() -> None:
+    """A 23-frame TIFF becomes TIFFs of 10, 10 and 3 frames holding the frames in order, with their
+    pixels, each still compressed as it was and at its resolution; a TIFF of at most 10 frames is
+    returned as is."""
+    frames = [Image.new("1", (200 + index, 100), 1) for index in range(23)]
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer, "TIFF", save_all=True, append_images=frames[1:], compression="group4", dpi=(300, 300)
+    )
+    parts = list(tiff_parts(buffer.getvalue()))
+    assert [len(page_sizes(part, "tiff")) for part in parts] == [10, 10, 3]
+    assert [size for part in parts for size in page_sizes(part, "tiff")] == [frame.size for frame in frames]
+    with Image.open(io.BytesIO(parts[1])) as part:
+        assert (part.info["compression"], part.info["dpi"]) == ("group4", (300, 300))
+        part.seek(2)
+        assert part.tobytes() == frames[12].tobytes()
+    short = tiff([(40, 30)] * 10)
+    assert list(tiff_parts(short)) == [short]
+
+
+def test_the_decompression_bomb_limit_is_pillows_own_as_it_stands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check_decodable` refuses pages over `Image.MAX_IMAGE_PIXELS`, read at each call."""
+    check_decodable(9000, 9000)  # 81 megapixels: under Pillow's default limit
+    with pytest.raises(UnreadableDocument, match=r"page 3 is 10000 x 10000 px \(100 megapixels\)"):
+        check_decodable(10_000, 10_000, page_index=2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UnreadableDocument, match="over the decompression-bomb limit"):
+        check_decodable(40, 40)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,6 +51,16 @@ class OcrCall:
     lang: str | None = None
     template_ids: tuple[int, ...] = ()
     table_detection: bool = False
+
+
+def sending_overhead_bytes(data_bytes: int, transfer_mode: TransferMode) -> int:
+    """Memory a call holds beside the image's own bytes while it is sent: in `data` mode the
+    base64 text, the JSON text made of it and that text encoded as the body (each 4/3 of the
+    image; all three at once at the peak). Multipart, which url-mode domains use for bytes too,
+    sends the bytes as they are."""
+    if transfer_mode != "data":
+        return 0
+    return 3 * 4 * math.ceil(data_bytes / 3)
 
 
 def open_ocr_session(*, max_connections: int = 100, connect_timeout_s: float = 10.0) -> aiohttp.ClientSession:

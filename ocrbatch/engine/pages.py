@@ -61,7 +61,7 @@ def page_image(data: bytes, image_format: str, page_index: int) -> PageImage:
         with reader(BytesIO(data)) as image:
             if page_index:
                 image.seek(page_index)
-            _check_size(*image.size)
+            _check_size(*image.size, page_index=page_index)
             dpi = _dpi(image.info.get("dpi"))
             gray = _grayscale(ImageOps.exif_transpose(image))
     except (SyntaxError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
@@ -96,10 +96,12 @@ def _pdf_page(data: bytes, page_index: int) -> PageImage:
     return _pgm(gray, round(72 * scale))
 
 
-def _check_size(width: int, height: int) -> None:
+def _check_size(width: int, height: int, *, page_index: int) -> None:
+    """The engine's own pixel bound, checked from the header before any pixel is decoded (Pillow's
+    decompression-bomb check is bypassed here, as it would refuse long images)."""
     if width * height > MAX_PAGE_PIXELS:
         raise UnreadableDocument(
-            f"the page is too large to recognise ({width} x {height} px; at most "
+            f"page {page_index + 1} is too large to recognise ({width} x {height} px; at most "
             f"{MAX_PAGE_PIXELS // 1_000_000} megapixels)"
         )
 

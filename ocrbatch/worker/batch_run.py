@@ -298,7 +298,7 @@ class BatchRun:
     async def _process(self, item: DiscoveredItem, *, again: bool = False) -> None:
         fmt = image_format(item.key) or ""
         reserve = item.size if needs_bytes(fmt, self.domain.transfer_mode) else 0
-        async with self.context.budget.reserve(min(reserve, self.context.budget.limit_bytes)):
+        async with self.context.budget.reserve(reserve) as reservation:
             try:
                 prepared = await prepare_item(
                     item,
@@ -306,6 +306,8 @@ class BatchRun:
                     inputs=self._inputs,
                     transfer_mode=self.domain.transfer_mode,
                     long_image=bool(self.batch.long_image),
+                    max_pages=self.context.settings.worker.max_pages_per_document,
+                    reservation=reservation,
                 )
             except ItemRefused as refused:
                 await self.outcomes.record_failure(
@@ -324,16 +326,38 @@ class BatchRun:
 
     async def _recognise(self, prepared: PreparedItem) -> DiscoveredItem | None:
         """Recognise and store the item; returns it again (newer version) if it changed meanwhile."""
+        called = await self._call_parts(prepared)
+        if called is None:
+            return None
+        responses, attempts = called
+        response = merge_responses(responses) if len(responses) > 1 else responses[0]
+        failed = [image for image in response.images if image.infer_result != "SUCCESS"]
+        if failed:
+            message = f"recognition {failed[0].infer_result}: {failed[0].message or 'no message'}"
+            await self.outcomes.record_failure(
+                prepared.item, prepared.etag, None, message, retryable=False, attempts=attempts
+            )
+            return None
+        return await self._store(prepared, response, attempts)
+
+    async def _call_parts(self, prepared: PreparedItem) -> tuple[list[OcrResponse], int] | None:
+        """The answers to every part of the item and the attempts they took; None when the item
+        ended otherwise (left pending, or its failure record written)."""
         item = prepared.item
         attempts = 0
         responses: list[OcrResponse] = []
         try:
-            for part in prepared.parts:
+            async for part in prepared.parts:
                 response, part_attempts = await self.calls.call(item.key, prepared.image_format, part)
                 attempts += part_attempts
                 responses.append(response)
         except BatchStopped:
             self._leave_pending(item.key)
+            return None
+        except ItemRefused as refused:  # a part that cannot be made: a frame that does not decode
+            await self.outcomes.record_failure(
+                item, prepared.etag, None, str(refused), retryable=False, attempts=attempts
+            )
             return None
         except CallFailed as failed_call:
             error, attempts = failed_call.error, attempts + failed_call.attempts
@@ -350,14 +374,13 @@ class BatchRun:
                 attempts=attempts,
             )
             return None
-        response = merge_responses(responses) if len(responses) > 1 else responses[0]
-        failed = [image for image in response.images if image.infer_result != "SUCCESS"]
-        if failed:
-            message = f"recognition {failed[0].infer_result}: {failed[0].message or 'no message'}"
-            await self.outcomes.record_failure(
-                item, prepared.etag, None, message, retryable=False, attempts=attempts
-            )
-            return None
+        return responses, attempts
+
+    async def _store(
+        self, prepared: PreparedItem, response: OcrResponse, attempts: int
+    ) -> DiscoveredItem | None:
+        """Write the result and announce it; the item again if its input changed meanwhile."""
+        item = prepared.item
         notice = await self.outcomes.store_result(prepared, response, attempts)
         self._unrecorded_in_a_row = 0
         self.report.billable_units += billable_units(response.images)  # billed, kept or not

@@ -39,7 +39,6 @@ from io import BytesIO
 from typing import Any
 
 import xlsxwriter
-from pypdf import PdfReader, PdfWriter
 
 from ocrbatch.clova.contract import (
     MAX_PDF_PAGES_PER_CALL,
@@ -49,7 +48,7 @@ from ocrbatch.clova.contract import (
     OcrResponse,
     Table,
 )
-from ocrbatch.clova.documents import PDF_ERRORS, UnreadableDocument, page_sizes, quiet_pypdf
+from ocrbatch.clova.documents import pdf_parts
 from ocrbatch.types import DomainKind
 
 RESULT_SUFFIX: dict[str, str] = {"json": ".json", "xls": ".xlsx"}
@@ -78,28 +77,9 @@ Cell = str | float | None
 
 
 def split_pdf(data: bytes, *, pages_per_part: int = MAX_PDF_PAGES_PER_CALL) -> list[bytes]:
-    """The PDF cut into consecutive parts of at most `pages_per_part` pages, in order; a PDF within
-    the limit comes back as `[data]`, not re-written. `UnreadableDocument` when pypdf cannot read
-    it, it is encrypted or it has no pages."""
-    if pages_per_part < 1:
-        raise ValueError("pages_per_part must be at least 1")
-    page_count = len(page_sizes(data, "pdf"))  # validates: header, encryption, readable pages
-    if page_count <= pages_per_part:
-        return [data]
-    parts = []
-    with quiet_pypdf():
-        try:
-            reader = PdfReader(BytesIO(data), strict=False)
-            for start in range(0, page_count, pages_per_part):
-                writer = PdfWriter()
-                for index in range(start, min(start + pages_per_part, page_count)):
-                    writer.add_page(reader.pages[index])
-                buffer = BytesIO()
-                writer.write(buffer)
-                parts.append(buffer.getvalue())
-        except PDF_ERRORS as exc:
-            raise UnreadableDocument("not a valid PDF document") from exc
-    return parts
+    """Every part of `documents.pdf_parts` at once (a PDF within the limit is `[data]` itself):
+    for documents known to be small. The worker takes the parts one at a time from `pdf_parts`."""
+    return list(pdf_parts(data, pages_per_part=pages_per_part))
 
 
 def merge_responses(parts: list[OcrResponse]) -> OcrResponse:
@@ -107,16 +87,18 @@ def merge_responses(parts: list[OcrResponse]) -> OcrResponse:
     `convertedImageInfo.pageIndex` set to its position in the whole (part 2's page 0 follows
     part 1's last page). An image without `convertedImageInfo` is kept and still counts as one
     page. The envelope (version, requestId, timestamp, unknown top-level fields) is the first
-    part's; images keep their unknown fields. The parts are not modified."""
+    part's; images keep their unknown fields. The parts are not modified: only what changes is
+    copied (an image and its `convertedImageInfo`), its fields are shared, since a document of
+    1,000 pages would otherwise be held twice."""
     if not parts:
         raise ValueError("no parts to merge")
     images: list[OcrImage] = []
     for image in (image for part in parts for image in part.images):
-        copy = image.model_copy(deep=True)
-        if copy.converted_image_info is not None:
-            copy.converted_image_info.page_index = len(images)
-        images.append(copy)
-    return parts[0].model_copy(deep=True, update={"images": images})
+        info = image.converted_image_info
+        if info is not None:
+            info = info.model_copy(update={"page_index": len(images)})
+        images.append(image.model_copy(update={"converted_image_info": info}))
+    return parts[0].model_copy(update={"images": images})
 
 
 # -- JSON ---------------------------------------------------------------------------------------
