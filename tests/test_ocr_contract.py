@@ -8,6 +8,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from fixtures.emulator import StartEmulator, client_for, png_bytes
 from pydantic import SecretStr
 
@@ -317,3 +319,30 @@ async def test_client_for_a_configured_domain(
     assert response.images[0].infer_result == "SUCCESS"
     wrong = OcrClient.for_domain(ocr_session, domain.model_copy(update={"secret": SecretStr("nope")}))
     assert (await failure(wrong.recognize(call()))).code == "0002"
+
+
+async def test_the_ocr_secret_never_follows_a_redirect(ocr_session: aiohttp.ClientSession) -> None:
+    """An invoke URL that answers 307 to another route: the call fails as a fatal domain error
+    naming the redirect, and the route it points at never sees a request (nor the secret)."""
+    captured: list[str | None] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/capture")
+
+    async def capture(request: web.Request) -> web.Response:
+        captured.append(request.headers.get("X-OCR-SECRET"))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/general", redirect)
+    app.router.add_post("/capture", capture)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        client = OcrClient(
+            ocr_session, invoke_url=str(server.make_url("/general")), secret=SecretStr("s3cret")
+        )
+        with pytest.raises(OcrError) as raised:
+            await client.recognize(OcrCall(name="a.png", image_format="png", data=png_bytes()))
+    assert raised.value.error_class is ErrorClass.FATAL_DOMAIN
+    assert "redirects are not followed" in str(raised.value)
+    assert "/capture" in str(raised.value)
+    assert captured == []

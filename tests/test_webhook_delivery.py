@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import random
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from fixtures.clock import FakeClock
 from fixtures.receiver import Receiver
 from fixtures.waits import within
@@ -238,3 +242,65 @@ async def test_other_client_errors_become_dead_letters(
     )
     async with attached(receiver.url, results, coordination=coordination, chunk_size=1) as restarted:
         assert restarted.status_note(BATCH_ID) is not None
+
+
+async def test_a_redirect_is_not_followed_and_dead_letters_the_chunk(local_storage: Storage) -> None:
+    """A receiver answering 307 to an internal route: the signed chunk never reaches that route,
+    is not retried, and is parked as a dead letter whose reason names the redirect."""
+    reached: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/internal")
+
+    async def internal(request: web.Request) -> web.Response:
+        reached.append(request.headers.get("webhook-signature", ""))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", redirect)
+    app.router.add_post("/internal", internal)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        with capture_logs() as logs:
+            async with attached(
+                str(server.make_url("/hook")), local_storage, items=1, chunk_size=1
+            ) as webhooks:
+                assert await webhooks.drain(10)
+    assert reached == []
+    assert (webhooks.sent, webhooks.retried, webhooks.dead_lettered) == (0, 0, 1)
+    [dead] = [entry for entry in logs if entry["event"] == "webhook.dead_letter"]
+    assert "redirects are not followed" in dead["reason"]
+    assert "/internal" in dead["reason"]
+
+
+async def test_a_huge_answer_is_not_read(local_storage: Storage) -> None:
+    """A receiver that answers 200 with a body of 1.5 GB: the chunk counts as sent, only 64 KB of
+    the answer are read (the connection is then dropped), and memory does not grow with it."""
+    streamed = 0
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        nonlocal streamed
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Length": str(1536 * 1024 * 1024)})
+        await response.prepare(request)
+        block = b"x" * (1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1536):
+                await response.write(block)
+                streamed += len(block)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hook", huge)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        tracemalloc.start()
+        try:
+            async with attached(
+                str(server.make_url("/hook")), local_storage, items=1, chunk_size=1
+            ) as webhooks:
+                assert await webhooks.drain(30)
+            _, peak_bytes = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert webhooks.sent == 1
+    assert peak_bytes < 10 * 1024 * 1024, f"{peak_bytes / 1024 / 1024:.1f} MB traced"
+    assert streamed < 1536 * 1024 * 1024, "the whole answer was read"

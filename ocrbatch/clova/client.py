@@ -106,8 +106,19 @@ class OcrClient:
         request = self._request_kwargs(call)
         try:
             async with self._session.post(
-                self._invoke_url, headers={"X-OCR-SECRET": self._secret.get_secret_value()}, **request
+                self._invoke_url,
+                headers={"X-OCR-SECRET": self._secret.get_secret_value()},
+                allow_redirects=False,  # the secret goes to the configured URL and nowhere else
+                **request,
             ) as response:
+                if 300 <= response.status < 400:
+                    raise OcrError(
+                        ErrorClass.FATAL_DOMAIN,
+                        f"the service answered HTTP {response.status} (a redirect to "
+                        f"{response.headers.get('Location', 'nowhere')!r}); redirects are not followed, "
+                        "so the OCR secret never leaves the configured invoke_url: configure the final URL",
+                        http_status=response.status,
+                    )
                 body = await response.read()
                 if response.status != 200:
                     raise _error_from_answer(response.status, body, response.headers.get("Retry-After"))

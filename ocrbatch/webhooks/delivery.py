@@ -27,15 +27,23 @@ from ocrbatch.webhooks.outbox import Outbox, chunk_id_of
 from ocrbatch.webhooks.signing import signed_headers
 
 log = structlog.get_logger("ocrbatch.webhooks")
+MAX_ANSWER_BYTES = 64 * 1024  # of a receiver's answer body: read, then dropped
 
 
 class Undelivered(Exception):
-    """A POST the receiver did not take: its status (None when unreachable) and its Retry-After."""
+    """A POST the receiver did not take: its status (None when unreachable), its Retry-After, and
+    why in words (the dead letter's reason)."""
 
-    def __init__(self, status: int | None, retry_after_s: float | None) -> None:
-        super().__init__(f"HTTP {status}" if status is not None else "receiver unreachable")
+    def __init__(self, status: int | None, retry_after_s: float | None, *, reason: str | None = None) -> None:
+        self.reason = reason or (f"HTTP {status}" if status is not None else "receiver unreachable")
+        super().__init__(self.reason)
         self.status = status
         self.retry_after_s = retry_after_s
+
+    @property
+    def redirect(self) -> bool:
+        """A 3xx: never followed (the signed chunk goes to the configured URL only), never retried."""
+        return self.status is not None and 300 <= self.status < 400
 
     @property
     def client_error(self) -> bool:
@@ -52,7 +60,7 @@ class _RetryRules:
         self._client_errors = 0
 
     def __call__(self, error: BaseException) -> bool:
-        if not isinstance(error, Undelivered) or error.status == 410:
+        if not isinstance(error, Undelivered) or error.status == 410 or error.redirect:
             return False
         if error.client_error:
             self._client_errors += 1
@@ -173,7 +181,7 @@ class Deliveries:
             if refused.status == 410:
                 await self._stop(recipient, chunk_id)
             else:
-                await self._dead_letter(recipient, key, stored.data, chunk_id, f"HTTP {refused.status}")
+                await self._dead_letter(recipient, key, stored.data, chunk_id, refused.reason)
             return
         await recipient.outbox.results.delete(key)
         self.sent += 1
@@ -217,12 +225,19 @@ class Deliveries:
         }
         timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout_s)
         try:
-            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
-                await response.read()
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                # Only the status matters: a bounded read, and the connection is closed if more came.
+                await response.content.read(MAX_ANSWER_BYTES)
                 status = response.status
                 retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
+                location = response.headers.get("Location")
         except (aiohttp.ClientError, TimeoutError):
             raise Undelivered(None, None) from None
+        if 300 <= status < 400:
+            reason = f"HTTP {status} redirect to {location!r}: redirects are not followed"
+            raise Undelivered(status, None, reason=reason)
         if not 200 <= status < 300:
             raise Undelivered(status, retry_after_s)
         return status
