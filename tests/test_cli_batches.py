@@ -254,3 +254,28 @@ def test_a_broken_document_is_listed_as_broken_and_show_fails_clearly(cli: Cli) 
     out, _ = cli("batch", "delete", "0badd0c0000000ff", "--yes")
     assert out.startswith("deleted the broken batch document ")
     assert [entry["id"] for entry in cli.json("batch", "list")] == [good["id"]]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "bad.yaml",
+            'batches:\n  - name: x\n    webhook: {url: "http://h", secret: "whsec_TOPSECRET" [oops\n',
+        ),
+        (
+            "bad.toml",
+            '[[batch]]\nname = "x"\nwebhook = { url = "http://h", secret = "whsec_TOPSECRET" oops }\n',
+        ),
+    ],
+)
+def test_an_unparsable_apply_file_is_reported_by_position_without_its_text(
+    cli: Cli, name: str, text: str
+) -> None:
+    """A YAML or TOML apply file that does not parse: the error gives the line and column, and
+    never the line itself, which may hold a webhook secret (exit 2)."""
+    (cli.workdir / name).write_text(text, encoding="utf-8")
+    out, err = cli("batch", "apply", "-f", name, expect=EXIT_BAD_INPUT)
+    assert f"{name} cannot be parsed" in err
+    assert "line 3, column 58" in err
+    assert "TOPSECRET" not in out + err

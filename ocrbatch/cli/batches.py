@@ -236,6 +236,18 @@ def batch_apply(state: CliState, path: Path, prune: bool, dry_run: bool, as_json
         cli_output.console().print(cli_output.plan_table(changes, dry_run=dry_run))
 
 
+def _parse_problem(error: Exception) -> str:
+    """What the parser found wrong, and where, without the text it quotes: the line may hold a
+    webhook secret. (TOML's messages give only the position; YAML's quote the line.)"""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{error.problem or error.context or 'invalid YAML'}{where}"
+    if isinstance(error, yaml.YAMLError):
+        return "invalid YAML"
+    return " ".join(str(error).split())
+
+
 def read_batch_file(path: Path) -> list[dict[str, Any]]:
     """The batches of an apply file: TOML `[[batch]]` tables, or a YAML `batches:` list.
 
@@ -255,7 +267,7 @@ def read_batch_file(path: Path) -> list[dict[str, Any]]:
     try:
         data: Any = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} cannot be parsed: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{path} cannot be parsed: {_parse_problem(exc)}") from None
     entries = data.get(key) if isinstance(data, dict) and set(data) == {key} else None
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ConfigError(f"{path}: expected {shape} and nothing else")
