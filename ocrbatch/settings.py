@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ocrbatch.errors import ConfigError, validation_problems
 from ocrbatch.locations import Location
@@ -335,3 +335,7 @@ def load_settings(config_path: Path | None = None) -> Settings:
         problems = validation_problems(exc, unknown_key="is not a known setting")
         message = "; ".join(f"{key or '(settings)'}: {rule}" for key, rule in problems)
         raise ConfigError(f"invalid setting: {message}") from None
+    except SettingsError as exc:
+        # An environment variable that is not the JSON its field needs (OCRBATCH_DOMAINS='{bad'):
+        # pydantic-settings names the field and never the value, which may hold secrets.
+        raise ConfigError(f"invalid setting: {exc} (an OCRBATCH_ variable that is not valid JSON)") from None

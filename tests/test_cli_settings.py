@@ -81,3 +81,16 @@ def test_a_known_secret_appears_nowhere(cli: Cli, monkeypatch: pytest.MonkeyPatc
     assert "batch.created" in everything  # the logs were captured too
     for name, secret in secrets.items():
         assert secret not in everything, f"the {name} secret leaked"
+
+
+def test_an_environment_variable_that_is_not_json_is_one_line_without_its_value(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OCRBATCH_DOMAINS that is not the JSON the field needs: one error line naming the field, no
+    traceback, and nothing of the value (it may hold an OCR secret); exit 2."""
+    monkeypatch.setenv("OCRBATCH_DOMAINS", '{"receipts": {"secret": "TOPSECRET"')
+    out, err = cli("config", "check", expect=EXIT_BAD_INPUT)
+    assert err.count("\n") == 1
+    assert 'field "domains"' in err
+    assert "Traceback" not in err
+    assert "TOPSECRET" not in out + err
