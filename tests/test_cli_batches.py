@@ -279,3 +279,15 @@ def test_an_unparsable_apply_file_is_reported_by_position_without_its_text(
     assert f"{name} cannot be parsed" in err
     assert "line 3, column 58" in err
     assert "TOPSECRET" not in out + err
+
+
+def test_control_files_are_readable_by_their_owner_only(cli: Cli) -> None:
+    """Batch documents hold webhook secrets: every file the batch commands write in a local control
+    directory (documents, leases, sidecars) has mode 0600."""
+    (cli.workdir / "whsec.txt").write_text("whsec-from-file-123\n")
+    cli(*CREATE_RECEIPTS, "--webhook-url", "http://127.0.0.1:8081/hook", "--webhook-secret-file", "whsec.txt")
+    files = control_files(cli)
+    assert any(path.parent.name == "batches" for path in files)
+    assert {path.relative_to(cli.workdir).as_posix(): oct(path.stat().st_mode & 0o777) for path in files} == {
+        path.relative_to(cli.workdir).as_posix(): oct(0o600) for path in files
+    }

@@ -26,5 +26,5 @@ async def open_coordination(settings: Settings, storages: StorageFactory) -> Coo
         )
         storages.close_with(coordination.aclose)
         return coordination
-    storage = await storages.open(control, create=True)
+    storage = await storages.open(control, create=True, private=True)  # documents hold secrets
     return StorageCoordination(storage, single_writer=endpoint.conditional_writes is not True)

@@ -77,10 +77,10 @@ class StorageFactory:
         await endpoint.ensure_probed(storage)
         return endpoint
 
-    async def open(self, location: Location, *, create: bool = False) -> Storage:
+    async def open(self, location: Location, *, create: bool = False, private: bool = False) -> Storage:
         """A storage view on `location`; with `create` (a location ocrbatch writes to: results,
         control), a local directory is made if missing, and an S3 endpoint not probed yet is probed
-        there. Buckets are never created."""
+        there. Buckets are never created. `private` (the control path): local files are 0600."""
         if not location.is_s3:
             if create:
                 try:
@@ -89,7 +89,7 @@ class StorageFactory:
                     raise StorageError(
                         f"cannot create the directory: {exc.strerror}", location=str(location)
                     ) from None
-            return LocalStorage(location)
+            return LocalStorage(location, private=private)
         if self._s3_client is None:
             self._s3_client = await open_s3_client(self._settings, self._stack)
         storage = S3Storage(location, self._s3_client, self._endpoints["s3"])

@@ -78,10 +78,15 @@ def _within(path: str, base: str) -> bool:
 class LocalStorage(Storage):
     """The files under one local directory, seen as objects."""
 
-    def __init__(self, location: Location, *, sort_run_entries: int = SORT_RUN_ENTRIES) -> None:
+    def __init__(
+        self, location: Location, *, sort_run_entries: int = SORT_RUN_ENTRIES, private: bool = False
+    ) -> None:
+        """`private`: files only their owner can read (0600), for the control path, whose batch
+        documents hold webhook secrets; else the umask decides, as for any file a user creates."""
         if location.is_s3:
             raise ValueError(f"{location} is not a local directory")
         self.location = location
+        self._file_mode = 0o600 if private else 0o666
         self._sort_run_entries = sort_run_entries
         self._swept = False
         self._root = os.path.realpath(location.prefix)  # once: the root may be a symlink
@@ -387,20 +392,18 @@ class LocalStorage(Storage):
     def _locked(self) -> Iterator[None]:
         """Hold the exclusive lock that orders every write and delete in this directory."""
         with self._dirs(None, [PRIVATE_DIR]) as fds:
-            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666, dir_fd=fds[-1])
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fds[-1])  # ours alone
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    @staticmethod
-    def _temp_file(data: bytes, tmp_fd: int, temp_names: list[str]) -> os.stat_result:
+    def _temp_file(self, data: bytes, tmp_fd: int, temp_names: list[str]) -> os.stat_result:
         """Write `data` durably to a new temp file in `tmp_fd` (its name added to `temp_names`);
         return its stat."""
         name = f"{secrets.token_hex(12)}.tmp"
-        # Mode 0o666 so the umask decides, as for any file a user creates.
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=tmp_fd)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode, dir_fd=tmp_fd)
         temp_names.append(name)
         with os.fdopen(fd, "wb") as file:
             file.write(data)
