@@ -77,3 +77,15 @@ class Location:
         if self.is_s3:
             return f"s3://{self.bucket}/{self.prefix}"
         return self.prefix
+
+
+def masked_url(url: str) -> str:
+    """`url` as it may be shown (API, CLI, statuses, logs): credentials in its user part replaced by
+    `***` (`https://***@hooks.example/…`). The stored URL keeps them: deliveries need them."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"

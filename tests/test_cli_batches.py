@@ -291,3 +291,17 @@ def test_control_files_are_readable_by_their_owner_only(cli: Cli) -> None:
     assert {path.relative_to(cli.workdir).as_posix(): oct(path.stat().st_mode & 0o777) for path in files} == {
         path.relative_to(cli.workdir).as_posix(): oct(0o600) for path in files
     }
+
+
+def test_credentials_in_a_webhook_url_are_shown_masked_and_kept_for_delivery(cli: Cli) -> None:
+    """A webhook URL with a user and password: `batch show` and `batch list` (human and JSON) show
+    it as `https://***@host/...`; the batch document keeps it whole, for the deliveries."""
+    url = "https://hook-user:hook-PASSWORD@hooks.example/in"
+    cli(*CREATE_RECEIPTS, "--webhook-url", url)
+    shown = cli.json("batch", "show", "영수증")
+    assert shown["webhook"]["url"] == "https://***@hooks.example/in"
+    listed, _ = cli("batch", "list")
+    as_json, _ = cli("batch", "list", "--json")
+    assert "hook-PASSWORD" not in listed + as_json
+    [document] = [path for path in control_files(cli) if path.parent == cli.workdir / "control" / "batches"]
+    assert url in document.read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrbatch.locations import Location
+from ocrbatch.locations import Location, masked_url
 
 
 @pytest.mark.parametrize(
@@ -66,3 +66,20 @@ def test_containment_respects_segment_boundaries(outer: str, inner: str, contain
     """A location contains another only at a '/' boundary, within the same bucket or filesystem."""
     assert Location.parse(outer).contains(Location.parse(inner)) is contains
     assert Location.parse(outer).overlaps(Location.parse(inner)) is contains
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pa55@hooks.example/in?x=1", "https://***@hooks.example/in?x=1"),
+        ("https://token@hooks.example", "https://***@hooks.example"),
+        ("http://a:b@c@hooks.example:8443/p/q@r", "http://***@hooks.example:8443/p/q@r"),
+        ("https://hooks.example/p@q", "https://hooks.example/p@q"),
+        ("https://hooks.example/in", "https://hooks.example/in"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_urls_are_shown_without_their_credentials(url: str, shown: str) -> None:
+    """The user part of a URL (user, password, or a token used as user) is shown as `***`; an `@`
+    in the path is not a credential; anything else is left as it is."""
+    assert masked_url(url) == shown

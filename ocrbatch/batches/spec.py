@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from ocrbatch.errors import BatchRuleViolation, validation_problems
-from ocrbatch.locations import Location
+from ocrbatch.locations import Location, masked_url
 from ocrbatch.settings import DomainSettings, check_http_url, read_secret_files
 from ocrbatch.types import Language
 
@@ -83,6 +83,11 @@ class Webhook(BaseModel):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_http_url(value)
+
+    @field_serializer("url", when_used="json")
+    def _dump_url(self, value: str, info: SerializationInfo) -> str:
+        # As the secret: the store keeps the URL whole, everything else sees its credentials masked.
+        return value if (info.context or {}).get("reveal_secrets") else masked_url(value)
 
     @field_serializer("secret", when_used="json")
     def _dump_secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BrokenBatch, PlannedChange, StoredBatch
+from ocrbatch.locations import masked_url
 
 
 def console() -> Console:
@@ -60,7 +61,7 @@ def batches_table(items: Iterable[StoredBatch], broken: Iterable[BrokenBatch] = 
             domain_info(batch),
             batch.input_path,
             batch.result_path,
-            batch.webhook.url if batch.webhook else "-",
+            masked_url(batch.webhook.url) if batch.webhook else "-",
             status_text(batch),
         )
     for document in broken:

@@ -21,6 +21,7 @@ from ocrbatch.batches.spec import Batch, SetStatus, Webhook
 from ocrbatch.clova.contract import parse_retry_after
 from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.errors import ObjectNotFound
+from ocrbatch.locations import masked_url
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.types import Clock, Sleep
 from ocrbatch.webhooks.outbox import Outbox, chunk_id_of
@@ -244,7 +245,8 @@ class Deliveries:
 
     async def _stop(self, recipient: _Recipient, chunk_id: str) -> None:
         """A 410: send nothing more to this receiver, and say so in the batch's status."""
-        reason = f"webhook: {recipient.webhook.url} answered 410 Gone; deliveries stopped, chunks kept"
+        url = masked_url(recipient.webhook.url)
+        reason = f"webhook: {url} answered 410 Gone; deliveries stopped, chunks kept"
         recipient.stopped_reason = reason
         log.error("webhook.gone", batch_id=recipient.batch.id, chunk_id=chunk_id)
         await self._set_status(recipient.batch, "error", reason)
