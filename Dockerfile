@@ -1,6 +1,6 @@
 # ocrbatch: the worker and its HTTP API (`ocrbatch serve`), as a non-root container.
 # Build: docker build -t ocrbatch .   Run: docker run -e OCRBATCH_CONFIG=/config/ocrbatch.toml ...
-# Local OCR engine: docker run -p 8080:8080 --entrypoint ocrbatch ocrbatch engine --host 0.0.0.0 --port 8080
+# Local OCR engine: docker run -p 8080:8080 -e OCRBATCH_ENGINE_SECRET=... --entrypoint ocrbatch ocrbatch engine --host 0.0.0.0 --port 8080
 
 FROM python:3.11-slim AS build
 WORKDIR /src

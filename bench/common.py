@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 # The emulator's General secret; the worker's config and logs are checked for it.
 OCR_SECRET = "bench-ocr-secret-7d1e93a4"  # noqa: S105 - the local emulator's, not a credential
+ADMIN_TOKEN = "bench-admin-token-3b9f0c27"  # noqa: S105 - X-OCR-ADMIN-TOKEN of the emulators started here
 StreamTarget = int | IO[Any]
 
 
@@ -96,7 +97,10 @@ async def emulator_process(
             args,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
-            env={"OCRBATCH_EMULATOR_GENERAL_SECRET": OCR_SECRET},
+            env={
+                "OCRBATCH_EMULATOR_GENERAL_SECRET": OCR_SECRET,
+                "OCRBATCH_EMULATOR_ADMIN_TOKEN": ADMIN_TOKEN,
+            },
         ) as process:
             if process.stdout is None:
                 raise RuntimeError("the emulator's stdout is not a pipe")
@@ -107,8 +111,12 @@ async def emulator_process(
 
 
 async def get_json(url: str, *, method: str = "GET", body: Any = None) -> Any:
-    """One JSON request on loopback (emulator statistics, resets)."""
-    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as response:
+    """One JSON request on loopback (emulator statistics, resets), with the emulators' admin token."""
+    headers = {"X-OCR-ADMIN-TOKEN": ADMIN_TOKEN}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, json=body, headers=headers) as response,
+    ):
         response.raise_for_status()
         return await response.json()
 

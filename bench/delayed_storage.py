@@ -75,6 +75,6 @@ class DelayedStorageFactory(StorageFactory):
         super().__init__(settings)
         self._delay_s = delay_s
 
-    async def open(self, location: Location, *, create: bool = False) -> Storage:
-        storage = await super().open(location, create=create)
+    async def open(self, location: Location, *, create: bool = False, private: bool = False) -> Storage:
+        storage = await super().open(location, create=create, private=private)
         return DelayedStorage(storage, self._delay_s) if self._delay_s > 0 else storage

@@ -56,3 +56,16 @@ def test_the_emulator_command_is_accepted_on_the_port_the_domains_call(
         url = urlsplit(domain.invoke_url)
         assert (url.hostname, url.port) == ("emulator", context.params["port"])
     assert context.params["host"] == "0.0.0.0"
+    # Off loopback the emulator refuses its default secrets: both come from one variable, as the
+    # ocrbatch service's domain secrets do.
+    emulator_env, ocrbatch_env = service["environment"], compose()["services"]["ocrbatch"]["environment"]
+    shared = "${OCRBATCH_OCR_SECRET}"
+    assert emulator_env == {
+        "OCRBATCH_EMULATOR_GENERAL_SECRET": shared,
+        "OCRBATCH_EMULATOR_TEMPLATE_SECRET": shared,
+    }
+    assert (
+        ocrbatch_env["OCRBATCH_DOMAINS__RECEIPTS__SECRET"]
+        == ocrbatch_env["OCRBATCH_DOMAINS__FORMS__SECRET"]
+        == shared
+    )

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import click
 import pytest
 from click.testing import CliRunner
 from fixtures.emulator import StartEmulator, calls_at_once, client_for, png_bytes, server_command
 from pydantic import ValidationError
 from pypdf import PdfWriter
 
-from ocrbatch.cli.servers import emulator_command
+from ocrbatch.cli.servers import emulator_command, engine_command
 from ocrbatch.clova.client import OcrCall, TransferMode
 from ocrbatch.clova.contract import OcrError
 from ocrbatch.emulator.faults import FaultPlan, FaultSettings, ScriptedFault
@@ -148,12 +152,14 @@ async def test_double_recognition_shows_in_the_stats(
 
 
 async def test_admin_endpoints(start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession) -> None:
-    """Stats, reset, scripted faults, fault rates and hold are reachable over HTTP."""
+    """Stats, reset, scripted faults, fault rates and hold are reachable over HTTP with the admin
+    token."""
     emulator = await start_emulator()
     client = client_for(ocr_session, emulator)
+    admin = {"X-OCR-ADMIN-TOKEN": emulator.admin_token.get_secret_value()}
 
     async def post(path: str, payload: Any) -> Any:
-        async with ocr_session.post(emulator.url + path, json=payload) as response:
+        async with ocr_session.post(emulator.url + path, json=payload, headers=admin) as response:
             return response.status, await response.json()
 
     assert (await post("/_emulator/script", [{"code": "0501"}, {"infer_result": "ERROR", "name": "x.png"}]))[
@@ -170,7 +176,7 @@ async def test_admin_endpoints(start_emulator: StartEmulator, ocr_session: aioht
     status, body = await post("/_emulator/faults", {"drop_rate": 0.5})  # 1.0 + 0.5: over 1
     assert status == 400
     assert "the fault rates add up to more than 1" in body["error"]
-    async with ocr_session.get(emulator.url + "/_emulator/stats") as response:
+    async with ocr_session.get(emulator.url + "/_emulator/stats", headers=admin) as response:
         stats = await response.json()
     assert stats["calls"] == 1
     assert stats["rejections"] == {"0501": 1}
@@ -265,13 +271,53 @@ def test_help_documents_every_limit_and_fault_flag() -> None:
 
 
 async def test_emulator_command_prints_its_url_and_stops_on_sigterm() -> None:
-    """`ocrbatch emulator --port 0` prints the URL it listens on, serves, and exits 0 on SIGTERM."""
+    """`ocrbatch emulator --port 0` prints the URL it listens on, serves, and exits 0 on SIGTERM.
+    Without `--admin-token` it makes one, in a file only its user can read, named on stderr."""
     async with server_command("emulator", "--port", "0", "--max-concurrent-calls", "3") as server:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(server.url + "/_emulator/stats") as response,
-        ):
-            stats = await response.json()
+        token_file = Path((await server.process.error_line("admin token", timeout_s=30)).rsplit(" in ", 1)[1])
+        assert os.stat(token_file).st_mode & 0o777 == 0o600
+        token = await asyncio.to_thread(token_file.read_text, encoding="utf-8")
+        token = token.strip()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.url + "/_emulator/stats") as refused:
+                assert refused.status == 401
+            async with session.get(
+                server.url + "/_emulator/stats", headers={"X-OCR-ADMIN-TOKEN": token}
+            ) as response:
+                stats = await response.json()
+            async with session.get(server.url + "/healthz") as health:
+                assert health.status == 200  # the container's health check needs no token
         assert stats["domains"]["general"]["max_concurrent_calls"] == 3
     assert server.exit_code == 0
+    os.unlink(token_file)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "emulator.internal"])
+@pytest.mark.parametrize("command", [emulator_command, engine_command], ids=["emulator", "engine"])
+def test_a_default_secret_is_refused_off_loopback(command: click.Command, host: str) -> None:
+    """Listening beyond loopback with the well-known default secret is refused, before anything
+    starts, with a message that says what to set (exit 2)."""
+    result = CliRunner().invoke(command, ["--host", host, "--port", "0"])
+    assert result.exit_code == 2
+    assert "well-known default" in result.output
+
+
+async def test_admin_routes_need_the_token(
+    start_emulator: StartEmulator, ocr_session: aiohttp.ClientSession
+) -> None:
+    """Every /_emulator/* route answers 401 without the admin token or with a wrong one."""
+    emulator = await start_emulator(admin_token="the-right-token")
+    for method, path in [
+        ("GET", "/_emulator/stats"),
+        ("POST", "/_emulator/reset"),
+        ("POST", "/_emulator/hold"),
+    ]:
+        for headers in ({}, {"X-OCR-ADMIN-TOKEN": "wrong"}):
+            async with ocr_session.request(method, emulator.url + path, headers=headers, json={}) as response:
+                assert response.status == 401, (method, path, headers)
+                assert "X-OCR-ADMIN-TOKEN" in (await response.json())["error"]
+    async with ocr_session.get(
+        emulator.url + "/_emulator/stats", headers={"X-OCR-ADMIN-TOKEN": "the-right-token"}
+    ) as response:
+        assert response.status == 200

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import ipaddress
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +27,8 @@ from ocrbatch.emulator.server import Emulator
 from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.engine.tesseract import EngineUnavailable, TesseractSettings, cpu_cores
 from ocrbatch.errors import validation_problems
+
+ENGINE_DEFAULT_SECRET = "engine-general-secret"  # noqa: S105 - the well-known default, refused off loopback
 
 # A decorator adding options to a command's function, as click.option is.
 Options = Callable[[Callable[..., None]], Callable[..., None]]
@@ -37,13 +42,46 @@ class Serving:
 
     host: str
     port: int
+    admin_token: str | None
     max_concurrent_calls: int
     calls_per_second: float | None
     quota: int | None
 
     def settings(self, **fields: object) -> EmulatorSettings:
-        """The server's settings: these values and the command's own `fields`."""
-        return _validated(EmulatorSettings, **dataclasses.asdict(self), **fields)
+        """The server's settings: these values and the command's own `fields`. A secret left at
+        its well-known default is refused on any address but loopback."""
+        values = dataclasses.asdict(self)
+        token = values.pop("admin_token")
+        settings = _validated(
+            EmulatorSettings, **values, admin_token=SecretStr(token) if token else None, **fields
+        )
+        defaults = EmulatorSettings()
+        kept = [
+            flag
+            for flag, secret, default in (
+                ("the General secret", settings.general_secret, defaults.general_secret),
+                ("the Template secret", settings.template_secret, defaults.template_secret),
+            )
+            if secret.get_secret_value() in (default.get_secret_value(), ENGINE_DEFAULT_SECRET)
+            and (flag != "the Template secret" or settings.engine == "synthetic")  # the engine has none
+        ]
+        if kept and not _is_loopback(settings.host):
+            raise click.UsageError(
+                f"{' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} still the well-known default: "
+                f"on {settings.host}, anyone "
+                "who can reach the port could use it; set your own (--secret / --general-secret, or "
+                "the environment variable) or listen on 127.0.0.1"
+            )
+        return settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def _serving_options(*secrets: Options, cap_help: str, rate_help: str, quota_help: str) -> Options:
@@ -53,6 +91,12 @@ def _serving_options(*secrets: Options, cap_help: str, rate_help: str, quota_hel
         click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
         click.option(
             "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
+        ),
+        click.option(
+            "--admin-token",
+            envvar="OCRBATCH_EMULATOR_ADMIN_TOKEN",
+            help="X-OCR-ADMIN-TOKEN the /_emulator/* routes need (also OCRBATCH_EMULATOR_ADMIN_TOKEN); "
+            "default: a random one, written to a file readable by you alone (its path goes to stderr).",
         ),
         *secrets,
         click.option(
@@ -221,7 +265,7 @@ def emulator_command(
     _secret_option(
         "--secret",
         envvar="OCRBATCH_ENGINE_SECRET",
-        default="engine-general-secret",
+        default=ENGINE_DEFAULT_SECRET,
         whose="callers must send",
         refused="; others get 0002",
     ),
@@ -291,6 +335,17 @@ async def serve_emulator(settings: EmulatorSettings) -> None:
     async with Emulator(settings) as emulator:
         sys.stdout.write(f"{emulator.url}\n{emulator.banner()}\n")
         sys.stdout.flush()
+        if settings.admin_token is None:
+            token_file = _write_token_file(emulator.admin_token.get_secret_value())
+            sys.stderr.write(f"admin token (X-OCR-ADMIN-TOKEN for /_emulator/*) in {token_file}\n")
         for warning in emulator.recogniser.warnings():
             sys.stderr.write(f"{warning}\n")
         await stop.wait()
+
+
+def _write_token_file(token: str) -> str:
+    """A new file holding `token`, readable by this user alone (mkstemp makes it 0600)."""
+    fd, path = tempfile.mkstemp(prefix="ocrbatch-emulator-", suffix=".token")
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(token + "\n")
+    return path

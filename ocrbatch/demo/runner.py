@@ -12,6 +12,7 @@ the OCR service and the receiver are stopped whatever happens.
 
 from __future__ import annotations
 
+import os
 import secrets
 import select
 import shlex
@@ -30,6 +31,7 @@ import click
 
 from ocrbatch.demo import samples
 from ocrbatch.demo.script import (
+    ADMIN_TOKEN,
     DOMAIN_CAP,
     DOMAINS,
     MARKER,
@@ -162,6 +164,7 @@ def _start_service(use_engine: bool) -> subprocess.Popen[str]:
         args += ["--latency-ms", "150", "--latency-jitter-ms", "100", "--error-rate", "0.05"]
     return subprocess.Popen(
         [sys.executable, "-m", "ocrbatch", *args, "--port", "0"],
+        env={**os.environ, "OCRBATCH_EMULATOR_ADMIN_TOKEN": ADMIN_TOKEN},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,

@@ -3,12 +3,15 @@ each must give, and the sample documents it writes. How it runs them is `runner.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from ocrbatch.demo import samples
 
 MARKER = "# Written by `ocrbatch demo`"
 SECRET = "demo-secret"  # noqa: S105  (the loopback OCR service's key, also written to the demo's config)
+# X-OCR-ADMIN-TOKEN of the demo's OCR service (its statistics, for the summary): one per run.
+ADMIN_TOKEN = secrets.token_urlsafe(24)
 # Three General domains, one per language, because a batch has one language and a General domain
 # one batch; they share the OCR service, whose cap is the sum of theirs.
 DOMAIN_CAP = 2

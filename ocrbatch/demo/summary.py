@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ocrbatch.demo.script import ADMIN_TOKEN
 from ocrbatch.demo.webhooks import WebhookReceiver
 
 _RESULT_SUFFIXES = (".json", ".xlsx")
@@ -26,7 +27,9 @@ def print_summary(
     total_s: float,
     worker_s: float,
 ) -> None:
-    with urllib.request.urlopen(service_url + "/_emulator/stats", timeout=10) as response:  # noqa: S310  (loopback)
+    stats_url = service_url + "/_emulator/stats"  # http on loopback: the demo started it
+    request = urllib.request.Request(stats_url, headers={"X-OCR-ADMIN-TOKEN": ADMIN_TOKEN})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  (loopback)
         stats: dict[str, Any] = json.load(response)
     click.secho("\nsummary", bold=True)
     items = 0

@@ -3,22 +3,31 @@
 `GET /healthz` (the container image's HEALTHCHECK), `GET /_emulator/stats`, `POST /_emulator/reset`,
 `POST /_emulator/script` (a list of scripted faults), `POST /_emulator/faults` (change rates) and
 `POST /_emulator/hold` (`{"hold": true}` keeps admitted calls waiting until `{"hold": false}`).
-A body these cannot read is answered 400 with the reason.
+A body these cannot read is answered 400 with the reason. Every route but `/healthz` needs the
+header `X-OCR-ADMIN-TOKEN` (`--admin-token`, or the one generated at start): without it, 401.
 """
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from ocrbatch.clova.recognition import Recogniser
 from ocrbatch.emulator.faults import FaultPlan, FaultSettings, ScriptedFault
 
+ADMIN_TOKEN_HEADER = "X-OCR-ADMIN-TOKEN"  # noqa: S105 - a header name, not a credential
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 class Controls(Protocol):
     """What the admin endpoints read and steer: the emulator, seen from its control panel."""
+
+    @property
+    def admin_token(self) -> SecretStr: ...
 
     @property
     def recogniser(self) -> Recogniser: ...
@@ -77,11 +86,21 @@ def admin_routes(emulator: Controls) -> list[web.RouteDef]:
             emulator.release()
         return web.json_response({"hold": held})
 
+    def guarded(handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            given = request.headers.get(ADMIN_TOKEN_HEADER, "").encode()
+            if not hmac.compare_digest(given, emulator.admin_token.get_secret_value().encode()):
+                message = f"the emulator's control routes need the {ADMIN_TOKEN_HEADER} header"
+                return web.json_response({"error": message}, status=401)
+            return await handler(request)
+
+        return checked
+
     return [
-        web.get("/_emulator/stats", stats),
-        web.post("/_emulator/reset", reset),
-        web.post("/_emulator/script", script),
-        web.post("/_emulator/faults", faults),
-        web.post("/_emulator/hold", hold),
+        web.get("/_emulator/stats", guarded(stats)),
+        web.post("/_emulator/reset", guarded(reset)),
+        web.post("/_emulator/script", guarded(script)),
+        web.post("/_emulator/faults", guarded(faults)),
+        web.post("/_emulator/hold", guarded(hold)),
         web.get("/healthz", health),
     ]

@@ -20,6 +20,7 @@ calls waiting, to hold slots busy in tests.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -30,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import SecretStr
 
 from ocrbatch.clova.contract import ERROR_CODES, OcrImage, OcrResponse
 from ocrbatch.clova.documents import UnreadableDocument
@@ -67,6 +69,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._fetch_session: aiohttp.ClientSession | None = None
         self.recogniser = recogniser_for(settings)
+        self.admin_token = settings.admin_token or SecretStr(secrets.token_urlsafe(24))
         self.url = ""
         self.reset()
 

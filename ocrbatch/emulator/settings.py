@@ -34,6 +34,8 @@ class EmulatorSettings(BaseModel):
     port: int = Field(default=0, ge=0, le=65535)
     general_secret: SecretStr = SecretStr("emulator-general-secret")
     template_secret: SecretStr = SecretStr("emulator-template-secret")
+    # `X-OCR-ADMIN-TOKEN` of the /_emulator/* routes; None: a random one per start (`Emulator.admin_token`).
+    admin_token: SecretStr | None = None
     general_domain_id: str = "1001"
     template_domain_id: str = "1002"
     max_concurrent_calls: int = Field(default=5, ge=1)
