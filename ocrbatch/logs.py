@@ -57,6 +57,16 @@ class SecretRedactor:
         return value
 
 
+_active: SecretRedactor | None = None  # the redactor of the logging `configure_logging` set up
+
+
+def learn_secrets(secrets: Iterable[str]) -> None:
+    """Have the process's log redactor mask these values too (a batch's webhook secret, read from
+    its document); nothing happens before logging is configured."""
+    if _active is not None:
+        _active.add(secrets)
+
+
 def configure_logging(
     *,
     level: str = "info",
@@ -64,9 +74,12 @@ def configure_logging(
     redactor: SecretRedactor | None = None,
     stream: TextIO | None = None,
 ) -> SecretRedactor:
-    """Set up structlog for the process; returns the redactor so callers can add secrets later."""
+    """Set up structlog for the process; returns the redactor so callers can add secrets later
+    (`learn_secrets` reaches it too)."""
+    global _active  # noqa: PLW0603 - structlog's configuration is the process's, and so is its redactor
     stream = stream or sys.stdout
     redactor = redactor or SecretRedactor()
+    _active = redactor
     use_console = output_format == "console" or (output_format == "auto" and stream.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from ocrbatch.batches.spec import parse_spec
+from ocrbatch.batches.store import BatchStore
 from ocrbatch.logs import REDACTED, SecretRedactor, configure_logging
 
 SECRET = "ocr-secret-Zx81"
@@ -87,3 +89,24 @@ def test_short_values_are_not_treated_as_secrets() -> None:
     """Values under four characters are ignored, so ordinary words are not redacted."""
     redactor = SecretRedactor(["ab", "abcd"])
     assert redactor(None, "info", {"event": "ab abcd"}) == {"event": f"ab {REDACTED}"}
+
+
+async def test_webhook_secrets_of_batches_are_learned_when_written_and_when_read(
+    stream: io.StringIO, store: BatchStore
+) -> None:
+    """Once a process has written or read a batch document, its webhook secret and a password in
+    its webhook URL are masked in every log line of that process, whatever the key."""
+    configure_logging(stream=stream)
+    spec = {
+        "name": "hooks",
+        "domain": "gen",
+        "input_path": "s3://data/hooks/in",
+        "result_path": "s3://data/hooks/out",
+        "webhook": {"url": "https://hook-user:url-PASSWORD-61@hooks.example/in", "secret": "whsec-WRITTEN-1"},
+    }
+    created = await store.create(parse_spec(spec))
+    configure_logging(stream=stream)  # a new process's redactor: it learns by reading
+    await store.get(created.batch.id)
+    structlog.get_logger().info("oops", note="whsec-WRITTEN-1 sent to url-PASSWORD-61")
+    assert "whsec-WRITTEN-1" not in stream.getvalue()
+    assert "url-PASSWORD-61" not in stream.getvalue()

@@ -98,6 +98,17 @@ class Webhook(BaseModel):
         return value.get_secret_value() if context.get("reveal_secrets") else str(value)
 
 
+def webhook_secrets(webhook: Webhook | None) -> list[str]:
+    """The secrets a webhook holds: its signing secret and a password in its URL."""
+    if webhook is None:
+        return []
+    found = [webhook.secret.get_secret_value()] if webhook.secret else []
+    userinfo = webhook.url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    if userinfo:
+        found.append(userinfo.partition(":")[2] or userinfo)
+    return found
+
+
 class BatchSpec(BaseModel):
     """A batch as the operator declares it: the console's create form."""
 

@@ -39,6 +39,7 @@ from ocrbatch.batches.spec import (
     name_key,
     parse_spec,
     resolve_defaults,
+    webhook_secrets,
 )
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.factory import open_coordination
@@ -52,6 +53,7 @@ from ocrbatch.errors import (
     validation_problems,
 )
 from ocrbatch.locations import Location
+from ocrbatch.logs import learn_secrets
 from ocrbatch.settings import DomainSettings, Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.types import Sleep
@@ -217,6 +219,7 @@ class BatchStore:
         if stored is not None:
             try:
                 found = StoredBatch(Batch.model_validate_json(stored.data), stored.version)
+                learn_secrets(webhook_secrets(found.batch.webhook))  # never in a log line
             except ValidationError as exc:
                 problems = validation_problems(exc, unknown_key="is not a batch field")
                 field, rule = problems[0]
@@ -435,6 +438,7 @@ class BatchStore:
                 version = await self._coordination.replace(key, body, version=etag)
         except PreconditionFailed:
             raise BatchConflict(_conflict_message(batch)) from None
+        learn_secrets(webhook_secrets(batch.webhook))
         return StoredBatch(batch, version)
 
     def _now(self) -> datetime:
