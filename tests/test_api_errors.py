@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from fixtures.api import Api, StartApi, spec
@@ -26,9 +27,39 @@ async def test_malformed_bodies_are_400(api: Api) -> None:
         ("PATCH", f"/api/v1/batches/{created['id']}", b"{}"),
     ]
     for method, path, data in cases:
-        response, body = await api.call(method, path, data=data)
+        response, body = await api.call(method, path, data=data, headers={"Content-Type": "application/json"})
         assert response.status == 400, data[:20]
         assert body["error"]["code"] == "bad_request"
+
+
+async def test_a_web_page_cannot_drive_the_api(api: Api) -> None:
+    """What a page in a browser could send cross-site is refused and makes no batch: a body that
+    is not `application/json` (a "simple" form or text/plain POST) gets 415, and a foreign
+    `Origin` gets 403, also on PATCH and DELETE."""
+    _, created = await api.call("POST", "/api/v1/batches", json=spec())
+    body = json.dumps(spec("from-a-page")).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response, answer = await api.call(
+            "POST", "/api/v1/batches", data=body, headers={"Content-Type": content_type}
+        )
+        assert (response.status, answer["error"]["code"]) == (415, "unsupported_media_type"), content_type
+    evil = {"Origin": "https://evil.example"}
+    for method, path in [
+        ("POST", "/api/v1/batches"),
+        ("PATCH", f"/api/v1/batches/{created['id']}"),
+        ("DELETE", f"/api/v1/batches/{created['id']}"),
+    ]:
+        response, answer = await api.call(method, path, json=spec("from-a-page"), headers=evil)
+        assert (response.status, answer["error"]["code"]) == (403, "forbidden"), method
+    _, listed = await api.call("GET", "/api/v1/batches")
+    assert [batch["name"] for batch in listed["batches"]] == [created["name"]]
+    own = {"Origin": str(api.client.make_url("/")).rstrip("/")}
+    response, _ = await api.call("GET", f"/api/v1/batches/{created['id']}", headers=evil)
+    assert response.status == 200  # reading is not a change; the token still guards it
+    response, _ = await api.call(
+        "PATCH", f"/api/v1/batches/{created['id']}", json={"name": "renamed"}, headers=own
+    )
+    assert response.status == 200
 
 
 async def test_rule_violations_are_422_naming_the_field(api: Api) -> None:

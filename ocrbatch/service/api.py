@@ -129,7 +129,7 @@ def create_app(
     confirm_subscription: ConfirmSubscription | None = None,
 ) -> web.Application:
     """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`)."""
-    app = web.Application(middlewares=[_error_middleware, _auth_middleware(token)])
+    app = web.Application(middlewares=[_error_middleware, _cross_site_middleware, _auth_middleware(token)])
     handlers = _Handlers(store, read_report, ready)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
@@ -191,6 +191,28 @@ def _api_error(request: web.Request, exc: Exception) -> ApiError:
             return ApiError(status, code, str(exc), violations=violations)
     log.exception("api.internal_error", method=request.method, path=request.path)
     return ApiError(500, "internal", "internal error")
+
+
+_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def _cross_site_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What a web page in a browser cannot do to this API: a state-changing request must carry
+    JSON (`Content-Type: application/json`, which a page can send cross-site only after a CORS
+    preflight this API never answers; else 415), and one carrying an `Origin` must come from this
+    API's own origin (else 403). S3 event notifications are exempt from the first: SNS sends them
+    as text/plain."""
+    if request.method not in _CHANGING:
+        return await handler(request)
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise ApiError(403, "forbidden", f"requests from the origin {origin!r} are not accepted")
+    if request.path != EVENTS_PATH and request.can_read_body and request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "state-changing requests need Content-Type: application/json"
+        )
+    return await handler(request)
 
 
 def _auth_middleware(token: SecretStr | None) -> Middleware:
