@@ -38,7 +38,8 @@ from pypdf.generic import (
 from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import sending_overhead_bytes
-from ocrbatch.clova.documents import count_pages, pdf_parts
+from ocrbatch.clova.documents import count_pages
+from ocrbatch.clova.parts import pdf_parts
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.engine import pages as engine_pages
 from ocrbatch.service.lifecycle import run_worker

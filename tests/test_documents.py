@@ -19,8 +19,8 @@ from ocrbatch.clova.documents import (
     count_pages,
     is_long_image,
     page_sizes,
-    tiff_parts,
 )
+from ocrbatch.clova.parts import tiff_parts
 
 
 def test_raster_sizes_are_read_from_the_content() -> None:

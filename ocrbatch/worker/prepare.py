@@ -26,9 +26,8 @@ from ocrbatch.clova.documents import (
     count_pages,
     is_long_image,
     page_sizes,
-    pdf_parts,
-    tiff_parts,
 )
+from ocrbatch.clova.parts import pdf_parts, tiff_parts
 from ocrbatch.settings import DEFAULT_MAX_PAGES_PER_DOCUMENT
 from ocrbatch.storage.base import Storage
 from ocrbatch.worker.discovery import DiscoveredItem

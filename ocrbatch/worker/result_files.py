@@ -48,7 +48,7 @@ from ocrbatch.clova.contract import (
     OcrResponse,
     Table,
 )
-from ocrbatch.clova.documents import pdf_parts
+from ocrbatch.clova.parts import pdf_parts
 from ocrbatch.types import DomainKind
 
 RESULT_SUFFIX: dict[str, str] = {"json": ".json", "xls": ".xlsx"}
