@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ocrbatch.batches.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import SqsSettings, StorageSettings
-from ocrbatch.types import Sleep
+from ocrbatch.types import Sleep, sleep_unless
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -218,14 +218,7 @@ class SqsConsumer:
             log.warning("sqs.visibility_not_changed", message_id=message_id, error=str(exc))
 
     async def _sleep_unless_stopped(self, delay_s: float) -> None:
-        sleeper = asyncio.ensure_future(self._sleep(delay_s))
-        stop = asyncio.create_task(self._stopping.wait())
-        try:
-            await asyncio.wait({sleeper, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stop):
-                task.cancel()
-            await asyncio.gather(sleeper, stop, return_exceptions=True)
+        await sleep_unless(self._stopping, self._sleep, delay_s)
 
 
 def _deliveries(message: MessageTypeDef) -> int:

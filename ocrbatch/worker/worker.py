@@ -34,7 +34,7 @@ from ocrbatch.errors import StorageError
 from ocrbatch.metrics import LiveState, WorkerMetrics
 from ocrbatch.settings import DomainSettings, Settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.types import Sleep
+from ocrbatch.types import Sleep, sleep_unless
 from ocrbatch.webhooks.service import WebhookService
 from ocrbatch.worker.batch_run import BatchRun, PassContext
 from ocrbatch.worker.limiter import DomainLimiter
@@ -289,15 +289,7 @@ class Worker:
         )
 
     async def _sleep_unless_stopping(self, delay_s: float) -> None:
-        """`sleep(delay_s)`, cut short by `stop()` (shutdown never waits out a backoff)."""
-        sleeper = asyncio.ensure_future(self._sleep(delay_s))
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({sleeper, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stop):
-                task.cancel()
-            await asyncio.gather(sleeper, stop, return_exceptions=True)
+        await sleep_unless(self.stopping, self._sleep, delay_s)
 
     def _on_control_path(self, error: StorageError) -> bool:
         """Whether `error` came from the coordination backend (claims, documents)."""
