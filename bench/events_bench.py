@@ -27,6 +27,7 @@ from ocrbatch.storage.s3 import open_s3_client
 
 BUCKET = "bench-events"
 EVENTS_PATH = "/api/v1/events/s3"
+API_TOKEN = "bench-api-token-0123456789"  # noqa: S105 - the token of the serve started here
 
 
 def s3_event(bucket: str, key: str) -> dict[str, object]:
@@ -101,7 +102,7 @@ async def upload_latencies(work: Path, *, uploads: int, interval_s: float) -> li
                     },
                     "domains.receipts": general_domain(url, EMULATOR_CAP),
                     "worker": {"poll_interval_s": 3600.0},
-                    "api": {"host": "127.0.0.1", "port": 0},
+                    "api": {"host": "127.0.0.1", "port": 0, "token": API_TOKEN},
                     "logging": {"format": "json", "level": "info"},
                 },
             )
@@ -143,7 +144,9 @@ async def _measure(
                     await inputs.write(key, png(200 + index, 150), content_type="image/png")
                     uploaded_at_s[key] = time.monotonic()
                     async with session.post(
-                        api_url + EVENTS_PATH, json=s3_event(BUCKET, "in/" + key)
+                        api_url + EVENTS_PATH,
+                        json=s3_event(BUCKET, "in/" + key),
+                        headers={"Authorization": f"Bearer {API_TOKEN}"},
                     ) as answer:
                         answer.raise_for_status()
                     await asyncio.sleep(interval_s)

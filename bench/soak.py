@@ -86,6 +86,7 @@ DELIVERY_GRACE_S = 30.0  # after the last item is settled, for the last chunks t
 SETTLED_POLL_S = 1.0  # the least time between two looks at the result location in the last stage
 SERVER_LOGGERS = ("aiohttp.server", "werkzeug")  # the emulator, receiver and proxy; moto
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"ocrbatch-soak-webhook-key-0001").decode()
+SEALING_KEY = base64.urlsafe_b64encode(b"ocrbatch-soak-sealing-key-000001").decode()  # seals WEBHOOK_SECRET
 FAULTS = FaultSettings(
     latency_ms=20.0,
     latency_jitter_ms=10.0,
@@ -428,6 +429,7 @@ def _config(place: Place) -> dict[str, dict[str, object]]:
             "backoff_initial_s": 0.2,
             "backoff_max_s": 2.0,
         },
+        "security": {"secret_key": SEALING_KEY},
         "logging": {"format": "json", "level": "info"},
     }
 

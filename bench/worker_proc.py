@@ -24,6 +24,7 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.logs import configure_logging
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.settings import load_settings
 from ocrbatch.worker.worker import Worker
 
@@ -41,6 +42,7 @@ async def measure(
         async with (
             DelayedStorageFactory(settings.storage, delay_s) as storages,
             open_ocr_session(max_connections=max_connections) as session,
+            open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
         ):
             store = await batch_store_in(settings, storages)
             if not await store.list_batches():
@@ -53,7 +55,14 @@ async def measure(
                 }
                 await store.create(parse_spec(spec))
             claims = ItemClaims(store.coordination, ttl_s=settings.worker.claim_ttl_s)
-            worker = Worker(settings, store=store, storages=storages, session=session, claims=claims)
+            worker = Worker(
+                settings,
+                store=store,
+                storages=storages,
+                session=session,
+                outbound_session=outbound,
+                claims=claims,
+            )
             keep_alive = asyncio.create_task(claims.keep_alive())
             cpu_before_s, started_s = cpu_s(), time.monotonic()
             try:

@@ -9,8 +9,10 @@ message naming each bad key and its rule, and never the value.
 
 from __future__ import annotations
 
+import binascii
 import re
 import tomllib
+from base64 import urlsafe_b64decode
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -211,6 +214,9 @@ class WebhookSettings(_Section):
     max_attempts: int = Field(default=10, ge=1, le=100)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
+    # Networks webhooks (and SNS confirmations) may reach besides public addresses, in CIDR form:
+    # loopback, private, link-local, CGNAT and multicast addresses are refused unless listed here.
+    allow_networks: list[IPvAnyNetwork] = []
 
 
 class SqsSettings(_Section):
@@ -244,12 +250,78 @@ class SqsSettings(_Section):
         return self
 
 
+class EventsSettings(_Section):
+    """Upload notifications posted to `serve`'s event endpoint."""
+
+    # "verify": an SNS message is accepted only when its signature verifies against a certificate
+    # fetched from SNS (sns.<region>.amazonaws.com). "off" is only for emulated stores (moto,
+    # LocalStack), which send signatures no SNS certificate verifies; `serve` warns at start.
+    sns_signatures: Literal["verify", "off"] = "verify"
+
+
 class ApiSettings(_Section):
     """The HTTP API of `ocrbatch serve`."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     token: SecretStr | None = None
+    # Host names (with or without a port) the API answers to besides loopback ones; any other Host
+    # header gets 421, so a DNS-rebinding page cannot reach the API through its own name.
+    public_hosts: list[str] = []
+    # The input and result paths batches made over the API may use: S3 prefixes (s3://bucket/prefix)
+    # or directories. None are allowed until some are listed; the CLI is not limited.
+    allowed_locations: list[str] = []
+
+
+FERNET_KEY_BYTES = 32
+_KEY_SEPARATORS_RE = re.compile(r"[,\s]+")
+
+
+class SecuritySettings(_Section):
+    """Keys that seal webhook secrets (and webhook URLs with credentials) in batch documents.
+
+    `secret_key` holds one or more Fernet keys, comma-separated (or one a line in
+    `secret_key_file`): the first seals, every one opens, so a key is rotated by putting the new
+    one first and removing the old one once every document was rewritten.
+    """
+
+    secret_key: SecretStr | None = None
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        # A TOML list of keys means the same as the keys comma-separated.
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return ",".join(value)
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        keys = _split_keys(value.get_secret_value())
+        if not keys or not all(_is_fernet_key(key) for key in keys):
+            raise ValueError(
+                "must be one or more Fernet keys (32 bytes, url-safe base64: 44 characters), comma-separated"
+            )
+        return value
+
+    def secret_keys(self) -> list[str]:
+        """The keys in order (the first seals); empty when none is configured."""
+        return _split_keys(self.secret_key.get_secret_value()) if self.secret_key is not None else []
+
+
+def _split_keys(value: str) -> list[str]:
+    return [key for key in _KEY_SEPARATORS_RE.split(value) if key]
+
+
+def _is_fernet_key(key: str) -> bool:
+    """Whether Fernet takes `key`: 32 bytes, url-safe base64 (checked here without `cryptography`)."""
+    try:
+        return len(urlsafe_b64decode(key.encode("ascii"))) == FERNET_KEY_BYTES
+    except (binascii.Error, UnicodeEncodeError):
+        return False
 
 
 class LoggingSettings(_Section):
@@ -275,6 +347,8 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = WebhookSettings()
     api: ApiSettings = ApiSettings()
     sqs: SqsSettings = SqsSettings()
+    events: EventsSettings = EventsSettings()
+    security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("domains", mode="before")

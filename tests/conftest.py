@@ -16,7 +16,7 @@ import pytest
 import redis
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
-from fixtures.api import DOMAINS, TOKEN, Api, StartApi
+from fixtures.api import API_LOCATIONS, DOMAINS, TOKEN, Api, StartApi
 from fixtures.cli import CONFIG, OCR_SECRET, Cli
 from fixtures.clock import FakeClock
 from fixtures.discovery import Pair, PairLocations
@@ -24,6 +24,7 @@ from fixtures.emulator import StartEmulator
 from fixtures.process import ServeProcess
 from fixtures.process import serve_process as start_serve_process
 from fixtures.receiver import Receiver
+from fixtures.sealing import SEALER, SECRET_KEY
 from fixtures.worker import WorkerProfile, WorkerSetup
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
@@ -410,7 +411,7 @@ async def pair(pair_locations: PairLocations) -> AsyncIterator[Pair]:
 @pytest.fixture
 def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     """`cli(*args, expect=0)`: `ocrbatch` run in-process in `tmp_path`, which holds its settings file."""
-    (tmp_path / "ocrbatch.toml").write_text(CONFIG.format(ocr_secret=OCR_SECRET))
+    (tmp_path / "ocrbatch.toml").write_text(CONFIG.format(ocr_secret=OCR_SECRET, secret_key=SECRET_KEY))
     monkeypatch.chdir(tmp_path)
     yield Cli(tmp_path, capsys)
     structlog.reset_defaults()
@@ -423,7 +424,8 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 
 @pytest.fixture
 async def start_api() -> AsyncIterator[StartApi]:
-    """`await start_api(store, **create_app_options)`: the API on 127.0.0.1, port 0; stopped after.
+    """`await start_api(store, **create_app_options)`: the API on 127.0.0.1, port 0, open to
+    `s3://data/` unless `allowed_locations` says otherwise; stopped after.
 
     On teardown, checks that no response body ever carried the token.
     """
@@ -431,6 +433,7 @@ async def start_api() -> AsyncIterator[StartApi]:
 
     async def start(store: BatchStore, **options: Any) -> Api:
         options.setdefault("token", SecretStr(TOKEN))
+        options.setdefault("allowed_locations", [API_LOCATIONS])
         client: TestClient[Any, Any] = TestClient(
             TestServer(create_app(store, **options), host="127.0.0.1", port=0)
         )
@@ -446,11 +449,13 @@ async def start_api() -> AsyncIterator[StartApi]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> BatchStore:
-    """A batch store on a local control directory, with a General and a Template domain."""
+    """A batch store on a local control directory, with a General and a Template domain; webhook
+    secrets are sealed with the tests' key."""
     control = tmp_path / "control"
     control.mkdir()
     location = Location.parse(str(control))
-    return BatchStore(StorageCoordination(LocalStorage(location)), control=location, domains=DOMAINS)
+    coordination = StorageCoordination(LocalStorage(location))
+    return BatchStore(coordination, control=location, domains=DOMAINS, sealer=SEALER)
 
 
 @pytest.fixture

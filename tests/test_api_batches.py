@@ -81,8 +81,11 @@ async def test_patch_status_pauses_and_resumes(api: Api) -> None:
     ]
 
 
-async def test_delete_removes_the_definition_only(api: Api, tmp_path: Path) -> None:
+async def test_delete_removes_the_definition_only(
+    start_api: StartApi, store: BatchStore, tmp_path: Path
+) -> None:
     """DELETE returns the deleted batch; it is gone afterwards and its results stay on disk."""
+    api = await start_api(store, allowed_locations=[str(tmp_path)])
     results = tmp_path / "results"
     results.mkdir()
     (results / "a.json").write_text("{}")

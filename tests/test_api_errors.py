@@ -1,18 +1,24 @@
 """The HTTP API's refusals as a real server on loopback: malformed bodies (400), rule violations
-(422), unknown batches, routes and methods (404, 405), stale If-Match (412), and unexpected errors
-(a bare 500)."""
+(422), requests a web page could make (415, 403) or aim through a rebound name (421), paths outside
+the allowed locations (422), unknown batches, routes and methods (404, 405), stale If-Match (412),
+and unexpected errors (a bare 500)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
-from fixtures.api import Api, StartApi, spec
+from fixtures.api import DOMAINS, Api, StartApi, spec
 from structlog.testing import capture_logs
 
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore
+from ocrbatch.coordination.storage import StorageCoordination
+from ocrbatch.locations import Location
+from ocrbatch.outbound import OutboundPolicy
+from ocrbatch.storage.local import LocalStorage
 
 
 async def test_malformed_bodies_are_400(api: Api) -> None:
@@ -58,6 +64,125 @@ async def test_a_web_page_cannot_drive_the_api(api: Api) -> None:
     assert response.status == 200  # reading is not a change; the token still guards it
     response, _ = await api.call(
         "PATCH", f"/api/v1/batches/{created['id']}", json={"name": "renamed"}, headers=own
+    )
+    assert response.status == 200
+
+
+async def test_a_rebinding_page_is_misdirected(start_api: StartApi, store: BatchStore) -> None:
+    """The API answers only to the names it serves: loopback names, IP addresses and
+    `public_hosts` (with their port when given). A request naming another host, as a page served
+    from an attacker's name re-pointed at loopback does, gets 421 and makes no batch, whatever its
+    method; health still answers probes under any name."""
+    api = await start_api(store, public_hosts=["ocrbatch", "console.example.com:8443"])
+    port = api.client.port
+    refused = [f"evil.example:{port}", "ocrbatch.evil.example", "console.example.com:9999", "localhost.evil"]
+    for host in refused:
+        for method in ("GET", "POST"):
+            response, answer = await api.call(
+                method, "/api/v1/batches", json=spec("rebound"), headers={"Host": host}
+            )
+            assert (response.status, answer["error"]["code"]) == (421, "misdirected_request"), host
+            assert "api.public_hosts" in answer["error"]["message"]
+    for host in [
+        "localhost",
+        f"127.0.0.1:{port}",
+        f"[::1]:{port}",
+        "ocrbatch:8080",
+        "console.example.com:8443",
+    ]:
+        response, _ = await api.call("GET", "/api/v1/batches", headers={"Host": host})
+        assert response.status == 200, host
+    response, _ = await api.call("GET", "/healthz", headers={"Host": "evil.example"})
+    assert response.status == 200
+    _, listed = await api.call("GET", "/api/v1/batches")
+    assert listed["batches"] == []
+
+
+async def test_paths_outside_the_allowed_locations_are_422(
+    start_api: StartApi, store: BatchStore, tmp_path: Path
+) -> None:
+    """Batches made or edited over the API read and write only inside `allowed_locations`: a path
+    outside them, a neighbour sharing a name prefix, or a symlink leading out is 422 naming the
+    field; with none configured, nothing is open."""
+    shared = tmp_path / "shared"
+    (shared / "in").mkdir(parents=True)
+    (tmp_path / "private").mkdir()
+    (shared / "escape").symlink_to(tmp_path / "private")
+    api = await start_api(store, allowed_locations=["s3://data/", str(shared)])
+    response, created = await api.call("POST", "/api/v1/batches", json=spec())
+    assert response.status == 201
+    response, _ = await api.call(
+        "POST",
+        "/api/v1/batches",
+        json=spec("local", input_path=str(shared / "in"), result_path=str(shared / "out")),
+    )
+    assert response.status == 201
+    for fields, refused in [
+        ({"input_path": str(tmp_path / "private")}, ["input_path"]),
+        (
+            {"input_path": str(shared / "escape"), "result_path": "s3://other/out"},
+            ["input_path", "result_path"],
+        ),
+        ({"result_path": str(tmp_path / "shared-not")}, ["result_path"]),
+        ({"input_path": "s3://data2/in"}, ["input_path"]),
+    ]:
+        response, answer = await api.call("POST", "/api/v1/batches", json=spec("outside", **fields))
+        assert (response.status, answer["error"]["code"]) == (422, "invalid_batch"), fields
+        assert [violation["field"] for violation in answer["error"]["violations"]] == refused
+        assert "api.allowed_locations" in answer["error"]["violations"][0]["rule"]
+    response, answer = await api.call(
+        "PATCH", f"/api/v1/batches/{created['id']}", json={"result_path": "/etc/ocrbatch"}
+    )
+    assert response.status == 422
+    assert answer["error"]["violations"][0]["field"] == "result_path"
+    closed = await start_api(store, allowed_locations=[])
+    response, answer = await closed.call("POST", "/api/v1/batches", json=spec("closed"))
+    assert response.status == 422
+    assert "until api.allowed_locations lists some" in answer["error"]["violations"][0]["rule"]
+
+
+async def test_webhooks_to_internal_addresses_are_422(start_api: StartApi, tmp_path: Path) -> None:
+    """A webhook URL at the metadata address, a private or loopback address, or a name resolving
+    to loopback is refused at creation and at edit, 422 naming `webhook.url` and why; a public
+    one is kept, and an allowed network opens its addresses."""
+    control = tmp_path / "control"
+    control.mkdir()
+    location = Location.parse(str(control))
+
+    async def resolve(host: str) -> list[str]:
+        return {"hooks.corp.com": ["127.0.0.1"], "public.com": ["93.184.215.14"]}.get(host, [])
+
+    store = BatchStore(
+        StorageCoordination(LocalStorage(location)),
+        control=location,
+        domains=DOMAINS,
+        outbound=OutboundPolicy(["10.9.0.0/16"], resolve=resolve),
+    )
+    api = await start_api(store)
+    for url, why in [
+        ("http://169.254.169.254/latest/meta-data/iam", "a cloud metadata address"),
+        ("https://10.0.0.5/hook", "a private address"),
+        ("http://[::1]:8080/hook", "a loopback address"),
+        ("https://hooks.corp.com/in", "hooks.corp.com (127.0.0.1) is a loopback address"),
+    ]:
+        response, answer = await api.call(
+            "POST", "/api/v1/batches", json=spec("hooked", webhook={"url": url})
+        )
+        assert response.status == 422, url
+        [violation] = answer["error"]["violations"]
+        assert violation["field"] == "webhook.url"
+        assert why in violation["rule"]
+    response, created = await api.call(
+        "POST", "/api/v1/batches", json=spec("hooked", webhook={"url": "https://public.com/in"})
+    )
+    assert response.status == 201
+    response, answer = await api.call(
+        "PATCH", f"/api/v1/batches/{created['id']}", json={"webhook": {"url": "http://169.254.169.254/"}}
+    )
+    assert response.status == 422
+    assert answer["error"]["violations"][0]["field"] == "webhook.url"
+    response, _ = await api.call(
+        "PATCH", f"/api/v1/batches/{created['id']}", json={"webhook": {"url": "http://10.9.3.4/in"}}
     )
     assert response.status == 200
 

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from fixtures.clock import FakeClock
+from fixtures.sealing import SEALER
 from structlog.testing import capture_logs
 
+from ocrbatch.batches.broken import BrokenBatchDocument
 from ocrbatch.batches.spec import BatchSpec, parse_spec
-from ocrbatch.batches.store import LOCK_KEY, BatchStore, BrokenBatchDocument
+from ocrbatch.batches.store import LOCK_KEY, BatchStore
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation
 from ocrbatch.locations import Location
@@ -49,7 +51,9 @@ def control(profile_storage: Storage) -> Location:
 
 def make_store(coordination: Coordination, control: Location, clock: FakeClock | None = None) -> BatchStore:
     clock = clock or FakeClock()
-    return BatchStore(coordination, control=control, domains=DOMAINS, clock=clock, sleep=clock.sleep)
+    return BatchStore(
+        coordination, control=control, domains=DOMAINS, clock=clock, sleep=clock.sleep, sealer=SEALER
+    )
 
 
 async def keys(coordination: Coordination) -> list[str]:
@@ -91,12 +95,12 @@ async def test_refused_create_writes_nothing(coordination: Coordination, control
 
 
 async def test_webhook_secret_is_kept_but_never_shown(coordination: Coordination, control: Location) -> None:
-    """The document keeps the webhook secret (the worker signs with it); the model masks it."""
+    """The document keeps the webhook secret (the worker signs with it), sealed; the model masks it."""
     store = make_store(coordination, control)
     created = await store.create(spec(webhook={"url": "http://h/x", "secret": "whsec-kept-1234"}))
     document = await coordination.read(f"batches/{created.batch.id}.json")
     assert document is not None
-    assert "whsec-kept-1234" in document.data.decode()
+    assert "whsec-kept-1234" not in document.data.decode()
     loaded = await store.get(created.batch.id)
     assert loaded.batch.webhook is not None
     assert loaded.batch.webhook.secret is not None

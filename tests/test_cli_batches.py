@@ -3,10 +3,12 @@ create, list, show, edit, delete and apply, and the refusals of bad input."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from fixtures.cli import CREATE_FORMS, CREATE_RECEIPTS, Cli
+from fixtures.sealing import SEALER
 
 from ocrbatch.cli.root import EXIT_BAD_INPUT
 
@@ -206,12 +208,9 @@ def test_apply_toml_and_yaml(cli: Cli) -> None:
     out, _ = cli("batch", "apply", "-f", "batches.yaml")
     assert "update" in out
     assert "create" in out
-    assert (
-        "whsec-from-file-123"
-        in (cli.workdir / "control")
-        .joinpath("batches", cli.json("batch", "show", "영수증")["id"] + ".json")
-        .read_text()
-    )
+    receipts_id = cli.json("batch", "show", "영수증")["id"]
+    document = cli.workdir / "control" / "batches" / f"{receipts_id}.json"
+    assert SEALER.open(json.loads(document.read_text())["webhook"]["secret"]) == "whsec-from-file-123"
     before = {path: path.read_bytes() for path in control_files(cli)}
     (cli.workdir / "bad.yaml").write_text(
         "batches:\n  - {name: x, domain: receipts, input_path: q, result_path: w}\n"
@@ -295,7 +294,7 @@ def test_control_files_are_readable_by_their_owner_only(cli: Cli) -> None:
 
 def test_credentials_in_a_webhook_url_are_shown_masked_and_kept_for_delivery(cli: Cli) -> None:
     """A webhook URL with a user and password: `batch show` and `batch list` (human and JSON) show
-    it as `https://***@host/...`; the batch document keeps it whole, for the deliveries."""
+    it as `https://***@host/...`; the batch document keeps it whole but sealed, for the deliveries."""
     url = "https://hook-user:hook-PASSWORD@hooks.example/in"
     cli(*CREATE_RECEIPTS, "--webhook-url", url)
     shown = cli.json("batch", "show", "영수증")
@@ -304,4 +303,6 @@ def test_credentials_in_a_webhook_url_are_shown_masked_and_kept_for_delivery(cli
     as_json, _ = cli("batch", "list", "--json")
     assert "hook-PASSWORD" not in listed + as_json
     [document] = [path for path in control_files(cli) if path.parent == cli.workdir / "control" / "batches"]
-    assert url in document.read_text(encoding="utf-8")
+    stored = document.read_text(encoding="utf-8")
+    assert "hook-PASSWORD" not in stored
+    assert SEALER.open(json.loads(stored)["webhook"]["url"]) == url

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from fixtures.sealing import SECRET_KEY
 
 from ocrbatch.cli.servers import emulator_command
 from ocrbatch.service.api import EVENTS_PATH
@@ -33,6 +34,16 @@ def test_the_service_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.api.host, settings.api.port) == ("0.0.0.0", 8080)
     assert service["ports"] == [f"{settings.api.port}:{settings.api.port}"]
     assert set(settings.domains) == {"receipts", "forms"}
+
+
+def test_the_service_is_given_a_key_to_seal_webhook_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose requires OCRBATCH_SECRET_KEY and passes it as the service's `security.secret_key`,
+    which its settings then hold."""
+    service = compose()["services"]["ocrbatch"]
+    assert service["environment"]["OCRBATCH_SECURITY__SECRET_KEY"].startswith("${OCRBATCH_SECRET_KEY:?")
+    monkeypatch.setenv("OCRBATCH_STORAGE__SECRET_ACCESS_KEY", "a-password")
+    monkeypatch.setenv("OCRBATCH_SECURITY__SECRET_KEY", SECRET_KEY)
+    assert load_settings(ROOT / "config" / "ocrbatch.compose.toml").security.secret_keys() == [SECRET_KEY]
 
 
 def test_minio_notifies_the_event_endpoint() -> None:

@@ -36,6 +36,7 @@ from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import WorkerMetrics
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.sqs import SqsConsumer
 from ocrbatch.settings import Settings, SqsSettings, StorageSettings
 from ocrbatch.storage.factory import StorageFactory
@@ -316,9 +317,21 @@ async def test_a_pass_waits_for_the_control_storage_with_backoff(
             proxy.down = None  # the store is back after five waits
         await clock.sleep(delay_s)
 
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session, sleep=sleep, clock=clock)
+        worker = Worker(
+            settings,
+            store=store,
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
+            sleep=sleep,
+            clock=clock,
+        )
         proxy.down = down
         with capture_logs() as logs:
             outcome = await within(worker.run_pass(wait_for_control=True), 30, "the pass did not end")
@@ -348,10 +361,20 @@ async def test_a_single_pass_gives_up_after_control_max_attempts(
     proxy = await start_s3_proxy("aws")
     settings = _settings(setup, endpoint_url=proxy.url, control_max_attempts=3)
     clock = FakeClock(now_s=0.0)
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         store = await batch_store_in(settings, storages)
         worker = Worker(
-            settings, store=store, storages=storages, session=session, sleep=clock.sleep, clock=clock
+            settings,
+            store=store,
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
+            sleep=clock.sleep,
+            clock=clock,
         )
         proxy.down = "503"
         with pytest.raises(StorageError, match=r"could not be read in 3 attempts: .*ServiceUnavailable"):
@@ -371,10 +394,20 @@ async def test_stop_ends_a_pass_waiting_for_the_control_storage(
     )
     clock = FakeClock(now_s=0.0)
     clock.gate = asyncio.Event()  # never opened: a wait ends only when the pass stops waiting
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         store = await batch_store_in(settings, storages)
         worker = Worker(
-            settings, store=store, storages=storages, session=session, sleep=clock.sleep, clock=clock
+            settings,
+            store=store,
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
+            sleep=clock.sleep,
+            clock=clock,
         )
         proxy.down = "503"
         passing = asyncio.create_task(worker.run_pass(wait_for_control=True))
@@ -408,12 +441,20 @@ async def test_claims_failing_on_the_control_path_never_put_the_batch_in_error(
         StorageFactory(settings.storage) as storages,
         StorageFactory(proxied) as claim_storages,
         open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         claims_at = StorageCoordination(await claim_storages.open(setup.location("control"), create=True))
         claims = ItemClaims(claims_at, ttl_s=60, clock=clock, sleep=sleep)
         worker = Worker(
-            settings, store=store, storages=storages, session=session, sleep=sleep, clock=clock, claims=claims
+            settings,
+            store=store,
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
+            sleep=sleep,
+            clock=clock,
+            claims=claims,
         )
         proxy.down = "503"
         await within(worker.run_pass(), 30, "the first pass did not end")

@@ -18,6 +18,7 @@ from fixtures.engine import character_error_rate, require_tesseract_and_fonts
 from ocrbatch.clova.contract import OcrResponse
 from ocrbatch.demo.runner import run_demo
 from ocrbatch.demo.samples import SAMPLE_TEXT, contract_page_lines
+from ocrbatch.demo.script import ADMIN_TOKEN, SECRET
 from ocrbatch.demo.webhooks import WebhookReceiver
 from ocrbatch.webhooks.signing import signed_headers
 
@@ -30,6 +31,29 @@ def _read(path: Path) -> Any:
 
 def _page_text(page: dict[str, Any]) -> str:
     return "".join(field["inferText"] for field in page.get("fields", []))
+
+
+# What the operator hands the demo's processes: the configuration (with the OCR secret) and the
+# files the secrets are read from. Everything else the demo leaves behind must hold no secret.
+OPERATOR_FILES = {"ocrbatch.toml", "webhook-secret.txt", "secret-key.txt", "batches.yaml"}
+
+
+def assert_no_secret_left(workdir: Path, output: str) -> None:
+    """No file the demo wrote (batch documents, outbox, results, reports, receiver's copies, logs)
+    and not its output holds the webhook secret, the OCR secret or the admin token."""
+    secrets = {
+        "webhook secret": (workdir / "webhook-secret.txt").read_text(encoding="utf-8").strip(),
+        "OCR secret": SECRET,
+        "admin token": ADMIN_TOKEN,
+    }
+    files = [path for path in workdir.rglob("*") if path.is_file() and path.name not in OPERATOR_FILES]
+    assert len(files) > 20, "the demo left its documents, results and logs"
+    for path in files:
+        data = path.read_bytes()
+        for what, secret in secrets.items():
+            assert secret.encode() not in data, f"{path.relative_to(workdir)} holds the {what}"
+    for what, secret in secrets.items():
+        assert secret not in output, f"the demo's output shows the {what}"
 
 
 @pytest.mark.timeout(300)
@@ -46,6 +70,7 @@ def test_demo_runs_end_to_end_on_the_local_engine(tmp_path: Path, capsys: pytest
     assert "steps behaved as expected" in output
     assert "only one batch per General domain" in output
     assert "recognised twice: 0" in output
+    assert_no_secret_left(workdir, output)
 
     results = workdir / "results"
     outcomes = {

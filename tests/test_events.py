@@ -9,13 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from fixtures.process import TOKEN, ServeProcess
 from fixtures.receiver import Receiver
 from fixtures.samples import png
 from fixtures.worker import MakeSetup, create_batch, write_config
-from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from ocrbatch.batches.events import (
@@ -24,16 +21,12 @@ from ocrbatch.batches.events import (
     Upload,
     parse_notification,
 )
-from ocrbatch.batches.store import BatchStore, batch_store_in
+from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
-from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.emulator.faults import ScriptedFault
-from ocrbatch.locations import Location
-from ocrbatch.service.api import create_app
-from ocrbatch.service.sns import confirm_sns_subscription
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.storage.local import LocalStorage
 from ocrbatch.worker.worker import Worker
 
 
@@ -91,11 +84,12 @@ async def test_an_upload_event_gets_its_result_without_waiting_for_a_pass(
     receiver = Receiver()
     await receiver.start()
     setup = await make_worker_setup()
-    events_config = write_config(setup, tmp_path / "events.toml", poll_interval_s=3600.0)
-    polling_config = write_config(setup, tmp_path / "polling.toml", poll_interval_s=0.2)
+    flush = {"idle_flush_s": 0.05}
+    events_config = write_config(setup, tmp_path / "events.toml", webhook=flush, poll_interval_s=3600.0)
+    polling_config = write_config(setup, tmp_path / "polling.toml", webhook=flush, poll_interval_s=0.2)
     for config in (events_config, polling_config):
         with config.open("a", encoding="utf-8") as file:
-            file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\n[webhook]\nidle_flush_s = 0.05\n')
+            file.write(f'[api]\nport = 0\ntoken = "{TOKEN}"\nallowed_locations = ["s3://{setup.bucket}/"]\n')
     try:
         async with serve_process(events_config) as served, aiohttp.ClientSession() as session:
             url, auth = served.url, {"Authorization": f"Bearer {TOKEN}"}
@@ -125,57 +119,6 @@ async def test_an_upload_event_gets_its_result_without_waiting_for_a_pass(
         await receiver.stop()
 
 
-async def test_sns_subscription_is_confirmed_and_notifications_take_a_query_token(tmp_path: Path) -> None:
-    """The endpoint confirms an SNS subscription by GETting its SubscribeURL, and accepts SNS
-    notifications authenticated with ?token= (SNS cannot send headers)."""
-    confirmations: list[str] = []
-    announced: list[list[Upload]] = []
-
-    async def subscribe(request: web.Request) -> web.Response:
-        confirmations.append(request.query_string)
-        return web.Response(text="<ConfirmSubscriptionResponse/>")
-
-    sns = web.Application()
-    sns.router.add_get("/confirm", subscribe)
-    sns_runner = web.AppRunner(sns)
-    await sns_runner.setup()
-    await web.TCPSite(sns_runner, "127.0.0.1", 0).start()
-    sns_url = f"http://127.0.0.1:{sns_runner.addresses[0][1]}"
-
-    async def on_uploads(uploads: list[Upload]) -> int:
-        announced.append(uploads)
-        return len(uploads)
-
-    store = BatchStore(
-        StorageCoordination(LocalStorage(Location.parse(str(tmp_path)))),
-        control=Location.parse(str(tmp_path)),
-        domains={},
-    )
-    async with aiohttp.ClientSession() as session:
-
-        async def confirm(url: str) -> None:
-            await confirm_sns_subscription(session, url)
-
-        app = create_app(store, token=SecretStr(TOKEN), on_uploads=on_uploads, confirm_subscription=confirm)
-        async with TestClient(TestServer(app)) as client:
-            confirmation = {
-                "Type": "SubscriptionConfirmation",
-                "TopicArn": "arn:aws:sns:t",
-                "SubscribeURL": f"{sns_url}/confirm?Token=abc",
-            }
-            response = await client.post(f"/api/v1/events/s3?token={TOKEN}", json=confirmation)
-            assert response.status == 200
-            assert confirmations == ["Token=abc"]
-            forged = {**confirmation, "SubscribeURL": "http://169.254.169.254/latest/meta-data"}
-            assert (await client.post(f"/api/v1/events/s3?token={TOKEN}", json=forged)).status == 400
-            note = {"Type": "Notification", "Message": json.dumps({"Records": [record("b", "k.png")]})}
-            assert (await client.post("/api/v1/events/s3?token=wrong", json=note)).status == 401
-            response = await client.post(f"/api/v1/events/s3?token={TOKEN}", json=note)
-            assert await response.json() == {"uploads": 1, "for_batches": 1}
-    assert announced == [[Upload("b", "k.png")]]
-    await sns_runner.cleanup()
-
-
 async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worker_setup: MakeSetup) -> None:
     """While a pass is busy with a slow item, an announced upload is recognised beside it; an
     announced upload another worker holds is left to a pass, which the announcement starts."""
@@ -187,6 +130,7 @@ async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worke
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session(max_connections=16) as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(
@@ -194,6 +138,7 @@ async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worke
             store=store,
             storages=storages,
             session=session,
+            outbound_session=outbound,
             claims=ItemClaims(store.coordination, ttl_s=60),
         )
         busy_pass = asyncio.create_task(worker.run_pass())

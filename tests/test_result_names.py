@@ -327,6 +327,7 @@ async def test_worker_on_local_directories_gives_every_long_name_a_result(
         storage={"control_path": str(dirs["control"])},
         domains=_domains(emulator),
         worker=FAST_WORKER,
+        webhook={"allow_networks": ["127.0.0.0/8"]},
         logging={"format": "json", "level": "info"},
     )
     good = {

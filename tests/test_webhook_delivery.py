@@ -23,11 +23,22 @@ from aiohttp.test_utils import TestServer
 from fixtures.clock import FakeClock
 from fixtures.receiver import Receiver
 from fixtures.waits import within
-from fixtures.webhooks import BATCH_ID, SECRET, UNREACHABLE, StatusLog, attached, finish, outbox_keys
+from fixtures.webhooks import (
+    BATCH_ID,
+    SECRET,
+    UNREACHABLE,
+    StatusLog,
+    attached,
+    batch,
+    finish,
+    item,
+    outbox_keys,
+)
 from structlog.testing import capture_logs
 
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.metrics import WorkerMetrics
+from ocrbatch.outbound import OutboundPolicy
 from ocrbatch.storage.base import Storage
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, SEQUENCE_KEY
 from ocrbatch.webhooks.signing import InvalidSignature, verify
@@ -304,3 +315,67 @@ async def test_a_huge_answer_is_not_read(local_storage: Storage) -> None:
     assert webhooks.sent == 1
     assert peak_bytes < 10 * 1024 * 1024, f"{peak_bytes / 1024 / 1024:.1f} MB traced"
     assert streamed < 1536 * 1024 * 1024, "the whole answer was read"
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("169.254.169.254", "a cloud metadata address"),
+        ("10.0.0.5", "a private address"),
+        ("[::1]", "a loopback address"),
+        ("localhost", "localhost (127.0.0.1) is a loopback address"),
+    ],
+)
+async def test_a_receiver_at_a_refused_address_is_never_sent_to(
+    receiver: Receiver, local_storage: Storage, address: str, kind: str
+) -> None:
+    """A webhook whose host is, or resolves to, a non-public address (loopback not allowed here):
+    nothing is sent (the receiver on loopback hears nothing), nothing is retried, and the chunk is
+    parked at once as a dead letter whose reason, like the log line, names the address and why."""
+    port = receiver.url.rsplit(":", 1)[1].split("/", 1)[0]
+    url = f"http://{address}:{port}/hook"
+    with capture_logs() as logs:
+        async with attached(url, local_storage, items=1, chunk_size=1, policy=OutboundPolicy()) as webhooks:
+            assert await webhooks.drain(10)
+    assert receiver.received == []
+    assert (webhooks.sent, webhooks.retried, webhooks.dead_lettered) == (0, 0, 1)
+    [refused] = [entry for entry in logs if entry["event"] == "webhook.address_refused"]
+    [dead] = [entry for entry in logs if entry["event"] == "webhook.dead_letter"]
+    assert kind in refused["reason"]
+    assert dead["reason"].startswith("not sent: ")
+    assert kind in dead["reason"]
+
+
+async def test_an_edited_webhook_takes_the_next_attempt_and_chunk(local_storage: Storage) -> None:
+    """The batch's webhook is edited while its first receiver fails: the chunk being retried goes
+    to the new URL at its next attempt, signed with the new secret, and so does every later chunk;
+    `locations_only` switched on strips the results from the next chunk, even of items finished
+    before. The former receiver gets nothing more."""
+    old, new = Receiver(answers=[(503, {})]), Receiver()
+    await old.start()
+    await new.start()
+    old.gate.clear()  # the first attempt waits there for its 503
+    rotated = "whsec_" + base64.b64encode(b"a-rotated-shared-secret-32-bytes").decode()
+    try:
+        async with attached(old.url, local_storage, items=1, chunk_size=1) as webhooks:
+            await old.wait_for_held(1)
+            webhooks.update(batch(new.url, secret=rotated))
+            old.gate.set()
+            await new.wait_for(1)
+            await finish(webhooks, 1)
+            await new.wait_for(2)
+            pending = await webhooks.item_pending(BATCH_ID, {**item(2), "result": {"large": True}})
+            assert pending is not None
+            webhooks.update(batch(new.url, secret=rotated, locations_only=True))
+            await webhooks.item_done(pending)
+            await new.wait_for(3)
+            assert await webhooks.drain(10)
+    finally:
+        await old.stop()
+        await new.stop()
+    assert len(old.received) == 1  # its 503; the retry went to the new URL
+    for received in new.accepted:
+        verify(rotated, received.headers, received.body, now_s=int(received.headers["webhook-timestamp"]))
+    keys = [received.payload["items"][0]["key"] for received in new.accepted]
+    assert keys == ["scans/00000.png", "scans/00001.png", "scans/00002.png"]
+    assert "result" not in new.accepted[2].payload["items"][0]

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
@@ -97,10 +98,20 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup, worker_pr
         await clock.sleep(delay_s)
 
     with capture_logs() as logs:
-        async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+        async with (
+            StorageFactory(settings.storage) as storages,
+            open_ocr_session() as session,
+            open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        ):
             store = await batch_store_in(settings, storages)
             worker = Worker(
-                settings, store=store, storages=storages, session=session, sleep=sleep, clock=clock
+                settings,
+                store=store,
+                storages=storages,
+                session=session,
+                outbound_session=outbound,
+                sleep=sleep,
+                clock=clock,
             )
             outcome = await within(worker.run_pass(), 50, "the pass did not end")
     assert outcome.errors == {}
@@ -226,9 +237,14 @@ async def test_cap_configured_too_high_settles_at_the_real_limit(make_worker_set
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
     ):
         worker = Worker(
-            settings, store=await batch_store_in(settings, storages), storages=storages, session=session
+            settings,
+            store=await batch_store_in(settings, storages),
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
         )
         outcome = await worker.run_pass()
         limiter = worker.limiters["receipts"]

@@ -18,6 +18,7 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import OcrClient, open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import StorageError
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.s3 import S3Storage
 from ocrbatch.worker import batch_run
@@ -89,10 +90,21 @@ async def test_an_error_at_any_step_is_that_item_s_outcome_only(
         await setup.inputs.write(key, png(100 + index, 80))
     await create_batch(setup, settings)
     monkeypatch.setattr(owner, name, poisoned(getattr(owner, name), error))
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         store = await batch_store_in(settings, storages)
         claims = ItemClaims(store.coordination, ttl_s=60)
-        worker = Worker(settings, store=store, storages=storages, session=session, claims=claims)
+        worker = Worker(
+            settings,
+            store=store,
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
+            claims=claims,
+        )
         outcome = await within(worker.run_pass(), 60, f"the pass did not end with {name} raising")
         [stored] = await store.list_batches()
     assert outcome.errors == {}
@@ -125,9 +137,13 @@ async def test_an_item_whose_failure_cannot_be_recorded_stays_pending_and_the_pa
         "record_failure",
         poisoned(ItemOutcomes.record_failure, StorageError("injected: no writes", location="s3://b/out")),
     )
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session)
+        worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
         outcome = await within(worker.run_pass(), 60, "the pass did not end")
     assert outcome.errors == {}
     report = outcome.reports[next(iter(outcome.reports))]
@@ -149,9 +165,13 @@ async def test_an_announced_input_that_cannot_be_read_gets_a_failure_record(
     refused = StorageError("injected: never readable", location="s3://bucket/in")
     refused.transient = False
     monkeypatch.setattr(S3Storage, "head", poisoned(S3Storage.head, refused))
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session)
+        worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
         uploads = [Upload(setup.bucket, f"in/{key}") for key in (POISON, OTHERS[0])]
         await within(worker.process_uploads(uploads), 60, "the announced inputs were not processed")
         [stored] = await store.list_batches()

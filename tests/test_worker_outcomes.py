@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.emulator.faults import ScriptedFault
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
@@ -22,9 +23,17 @@ from ocrbatch.worker.worker import PassResult, Worker
 async def one_pass(
     settings: Settings, *, before: Callable[[Worker], Awaitable[None]] | None = None
 ) -> PassResult:
-    async with StorageFactory(settings.storage) as storages, open_ocr_session() as session:
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+    ):
         worker = Worker(
-            settings, store=await batch_store_in(settings, storages), storages=storages, session=session
+            settings,
+            store=await batch_store_in(settings, storages),
+            storages=storages,
+            session=session,
+            outbound_session=outbound,
         )
         return await worker.run_pass()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 from fixtures.process import OcrbatchProcess, start_ocrbatch
 from fixtures.receiver import Receiver
@@ -19,12 +20,14 @@ from ocrbatch.worker.batch_run import item_tasks_per_batch
 INPUTS = 60
 
 
-async def prepare(setup: WorkerSetup, tmp_path: Path, **batch: object) -> tuple[Path, list[str]]:
+async def prepare(
+    setup: WorkerSetup, tmp_path: Path, *, webhook_settings: dict[str, Any] | None = None, **batch: object
+) -> tuple[Path, list[str]]:
     names = [f"scan-{index:03}.png" for index in range(INPUTS)]
     for index, name in enumerate(names):
         await setup.inputs.write(name, png(100 + index, 100))
     await create_batch(setup, setup.settings(), name="scans", **batch)
-    return write_config(setup, tmp_path / "ocrbatch.toml"), names
+    return write_config(setup, tmp_path / "ocrbatch.toml", webhook=webhook_settings), names
 
 
 async def start_worker(config: Path) -> OcrbatchProcess:
@@ -148,9 +151,9 @@ async def test_finished_items_not_yet_in_a_chunk_survive_a_sigkill(
     await receiver.start()
     try:
         setup = await make_worker_setup(max_concurrent_calls=5)
-        config, names = await prepare(setup, tmp_path, webhook={"url": receiver.url})
-        with config.open("a", encoding="utf-8") as file:
-            file.write("[webhook]\nidle_flush_s = 3600\n")
+        config, names = await prepare(
+            setup, tmp_path, webhook={"url": receiver.url}, webhook_settings={"idle_flush_s": 3600}
+        )
         process = await start_ocrbatch(config, "run")
         await process.wait_for_log("batch.pass_done")
         await process.stop(signal.SIGKILL)

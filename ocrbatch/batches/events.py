@@ -4,8 +4,10 @@ Accepted shapes: S3 event notifications (`{"Records": [{"eventName": "ObjectCrea
 "s3": {"bucket": {"name": ...}, "object": {"key": ...}}}]}`), as AWS sends them and as MinIO's
 webhook target sends them (with extra top-level `EventName`/`Key`); and the same wrapped in an SNS
 HTTP message (`Type: Notification`, the event JSON in `Message`). Keys arrive URL-encoded
-(`unquote_plus`). Test events (`s3:TestEvent`) announce nothing. Events can be lost, so they only
-hurry discovery along: the periodic pass still reconciles everything.
+(`unquote_plus`). Test events (`s3:TestEvent`) and `UnsubscribeConfirmation`s announce nothing.
+Events can be lost, so they only hurry discovery along: the periodic pass still reconciles
+everything. This module only reads bodies: whether an SNS message is to be believed is
+`ocrbatch.service.sns`'s to say, before it is parsed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def parse_notification(body: Any) -> list[Upload] | SnsConfirmation:
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise NotAnEvent("an SNS SubscriptionConfirmation needs a SubscribeURL")
         return SnsConfirmation(str(topic or ""), url)
+    if message_type == "UnsubscribeConfirmation":
+        return []
     if message_type == "Notification":
         try:
             body = json.loads(body.get("Message") or "")

@@ -21,11 +21,13 @@ from pydantic import (
     SecretStr,
     SerializationInfo,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
 
+from ocrbatch.batches.sealing import KEY_SETTING, Sealer, open_stored
 from ocrbatch.errors import BatchRuleViolation, validation_problems
 from ocrbatch.locations import Location, masked_url
 from ocrbatch.settings import DomainSettings, check_http_url, read_secret_files
@@ -65,7 +67,12 @@ def name_key(name: str) -> str:
 
 
 class Webhook(BaseModel):
-    """Where finished items are POSTed, in chunks (SPEC §6)."""
+    """Where finished items are POSTed, in chunks (SPEC §6).
+
+    Dumped as JSON, its secret and a URL with credentials are masked; with `reveal_secrets` in the
+    context they are clear, and with a `Sealer` as `sealer` (the batch store) they are sealed.
+    Validated with a `sealer` in the context (reading a stored document), sealed values are opened.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,23 +86,43 @@ class Webhook(BaseModel):
     def _secret_file(cls, data: Any) -> Any:
         return read_secret_files(cls, data)
 
+    @field_validator("url", "secret", mode="before")
+    @classmethod
+    def _open_sealed(cls, value: Any, info: ValidationInfo) -> Any:
+        # Only a stored document holds sealed values; operator input never passes for one.
+        context = info.context or {}
+        return open_stored(value, context["sealer"]) if "sealer" in context else value
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return check_http_url(value)
 
     @field_serializer("url", when_used="json")
-    def _dump_url(self, value: str, info: SerializationInfo) -> str:
-        # As the secret: the store keeps the URL whole, everything else sees its credentials masked.
-        return value if (info.context or {}).get("reveal_secrets") else masked_url(value)
+    def _dump_url(self, value: str, info: SerializationInfo) -> str | dict[str, str]:
+        # As the secret: the store keeps the URL whole (sealed if it carries credentials), everything
+        # else sees its credentials masked.
+        context = info.context or {}
+        sealer = context.get("sealer")
+        if isinstance(sealer, Sealer) and url_credentials(value):
+            return sealer.seal(value)
+        return value if context.get("reveal_secrets") else masked_url(value)
 
     @field_serializer("secret", when_used="json")
-    def _dump_secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+    def _dump_secret(self, value: SecretStr | None, info: SerializationInfo) -> str | dict[str, str] | None:
         # The batch store must keep the secret; everything else sees it masked.
         if value is None:
             return None
         context = info.context or {}
+        sealer = context.get("sealer")
+        if isinstance(sealer, Sealer):
+            return sealer.seal(value.get_secret_value())
         return value.get_secret_value() if context.get("reveal_secrets") else str(value)
+
+
+def url_credentials(url: str) -> str:
+    """The userinfo (`user:password`) of a URL; empty when it carries none."""
+    return url.partition("://")[2].partition("/")[0].rpartition("@")[0]
 
 
 def webhook_secrets(webhook: Webhook | None) -> list[str]:
@@ -103,10 +130,24 @@ def webhook_secrets(webhook: Webhook | None) -> list[str]:
     if webhook is None:
         return []
     found = [webhook.secret.get_secret_value()] if webhook.secret else []
-    userinfo = webhook.url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-    if userinfo:
+    if userinfo := url_credentials(webhook.url):
         found.append(userinfo.partition(":")[2] or userinfo)
     return found
+
+
+_KEY_NEEDED = f"cannot be stored without a key: set {KEY_SETTING} to store webhook secrets"
+
+
+def unsealed_secret_violations(spec: BatchSpec) -> list[tuple[str, str]]:
+    """What a batch cannot store when no key is configured: its webhook's secret, and a webhook
+    URL's credentials (each a (field, rule) of a `BatchRuleViolation`)."""
+    webhook = spec.webhook
+    problems = []
+    if webhook is not None and webhook.secret is not None:
+        problems.append(("webhook.secret", _KEY_NEEDED))
+    if webhook is not None and url_credentials(webhook.url):
+        problems.append(("webhook.url", f"carries credentials (user:password@), which {_KEY_NEEDED}"))
+    return problems
 
 
 class BatchSpec(BaseModel):
@@ -218,24 +259,37 @@ def resolve_defaults(spec: BatchSpec, domain: DomainSettings) -> BatchSpec:
 
 
 def check_batch(
-    candidate: Batch, others: Iterable[Batch], *, domains: Mapping[str, DomainSettings], control: Location
+    candidate: Batch,
+    others: Iterable[Batch],
+    *,
+    domains: Mapping[str, DomainSettings],
+    control: Location,
+    can_seal: bool = True,
 ) -> None:
     """Check one new or changed batch against every rule and the other batches of the catalog.
 
     Only the candidate is judged: a batch that was stored earlier and no longer passes (say,
     its domain was removed from the settings) does not block changes to other batches.
     """
-    problems = batch_violations(candidate, others, domains=domains, control=control)
+    problems = batch_violations(candidate, others, domains=domains, control=control, can_seal=can_seal)
     if problems:
         raise BatchRuleViolation(problems)
 
 
 def batch_violations(
-    candidate: Batch, others: Iterable[Batch], *, domains: Mapping[str, DomainSettings], control: Location
+    candidate: Batch,
+    others: Iterable[Batch],
+    *,
+    domains: Mapping[str, DomainSettings],
+    control: Location,
+    can_seal: bool = True,
 ) -> list[tuple[str, str]]:
-    """Every (field, rule) the candidate breaks; others with the candidate's id are ignored."""
+    """Every (field, rule) the candidate breaks; others with the candidate's id are ignored.
+    `can_seal`: whether a key to seal webhook secrets is configured (else they are refused)."""
     problems = _check_domain_options(candidate, domains)
     problems += _check_paths(candidate, control)
+    if not can_seal:
+        problems += unsealed_secret_violations(candidate)
     for other in others:
         if other.id != candidate.id:
             problems.extend(

@@ -8,16 +8,16 @@ Concurrency, without any database of our own:
   run under a short lease on `locks/catalog.json`, taken with a create and taken over with a
   replace once expired, so two writers cannot both pass the checks.
 
-A document that does not parse as a batch (hand-edited, truncated, from a newer version) is
-*broken*: listings skip it and show it as a `BrokenBatch` (logged at error level once per version
-of it), reading it by id raises `BrokenBatchDocument`, and `delete_broken` removes it. One bad
-document never hides the other batches.
+A document that does not parse as a batch is *broken* (`broken.py`): listings skip it, reading it
+by id raises `BrokenBatchDocument`, and `delete_broken` removes it.
+
+Webhook secrets, and webhook URLs with credentials, are sealed in the documents with the
+`[security]` keys (`sealing.py`); without a key, a batch holding one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import secrets
 import time
@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import structlog
-from pydantic import ValidationError
-
+from ocrbatch.batches.broken import BrokenBatch, BrokenBatchDocument, BrokenLog, read_document
+from ocrbatch.batches.sealing import Sealer
 from ocrbatch.batches.spec import (
     Batch,
     BatchSpec,
@@ -44,16 +43,10 @@ from ocrbatch.batches.spec import (
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.factory import open_coordination
 from ocrbatch.coordination.leases import Leases, new_owner
-from ocrbatch.errors import (
-    BatchConflict,
-    BatchNotFound,
-    BatchRuleViolation,
-    OcrBatchError,
-    PreconditionFailed,
-    validation_problems,
-)
+from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation, PreconditionFailed
 from ocrbatch.locations import Location
 from ocrbatch.logs import learn_secrets
+from ocrbatch.outbound import OutboundPolicy, OutboundRefused
 from ocrbatch.settings import DomainSettings, Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.types import Sleep
@@ -62,8 +55,6 @@ BATCH_PREFIX = "batches/"
 LOCK_KEY = "locks/catalog.json"
 Action = Literal["create", "update", "unchanged", "delete"]
 _STATUS_ATTEMPTS = 10
-_SHOWN_NAME_CHARS = 100
-log = structlog.get_logger("ocrbatch.batches")
 
 
 @dataclass(frozen=True)
@@ -72,42 +63,6 @@ class StoredBatch:
 
     batch: Batch
     etag: str
-
-
-@dataclass(frozen=True)
-class BrokenBatch:
-    """A batch document that is not a valid batch (not JSON, or a field breaks a rule): shown with
-    its reason and skipped by the worker until it is fixed or deleted."""
-
-    batch_id: str  # from the document's key, `batches/{id}.json`
-    key: str
-    document: str  # where it is: the control location (or Redis server) and the key
-    reason: str  # the first problem, such as "name: is required" or "Invalid JSON: ..."
-    version: str
-    name: str | None = None  # the name the document states, if it states one
-
-    @property
-    def message(self) -> str:
-        return f"{self.document}: batch document is not valid ({self.reason}); fix or delete it"
-
-    def as_dict(self) -> dict[str, Any]:
-        """How listings (CLI JSON, API) show it: a batch's id, name and status, with the key."""
-        return {
-            "id": self.batch_id,
-            "name": self.name,
-            "status": "broken",
-            "status_reason": self.message,
-            "key": self.key,
-            "document": self.document,
-        }
-
-
-class BrokenBatchDocument(OcrBatchError):
-    """The batch asked for is stored in a document that is not a valid batch."""
-
-    def __init__(self, broken: BrokenBatch) -> None:
-        super().__init__(broken.message)
-        self.broken = broken
 
 
 @dataclass(frozen=True)
@@ -147,16 +102,24 @@ class BatchStore:
         sleep: Sleep = asyncio.sleep,
         lease_s: float = 30.0,
         lock_wait_s: float = 10.0,
+        sealer: Sealer | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
+        """`sealer` seals webhook secrets in the documents and opens them; without it a batch
+        holding one is refused (and a sealed document reads as broken). `outbound` judges each
+        new webhook URL: one whose host is, or resolves only to, a refused address is refused."""
+        self._outbound = outbound
         self._coordination = coordination
         self._control = control
         self._domains = domains
+        self._sealer = sealer
+        self._can_seal = sealer is not None
         self._clock = clock
         self._sleep = sleep
         self._lease_s = lease_s
         self._lock_wait_s = lock_wait_s
         self._leases = Leases(coordination, owner=new_owner(), clock=clock)
-        self._broken_versions: dict[str, str] = {}  # broken document key -> version logged
+        self._broken = BrokenLog()
 
     @property
     def control(self) -> Location:
@@ -179,8 +142,7 @@ class BatchStore:
         is matched by the name it states, if any)."""
         keys = [key async for key in self._coordination.keys(BATCH_PREFIX) if key.endswith(".json")]
         found = await asyncio.gather(*(self._read_key(key) for key in keys))
-        for key in set(self._broken_versions) - set(keys):
-            self._note(key, None)  # a broken document was deleted
+        self._broken.forget_missing(keys)
         batches = [item for item in found if isinstance(item, StoredBatch)]
         broken = [item for item in found if isinstance(item, BrokenBatch)]
         if search:
@@ -217,45 +179,17 @@ class BatchStore:
             return None
         found: StoredBatch | BrokenBatch | None = None
         if stored is not None:
-            try:
-                found = StoredBatch(Batch.model_validate_json(stored.data), stored.version)
-                learn_secrets(webhook_secrets(found.batch.webhook))  # never in a log line
-            except ValidationError as exc:
-                problems = validation_problems(exc, unknown_key="is not a batch field")
-                field, rule = problems[0]
-                reason = f"{field}: {rule}" if field else rule
-                if len(problems) > 1:
-                    reason += f" (and {len(problems) - 1} more)"
-                found = BrokenBatch(
-                    batch_id=key.removeprefix(BATCH_PREFIX).removesuffix(".json"),
-                    key=key,
-                    document=_where(self._coordination.where, key),
-                    reason=reason,
-                    version=stored.version,
-                    name=_stated_name(stored.data),
-                )
-        self._note(key, found)
+            where = self._coordination.where
+            read = read_document(stored, key=key, where=where, sealer=self._sealer)
+            found = StoredBatch(read, stored.version) if isinstance(read, Batch) else read
+        self._broken.note(key, found)
         return found
-
-    def _note(self, key: str, found: StoredBatch | BrokenBatch | None) -> None:
-        """Log a broken document at error level once per version of it, and its repair once."""
-        if isinstance(found, BrokenBatch):
-            if self._broken_versions.get(key) != found.version:
-                self._broken_versions[key] = found.version
-                log.error(
-                    "batch.document_broken",
-                    key=key,
-                    document=found.document,
-                    batch_id=found.batch_id,
-                    reason=found.reason,
-                )
-        elif self._broken_versions.pop(key, None) is not None:
-            log.info("batch.document_repaired" if found else "batch.document_removed", key=key)
 
     # -- changing -------------------------------------------------------------------------
 
     async def create(self, spec: BatchSpec) -> StoredBatch:
         """Store a new batch after checking it against every other batch."""
+        await self._check_webhook_url(spec)
         async with self._catalog_lock():
             current = await self.list_batches()
             batch = self._new_batch(spec)
@@ -278,6 +212,7 @@ class BatchStore:
         base = await self.get(ref)
         etag = if_match or base.etag
         spec = parse_spec(self._merge(base.batch, changes))
+        await self._check_webhook_url(spec, base.batch)
         async with self._catalog_lock():
             others = [item.batch for item in await self.list_batches() if item.batch.id != base.batch.id]
             batch = self._updated_batch(base.batch, spec, status=status)
@@ -286,6 +221,19 @@ class BatchStore:
             if _spec_dump(batch.spec()) != _spec_dump(base.batch.spec()):
                 self._check(batch, others)
             return await self._write(batch, etag=etag)
+
+    async def _check_webhook_url(self, spec: BatchSpec, base: Batch | None = None) -> None:
+        """Refuse a webhook URL the outbound policy refuses, when it is new (the address is
+        checked again at every delivery, so DNS cannot move it afterwards)."""
+        webhook = spec.webhook
+        if self._outbound is None or webhook is None:
+            return
+        if base is not None and base.webhook is not None and base.webhook.url == webhook.url:
+            return
+        try:
+            await self._outbound.check_url(webhook.url)
+        except OutboundRefused as refused:
+            raise BatchRuleViolation([("webhook.url", str(refused))]) from None
 
     def _merge(self, base: Batch, changes: Mapping[str, Any]) -> dict[str, Any]:
         """The batch's spec fields with `changes` applied, as plain data for validation."""
@@ -321,7 +269,7 @@ class BatchStore:
             raise BatchConflict(
                 f"{broken.document} was changed since it was read; read it again and retry"
             ) from None
-        self._note(broken.key, None)
+        self._broken.note(broken.key, None)
 
     async def set_status(self, batch_id: str, status: BatchStatus, reason: str | None = None) -> Batch:
         """Record a status transition (used by the worker); retried on concurrent edits."""
@@ -352,6 +300,8 @@ class BatchStore:
             if (key := name_key(spec.name)) in seen:
                 raise BatchRuleViolation([("name", f"{spec.name!r} is declared more than once in the file")])
             seen[key] = spec.name
+        for spec in specs:
+            await self._check_webhook_url(spec)
         async with self._catalog_lock():
             plan = self._plan(specs, await self.list_batches(), prune=prune)
             self._check_plan(plan)
@@ -408,7 +358,7 @@ class BatchStore:
         return Batch.model_validate({**base.model_dump(), **update})
 
     def _check(self, candidate: Batch, others: list[Batch]) -> None:
-        check_batch(candidate, others, domains=self._domains, control=self.control)
+        check_batch(candidate, others, domains=self._domains, control=self.control, can_seal=self._can_seal)
 
     def _check_plan(self, plan: list[_Step]) -> None:
         """Check each created or updated batch against the catalog as the plan leaves it.
@@ -423,13 +373,18 @@ class BatchStore:
         problems: list[tuple[str, str]] = []
         for index, batch in enumerate(changed):
             others = kept + changed[:index]
-            found = batch_violations(batch, others, domains=self._domains, control=self.control)
+            found = batch_violations(
+                batch, others, domains=self._domains, control=self.control, can_seal=self._can_seal
+            )
             problems.extend((f"batch {batch.name!r}: {field}", rule) for field, rule in found)
         if problems:
             raise BatchRuleViolation(problems)
 
     async def _write(self, batch: Batch, *, etag: str | None) -> StoredBatch:
-        body = batch.model_dump_json(indent=2, context={"reveal_secrets": True}).encode()
+        # Secrets sealed; without a key they can only be there for a status change of a document
+        # that kept them in clear (from before sealing), and they stay so, as they were.
+        context = {"reveal_secrets": True, "sealer": self._sealer}
+        body = batch.model_dump_json(indent=2, context=context).encode()
         key = _doc_key(batch.id)
         try:
             if etag is None:
@@ -469,20 +424,6 @@ def _doc_key(batch_id: str) -> str:
     return f"{BATCH_PREFIX}{batch_id}.json"
 
 
-def _where(where: str, key: str) -> str:
-    return f"{where.rstrip('/')}/{key}" if where else key
-
-
-def _stated_name(data: bytes) -> str | None:
-    """The `name` a document that is not a valid batch states, if it is JSON and has one."""
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    name = document.get("name") if isinstance(document, dict) else None
-    return name[:_SHOWN_NAME_CHARS] if isinstance(name, str) and name.strip() else None
-
-
 def _spec_dump(spec: BatchSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", context={"reveal_secrets": True})
 
@@ -502,4 +443,10 @@ async def batch_store_in(settings: Settings, storages: StorageFactory) -> BatchS
     """The batch store in the configured coordination backend (a local control directory is
     created; the control path's endpoint is probed)."""
     control = Location.parse(settings.storage.control_path)
-    return BatchStore(await open_coordination(settings, storages), control=control, domains=settings.domains)
+    return BatchStore(
+        await open_coordination(settings, storages),
+        control=control,
+        domains=settings.domains,
+        sealer=Sealer.from_settings(settings.security),
+        outbound=OutboundPolicy(settings.webhook.allow_networks),
+    )

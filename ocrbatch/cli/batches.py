@@ -13,8 +13,9 @@ import click
 import structlog
 import yaml
 
+from ocrbatch.batches.broken import BrokenBatch, BrokenBatchDocument
 from ocrbatch.batches.spec import Batch, BatchStatus, parse_spec
-from ocrbatch.batches.store import BatchStore, BrokenBatch, BrokenBatchDocument, open_batch_store
+from ocrbatch.batches.store import BatchStore, open_batch_store
 from ocrbatch.cli import output as cli_output
 from ocrbatch.cli.state import CliState
 from ocrbatch.errors import ConfigError

@@ -11,8 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ocrbatch.batches.broken import BrokenBatch
 from ocrbatch.batches.spec import Batch
-from ocrbatch.batches.store import BrokenBatch, PlannedChange, StoredBatch
+from ocrbatch.batches.store import PlannedChange, StoredBatch
 from ocrbatch.locations import masked_url
 
 

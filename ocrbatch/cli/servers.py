@@ -12,16 +12,15 @@ import asyncio
 import dataclasses
 import functools
 import ipaddress
-import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from ocrbatch.cli.tokens import write_token_file
 from ocrbatch.emulator.faults import FaultSettings
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.emulator.settings import EmulatorSettings
@@ -336,16 +335,10 @@ async def serve_emulator(settings: EmulatorSettings) -> None:
         sys.stdout.write(f"{emulator.url}\n{emulator.banner()}\n")
         sys.stdout.flush()
         if settings.admin_token is None:
-            token_file = _write_token_file(emulator.admin_token.get_secret_value())
+            token_file = write_token_file(
+                emulator.admin_token.get_secret_value(), prefix="ocrbatch-emulator-"
+            )
             sys.stderr.write(f"admin token (X-OCR-ADMIN-TOKEN for /_emulator/*) in {token_file}\n")
         for warning in emulator.recogniser.warnings():
             sys.stderr.write(f"{warning}\n")
         await stop.wait()
-
-
-def _write_token_file(token: str) -> str:
-    """A new file holding `token`, readable by this user alone (mkstemp makes it 0600)."""
-    fd, path = tempfile.mkstemp(prefix="ocrbatch-emulator-", suffix=".token")
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(token + "\n")
-    return path

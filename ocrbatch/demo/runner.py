@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Literal, NoReturn
 
 import click
+from cryptography.fernet import Fernet
 
 from ocrbatch.demo import samples
 from ocrbatch.demo.script import (
@@ -35,6 +36,7 @@ from ocrbatch.demo.script import (
     DOMAIN_CAP,
     DOMAINS,
     MARKER,
+    SEALING_KEY_FILE,
     SECRET,
     STEPS,
     apply_file,
@@ -108,6 +110,7 @@ def _run(workdir: Path, engine: DemoEngine) -> int:
             fg="yellow",
         )
     use_engine = _choose_engine(engine)
+    _write_sealing_key(workdir / SEALING_KEY_FILE)
     secret = secrets.token_hex(24)  # the worker signs every chunk with it; the receiver checks
     (workdir / "webhook-secret.txt").write_text(secret + "\n", encoding="utf-8")
     with WebhookReceiver(workdir / "webhooks", secret) as receiver:
@@ -132,6 +135,15 @@ def _run(workdir: Path, engine: DemoEngine) -> int:
                 return code
             finally:
                 _stop(service)
+
+
+def _write_sealing_key(path: Path) -> None:
+    """A new key for this run (the demo's batch documents seal their webhook secrets with it),
+    readable by its owner only."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as key_file:
+        key_file.write(Fernet.generate_key().decode("ascii") + "\n")
 
 
 def _choose_engine(engine: DemoEngine) -> bool:

@@ -16,14 +16,23 @@ ADMIN_TOKEN = secrets.token_urlsafe(24)
 # one batch; they share the OCR service, whose cap is the sum of theirs.
 DOMAIN_CAP = 2
 DOMAINS = {"ocr-ko": "ko", "ocr-ja": "ja", "ocr-zh-tw": "zh-TW"}
+# The key that seals the batches' webhook secrets in their documents: made for each run, mode 0600.
+SEALING_KEY_FILE = "secret-key.txt"
 DEMO_CONFIG_HEAD = f"""\
 {MARKER}: local directories and the {{service}}, no cloud account.
 [storage]
 control_path = "control"
 
+[security]
+secret_key_file = "{SEALING_KEY_FILE}"
+
 [worker]
 backoff_initial_s = 0.2
 progress_interval_s = 2
+
+[webhook]
+# The demo's receiver listens on loopback, which webhooks may reach only when allowed.
+allow_networks = ["127.0.0.0/8"]
 
 [logging]
 format = "console"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import structlog
@@ -28,9 +28,10 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
+from ocrbatch.batches.broken import BrokenBatchDocument
 from ocrbatch.batches.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
 from ocrbatch.batches.spec import Batch, BatchStatus, parse_spec
-from ocrbatch.batches.store import BatchStore, BrokenBatchDocument, StoredBatch
+from ocrbatch.batches.store import BatchStore, StoredBatch
 from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
@@ -38,12 +39,19 @@ from ocrbatch.errors import (
     ConfigError,
     StorageError,
 )
+from ocrbatch.locations import Location
+from ocrbatch.service.sns import (
+    SNS_TYPE_HEADER,
+    SnsConfirmationFailed,
+    SnsRefused,
+    SnsVerifier,
+    is_sns_message,
+)
 
 ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
 # Raises `NotReady` (or `StorageError`) when not ready; returns the details to show.
 Ready = Callable[[], Awaitable[Mapping[str, Any] | None]]
 OnUploads = Callable[[list[Upload]], Awaitable[int]]  # returns how many uploads a batch wanted
-ConfirmSubscription = Callable[[str], Awaitable[None]]
 EVENTS_PATH = "/api/v1/events/s3"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,6 +66,7 @@ _HTTP_CODES = {
     412: "precondition_failed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    421: "misdirected_request",
 }
 
 log = structlog.get_logger("ocrbatch.api")
@@ -118,23 +127,43 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def create_app(
     store: BatchStore,
     *,
     token: SecretStr | None,
+    public_hosts: Sequence[str] = (),
+    allowed_locations: Sequence[str] = (),
+    on_batch_changed: Callable[[Batch], None] | None = None,
     read_report: ReadReport | None = None,
     ready: Ready | None = None,
     metrics: Callable[[], bytes] | None = None,
     on_uploads: OnUploads | None = None,
-    confirm_subscription: ConfirmSubscription | None = None,
+    sns: SnsVerifier | None = None,
 ) -> web.Application:
-    """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`)."""
-    app = web.Application(middlewares=[_error_middleware, _cross_site_middleware, _auth_middleware(token)])
-    handlers = _Handlers(store, read_report, ready)
+    """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`).
+    It answers to loopback Host names and `public_hosts`; batches it makes or edits read and write
+    only inside `allowed_locations` (none when empty)."""
+    app = web.Application(
+        middlewares=[
+            _error_middleware,
+            _host_middleware(public_hosts),
+            _cross_site_middleware,
+            _auth_middleware(token),
+        ]
+    )
+    handlers = _Handlers(store, read_report, ready, LocationGate(allowed_locations), on_batch_changed)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     if on_uploads is not None:
-        app.router.add_post(EVENTS_PATH, _events_handler(on_uploads, confirm_subscription))
+        app.router.add_post(EVENTS_PATH, _events_handler(on_uploads, sns))
     if metrics is not None:
         render = metrics
 
@@ -196,6 +225,44 @@ def _api_error(request: web.Request, exc: Exception) -> ApiError:
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+def _host_middleware(public_hosts: Sequence[str]) -> Middleware:
+    served = [_host_and_port(host) for host in public_hosts]
+
+    @web.middleware
+    async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """421 unless the Host header names this server: a loopback name, an IP address (which no
+        other site's page can be served from) or one of `public_hosts` (with its port, if it
+        names one). A page whose name an attacker re-pointed at this address (DNS rebinding)
+        sends its own name. Health and metrics answer any name, for probes."""
+        if request.path not in UNAUTHENTICATED_PATHS and not _served_host(request.host, served):
+            raise ApiError(
+                421,
+                "misdirected_request",
+                f"this server does not answer to the host name {request.host!r}; add it to api.public_hosts",
+            )
+        return await handler(request)
+
+    return host_check
+
+
+def _served_host(header: str, served: Sequence[tuple[str, int | None]]) -> bool:
+    host, port = _host_and_port(header)
+    if _is_loopback(host) or host.endswith(".localhost") or _is_ip(host):
+        return True
+    return any(host == name and wanted in (None, port) for name, wanted in served)
+
+
+def _host_and_port(text: str) -> tuple[str, int | None]:
+    """`name[:port]` or `[v6][:port]`, the name lowercased; the port None when absent or bad."""
+    text = text.strip().casefold()
+    if text.startswith("["):
+        name, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        name, _, port_text = text.partition(":") if text.count(":") == 1 else (text, "", "")
+    return name.rstrip("."), int(port_text) if port_text.isdigit() else None
+
+
 @web.middleware
 async def _cross_site_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """What a web page in a browser cannot do to this API: a state-changing request must carry
@@ -241,22 +308,27 @@ def _auth_middleware(token: SecretStr | None) -> Middleware:
 # -- handlers ---------------------------------------------------------------------------------
 
 
-def _events_handler(on_uploads: OnUploads, confirm: ConfirmSubscription | None) -> Handler:
-    """S3 event notifications (MinIO webhook target, SNS HTTP subscription) for the worker."""
+def _events_handler(on_uploads: OnUploads, sns: SnsVerifier | None) -> Handler:
+    """S3 event notifications (MinIO webhook target, SNS HTTP subscription) for the worker. An SNS
+    message is believed only once `sns` verified it (403 otherwise, and without `sns`)."""
 
     async def events(request: web.Request) -> web.Response:
         body = await _json_object(request)
+        if is_sns_message(body, request.headers.get(SNS_TYPE_HEADER)):
+            await _verify_sns(request, body, sns)
         try:
             parsed = parse_notification(body)
         except NotAnEvent as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         if isinstance(parsed, SnsConfirmation):
-            if confirm is None:
-                raise ApiError(400, "bad_request", "SNS subscriptions are not accepted here")
+            if sns is None:  # refused by _verify_sns already; this tells the type checker
+                _refuse_sns(request, "SNS messages are not accepted here")
             try:
-                await confirm(parsed.subscribe_url)
-            except NotAnEvent as exc:
-                raise ApiError(400, "bad_request", str(exc)) from None
+                await sns.confirm(parsed.subscribe_url)
+            except SnsRefused as exc:
+                _refuse_sns(request, f"the SNS message is refused: {exc}")
+            except SnsConfirmationFailed as exc:
+                raise ApiError(502, "bad_gateway", str(exc)) from None
             log.info("events.sns_subscription_confirmed", topic=parsed.topic_arn)
             return _json({"confirmed": parsed.topic_arn})
         wanted = await on_uploads(parsed)
@@ -265,11 +337,67 @@ def _events_handler(on_uploads: OnUploads, confirm: ConfirmSubscription | None) 
     return events
 
 
+async def _verify_sns(request: web.Request, body: Mapping[str, Any], sns: SnsVerifier | None) -> None:
+    if sns is None:
+        _refuse_sns(request, "SNS messages are not accepted here")
+    try:
+        await sns.verify(body, request.headers.get(SNS_TYPE_HEADER))
+    except SnsRefused as exc:
+        _refuse_sns(request, f"the SNS message is refused: {exc}")
+
+
+def _refuse_sns(request: web.Request, reason: str) -> NoReturn:
+    log.warning("events.sns_refused", reason=reason, remote=request.remote)
+    raise ApiError(403, "forbidden", reason)
+
+
+class LocationGate:
+    """The locations the API may give batches: inside one of `allowed` (S3 prefixes or
+    directories), or a 422 naming the field. Local paths are compared after symlinks are resolved."""
+
+    FIELDS = ("input_path", "result_path")
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        self._texts = list(allowed)
+        self._allowed = [Location.parse(text) for text in allowed]
+
+    def check(self, body: Mapping[str, Any]) -> None:
+        """Refuse every path field of `body` outside the allowed locations (bad paths are left to
+        the batch rules, which name them)."""
+        refused: list[tuple[str, str]] = []
+        for field in self.FIELDS:
+            value = body.get(field)
+            if not isinstance(value, str):
+                continue
+            try:
+                location = Location.parse(value)
+            except ValueError:
+                continue
+            if not any(allowed.contains(location) for allowed in self._allowed):
+                refused.append((field, self._rule()))
+        if refused:
+            raise BatchRuleViolation(refused)
+
+    def _rule(self) -> str:
+        if not self._allowed:
+            return "no location is open to the API until api.allowed_locations lists some"
+        return f"is outside the locations open to the API (api.allowed_locations: {', '.join(self._texts)})"
+
+
 class _Handlers:
-    def __init__(self, store: BatchStore, read_report: ReadReport | None, ready: Ready | None) -> None:
+    def __init__(
+        self,
+        store: BatchStore,
+        read_report: ReadReport | None,
+        ready: Ready | None,
+        gate: LocationGate,
+        on_batch_changed: Callable[[Batch], None] | None,
+    ) -> None:
+        self._on_batch_changed = on_batch_changed
         self._store = store
         self._read_report = read_report
         self._ready = ready
+        self._gate = gate
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -297,6 +425,7 @@ class _Handlers:
     async def create_batch(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
         _refuse_secret_files(body)
+        self._gate.check(body)
         created = await self._store.create(parse_spec(body))
         log.info("batch.created", batch_id=created.batch.id, via="api")
         return _batch_response(created, status=201)
@@ -309,6 +438,7 @@ class _Handlers:
         changes = await _json_object(request)
         status = _requested_status(changes.pop("status", None))
         _refuse_secret_files(changes)
+        self._gate.check(changes)
         if not changes and status is None:
             raise ApiError(400, "bad_request", "nothing to change: send spec fields and/or a status")
         if_match = await self._precondition(request, ref)
@@ -317,6 +447,8 @@ class _Handlers:
         except BatchConflict as exc:
             await self._raise_conflict(exc, ref, if_match)
         log.info("batch.edited", batch_id=updated.batch.id, fields=sorted(changes), via="api")
+        if self._on_batch_changed is not None:
+            self._on_batch_changed(updated.batch)
         return _batch_response(updated)
 
     async def delete_batch(self, request: web.Request) -> web.Response:

@@ -33,8 +33,9 @@ from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.coordination.single_writer import SingleWriter
 from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.errors import StorageError
+from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.api import NotReady, check_bind, create_app
-from ocrbatch.service.sns import confirm_sns_subscription
+from ocrbatch.service.sns import SnsVerifier
 from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
@@ -76,8 +77,9 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session(max_connections=max_connections) as session,
+        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
     ):
-        service = _Service(settings, storages, session, once=once, stop_requested=stop_requested)
+        service = _Service(settings, storages, session, outbound, once=once, stop_requested=stop_requested)
         try:
             await service.startup(serve=serve)
             outcome = await service.main_loop()
@@ -99,13 +101,17 @@ class _Service:
         settings: Settings,
         storages: StorageFactory,
         session: ClientSession,
+        outbound: ClientSession,
         *,
         once: bool,
         stop_requested: asyncio.Event,
     ) -> None:
+        """`session` calls the OCR domains; `outbound` makes the requests batches and events name
+        (webhooks, SNS confirmations), under the outbound policy."""
         self._settings = settings
         self._storages = storages
         self._session = session
+        self._outbound = outbound
         self._once = once
         self._stop_requested = stop_requested
         self._claims: ItemClaims | None = None
@@ -136,10 +142,15 @@ class _Service:
         self._claims = ItemClaims(claims_at, ttl_s=settings.worker.claim_ttl_s)
         await self._claims.register()
         self._worker = Worker(
-            settings, store=store, storages=self._storages, session=self._session, claims=self._claims
+            settings,
+            store=store,
+            storages=self._storages,
+            session=self._session,
+            outbound_session=self._outbound,
+            claims=self._claims,
         )
         if serve:
-            self._api = await _start_api(settings, store, self._storages, self._worker, self._session)
+            self._api = await _start_api(settings, store, self._storages, self._worker, self._outbound)
         log.info(
             "worker.started",
             once=self._once,
@@ -310,17 +321,23 @@ async def _start_api(
         log.info("events.received", uploads=len(uploads), for_batches=len(wanted))
         return len(wanted)
 
-    async def confirm(subscribe_url: str) -> None:
-        await confirm_sns_subscription(session, subscribe_url)
-
+    check_signatures = settings.events.sns_signatures == "verify"
+    if not check_signatures:
+        log.warning(
+            "events.sns_signatures_off",
+            reason="SNS messages are accepted without verifying their signatures (emulated stores only)",
+        )
     app = create_app(
         store,
         token=settings.api.token,
+        public_hosts=settings.api.public_hosts,
+        allowed_locations=settings.api.allowed_locations,
+        on_batch_changed=worker.batch_changed,
         read_report=report,
         ready=ready,
         metrics=worker.metrics.render,
         on_uploads=on_uploads,
-        confirm_subscription=confirm,
+        sns=SnsVerifier(session, check_signatures=check_signatures),
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

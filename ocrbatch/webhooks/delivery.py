@@ -4,7 +4,9 @@ Retries go through the shared backoff policy of `ocrbatch.clova.retries` (full j
 honoured and capped at `backoff_max_s`); on top of it, the receiver's answer decides: 429, 5xx and
 transport failures are retried until a 2xx; 410 stops deliveries for the batch and flags it; other
 4xx (client errors) are tried `max_attempts` times over the chunk's attempts, then the chunk is
-parked under `_outbox/dead/` as a dead letter. A chunk leaves the outbox only after a 2xx.
+parked under `_outbox/dead/` as a dead letter. Redirects are not followed, and a receiver at an
+address the outbound policy refuses (`ocrbatch.outbound`) is never sent to: both park the chunk
+at once. A chunk leaves the outbox only after a 2xx.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ocrbatch.clova.contract import parse_retry_after
 from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.errors import ObjectNotFound
 from ocrbatch.locations import masked_url
+from ocrbatch.outbound import OutboundRefused
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.types import Clock, Sleep
 from ocrbatch.webhooks.outbox import Outbox, chunk_id_of
@@ -35,11 +38,19 @@ class Undelivered(Exception):
     """A POST the receiver did not take: its status (None when unreachable), its Retry-After, and
     why in words (the dead letter's reason)."""
 
-    def __init__(self, status: int | None, retry_after_s: float | None, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int | None,
+        retry_after_s: float | None,
+        *,
+        reason: str | None = None,
+        refused: bool = False,
+    ) -> None:
         self.reason = reason or (f"HTTP {status}" if status is not None else "receiver unreachable")
         super().__init__(self.reason)
         self.status = status
         self.retry_after_s = retry_after_s
+        self.refused = refused  # by the outbound policy: never sent, never retried
 
     @property
     def redirect(self) -> bool:
@@ -61,7 +72,7 @@ class _RetryRules:
         self._client_errors = 0
 
     def __call__(self, error: BaseException) -> bool:
-        if not isinstance(error, Undelivered) or error.status == 410 or error.redirect:
+        if not isinstance(error, Undelivered) or error.status == 410 or error.redirect or error.refused:
             return False
         if error.client_error:
             self._client_errors += 1
@@ -111,6 +122,15 @@ class Deliveries:
     def add(self, batch: Batch, webhook: Webhook, outbox: Outbox) -> None:
         """Take on a batch's receiver; the chunks `send` queues wait for `start`."""
         self._recipients[batch.id] = _Recipient(batch, webhook, outbox)
+
+    def update(self, batch: Batch, webhook: Webhook) -> None:
+        """The batch's webhook changed: every chunk from now on, those waiting and the next attempt
+        of the one being sent included, goes to the new URL signed with the new secret. A new URL
+        is a new receiver, so a former one's 410 no longer stops the deliveries."""
+        recipient = self._recipients[batch.id]
+        if webhook.url != recipient.webhook.url:
+            recipient.stopped_reason = None
+        recipient.batch, recipient.webhook = batch, webhook
 
     def start(self, batch_id: str, *, waiting: list[str], dead_letters: int) -> None:
         """Start sending the batch's chunks: any queued since `add`, then the `waiting` ones its
@@ -170,13 +190,16 @@ class Deliveries:
         except ObjectNotFound:
             return  # delivered by another replica meanwhile
         chunk_id = stored.info.metadata.get("chunk-id") or chunk_id_of(key)
-        webhook, batch = recipient.webhook, recipient.batch
-        secret = (
-            webhook.secret.get_secret_value() if webhook.secret else self._domain_secrets.get(batch.domain)
-        )
+        batch = recipient.batch
         try:
             async for attempt in self._retrying(batch.id, chunk_id):
-                with attempt:
+                with attempt:  # the batch's webhook as it is now: an edit reaches the next attempt
+                    webhook = recipient.webhook
+                    secret = (
+                        webhook.secret.get_secret_value()
+                        if webhook.secret
+                        else self._domain_secrets.get(batch.domain)
+                    )
                     status = await self._post(webhook.url, stored.data, secret, chunk_id)
         except Undelivered as refused:
             if refused.status == 410:
@@ -234,6 +257,9 @@ class Deliveries:
                 status = response.status
                 retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
                 location = response.headers.get("Location")
+        except OutboundRefused as refused:
+            log.error("webhook.address_refused", url=masked_url(url), reason=str(refused))
+            raise Undelivered(None, None, reason=f"not sent: {refused}", refused=True) from None
         except (aiohttp.ClientError, TimeoutError):
             raise Undelivered(None, None) from None
         if 300 <= status < 400:

@@ -32,6 +32,7 @@ from ocrbatch.clova.contract import OcrResponse
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import StorageError
+from ocrbatch.locations import masked_url
 from ocrbatch.metrics import WorkerMetrics
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.storage.base import Storage
@@ -152,6 +153,7 @@ class WebhookService:
         if batch.webhook is None:
             return
         if (hook := self._hooks.get(batch.id)) is not None:
+            self.update(batch)
             if hook.recovered_at_s is None or self._clock() - hook.recovered_at_s >= RECOVER_INTERVAL_S:
                 await self._recover(hook)
             return
@@ -168,6 +170,31 @@ class WebhookService:
             log.info("webhook.resending", batch_id=batch.id, chunks=len(pending))
         hook.idle_task = asyncio.create_task(self._idle_loop(hook), name=f"webhook-idle-{batch.id}")
         await self._recover(hook)
+
+    def update(self, batch: Batch) -> None:
+        """Use the batch's current webhook (URL, secret, `locations_only`) from the next chunk on;
+        chunks waiting in the outbox go to the new URL too. A batch whose webhook was removed keeps
+        its chunks in the outbox, delivered once it has one again."""
+        hook = self._hooks.get(batch.id)
+        if hook is None or batch.webhook is None or batch.webhook == hook.batch.webhook:
+            return
+        before = hook.batch.webhook
+        hook.batch = batch
+        self._deliveries.update(batch, batch.webhook)
+        log.info(
+            "webhook.changed",
+            batch_id=batch.id,
+            url=masked_url(batch.webhook.url),
+            url_changed=before is None or before.url != batch.webhook.url,
+            secret_changed=before is None or before.secret != batch.webhook.secret,
+            locations_only=batch.webhook.locations_only,
+        )
+
+    def locations_only(self, batch: Batch) -> bool:
+        """Whether the batch's items go out without their results, as its webhook now says."""
+        hook = self._hooks.get(batch.id)
+        webhook = hook.batch.webhook if hook is not None else batch.webhook
+        return webhook is not None and webhook.locations_only
 
     async def item_pending(
         self,
@@ -294,6 +321,8 @@ class WebhookService:
             if not hook.items:
                 hook.item_arrived.clear()
             markers, items = [marker for marker, _ in marked], [item for _, item in marked]
+            if self.locations_only(hook.batch):  # made before locations_only was switched on
+                items = [{name: value for name, value in item.items() if name != "result"} for item in items]
             try:
                 sequence = await hook.outbox.next_sequence()
             except BaseException:

@@ -200,7 +200,7 @@ class ItemOutcomes:
             succeeded=succeeded,
             message=message,
             response=response,
-            locations_only=webhook.locations_only,
+            locations_only=webhooks.locations_only(self._batch),
         )
         return await webhooks.item_pending(
             self._batch.id, payload, result_key=stored_key, source_etag=source_etag

@@ -74,6 +74,7 @@ class Worker:
         store: BatchStore,
         storages: StorageFactory,
         session: aiohttp.ClientSession,
+        outbound_session: aiohttp.ClientSession,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         claims: ItemClaims | None = None,
@@ -104,7 +105,7 @@ class Worker:
         }
         self.webhooks = WebhookService(
             settings.webhook,
-            session,
+            outbound_session,
             set_status=self._set_status,
             domain_secrets={
                 name: domain.webhook_secret.get_secret_value()
@@ -367,12 +368,31 @@ class Worker:
             coordination_backend=self._store.coordination.backend,
         )
 
+    def batch_changed(self, batch: Batch) -> None:
+        """A batch was edited in this process (the API): its webhook applies from the next chunk."""
+        self.webhooks.update(batch)
+
+    async def _refresh_webhooks(self) -> None:
+        """Read the catalog again for webhooks edited elsewhere (another replica's API, the CLI)
+        while a long pass runs; a failed read is left to the next one."""
+        try:
+            catalog = await self._store.list_batches()
+        except StorageError as exc:
+            log.warning("webhook.refresh_failed", error=str(exc))
+            return
+        for stored in catalog:
+            self.webhooks.update(stored.batch)
+
     async def _tick(self, runs: list[BatchRun]) -> None:
-        """Progress lines every few seconds, `_report.json` refreshed every report interval."""
+        """Progress lines every few seconds, `_report.json` refreshed every report interval, and
+        webhooks read again every poll interval."""
         worker = self.settings.worker
-        last_report_s = self._clock()
+        last_report_s = last_refresh_s = self._clock()
         while True:
             await self._sleep(worker.progress_interval_s)
+            if self._clock() - last_refresh_s >= worker.poll_interval_s:
+                last_refresh_s = self._clock()
+                await self._refresh_webhooks()
             for run in runs:
                 if run.active:
                     log.info("batch.progress", **run.report.progress(self._clock()))
