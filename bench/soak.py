@@ -428,6 +428,7 @@ def _config(place: Place) -> dict[str, dict[str, object]]:
             "request_timeout_s": 5.0,
             "backoff_initial_s": 0.2,
             "backoff_max_s": 2.0,
+            "allow_networks": ["127.0.0.0/8"],  # the receiver listens on loopback
         },
         "security": {"secret_key": SEALING_KEY},
         "logging": {"format": "json", "level": "info"},

@@ -191,17 +191,28 @@ def check_outbox(state: SoakState) -> Check:
 
 
 def check_secrets(state: SoakState) -> Check:
+    """No secret in a log, nor in any object of the result location (results, failure records,
+    reports, the webhook outbox and its dead letters)."""
     found = sorted(
         f"{label} in {name}"
         for name, text in state.logs.items()
         for label, secret in state.secrets.items()
         if secret in text
     )
+    found += sorted(
+        f"{label} in object {key}"
+        for key, data in state.objects.items()
+        for label, secret in state.secrets.items()
+        if secret.encode() in data
+    )
     lines = sum(text.count("\n") for text in state.logs.values())
     detail = (
-        f"{len(state.logs)} logs, {lines} lines, {len(state.secrets)} secrets looked for, {len(found)} found"
+        f"{len(state.logs)} logs, {lines} lines and {len(state.objects)} objects, "
+        f"{len(state.secrets)} secrets looked for, {len(found)} found"
     )
-    return Check("no secret in the logs", not found and bool(state.secrets), detail + _examples(found))
+    return Check(
+        "no secret in the logs or the results", not found and bool(state.secrets), detail + _examples(found)
+    )
 
 
 def check_restarts(state: SoakState) -> Check:

@@ -20,7 +20,7 @@ ALL_CHECKS = {
     "webhook duplicates only with the same chunk id",
     "every webhook request is signed correctly",
     "webhook outbox drained",
-    "no secret in the logs",
+    "no secret in the logs or the results",
     "worker SIGKILLed and restarted",
 }
 
@@ -170,7 +170,12 @@ def _unclean_exit(state: SoakState) -> None:
             {"webhook outbox drained"},
             id="dead-letter",
         ),
-        pytest.param(_log_secret, {"no secret in the logs"}, id="secret-in-log"),
+        pytest.param(_log_secret, {"no secret in the logs or the results"}, id="secret-in-log"),
+        pytest.param(
+            _add_object("_report.json", json.dumps({"webhook": SECRET}).encode()),
+            {"no secret in the logs or the results"},
+            id="secret-in-an-object",
+        ),
         pytest.param(_fewer_kills, {"worker SIGKILLed and restarted"}, id="too-few-kills"),
         pytest.param(_unclean_exit, {"worker SIGKILLed and restarted"}, id="unclean-exit"),
     ],
