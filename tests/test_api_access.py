@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.errors import ConfigError, StorageError
-from ocrbatch.service.api import check_bind
+from ocrbatch.service.access import check_bind
 
 ALL_INTERFACES = "0.0.0.0"
 

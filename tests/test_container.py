@@ -12,7 +12,7 @@ import yaml
 from fixtures.sealing import SECRET_KEY
 
 from ocrbatch.cli.servers import emulator_command
-from ocrbatch.service.api import EVENTS_PATH
+from ocrbatch.service.access import EVENTS_PATH
 from ocrbatch.settings import load_settings
 
 ROOT = Path(__file__).parent.parent

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from ocrbatch.cli.state import CliState
 from ocrbatch.cli.tokens import new_token, write_token_file
 from ocrbatch.logs import learn_secrets
-from ocrbatch.service.api import check_bind
+from ocrbatch.service.access import check_bind
 from ocrbatch.service.lifecycle import run_worker
 
 

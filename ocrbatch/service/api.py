@@ -17,15 +17,12 @@ a busy catalog is 409 `conflict`.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
 from ocrbatch.batches.broken import BrokenBatchDocument
@@ -36,10 +33,17 @@ from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
     BatchRuleViolation,
-    ConfigError,
     StorageError,
 )
-from ocrbatch.locations import Location
+from ocrbatch.service.access import (
+    EVENTS_PATH,
+    Handler,
+    LocationGate,
+    auth_middleware,
+    cross_site_middleware,
+    host_middleware,
+)
+from ocrbatch.service.responses import HTTP_CODES, ApiError, json_response
 from ocrbatch.service.sns import (
     SNS_TYPE_HEADER,
     SnsConfirmationFailed,
@@ -52,50 +56,10 @@ ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
 # Raises `NotReady` (or `StorageError`) when not ready; returns the details to show.
 Ready = Callable[[], Awaitable[Mapping[str, Any] | None]]
 OnUploads = Callable[[list[Upload]], Awaitable[int]]  # returns how many uploads a batch wanted
-EVENTS_PATH = "/api/v1/events/s3"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIX = "/api/v1"
-UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _SETTABLE_STATUSES: tuple[BatchStatus, ...] = ("paused", "available")
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    412: "precondition_failed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    421: "misdirected_request",
-}
-
 log = structlog.get_logger("ocrbatch.api")
-
-
-class ApiError(Exception):
-    """An error response: HTTP status, machine-readable code and an operator-safe message."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        violations: list[tuple[str, str]] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.violations = violations
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.violations is not None:
-            error["violations"] = [{"field": field, "rule": rule} for field, rule in self.violations]
-        return _json({"error": error}, status=self.status, headers=self.headers)
 
 
 class NotReady(Exception):
@@ -105,34 +69,6 @@ class NotReady(Exception):
         super().__init__(reason)
         self.reason = reason
         self.details = dict(details or {})
-
-
-def check_bind(host: str, token: SecretStr | None) -> None:
-    """Refuse to serve without a token on anything but loopback; `ConfigError` says why."""
-    if token is not None or _is_loopback(host):
-        return
-    raise ConfigError(
-        f"api.host is {host!r}, which is not a loopback address, and no api.token is set: "
-        "set api.token (OCRBATCH_API__TOKEN or api.token_file) or bind to 127.0.0.1"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip().removeprefix("[").removesuffix("]")
-    if host.casefold() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost may resolve anywhere
-        return False
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def create_app(
@@ -154,9 +90,9 @@ def create_app(
     app = web.Application(
         middlewares=[
             _error_middleware,
-            _host_middleware(public_hosts),
-            _cross_site_middleware,
-            _auth_middleware(token),
+            host_middleware(public_hosts),
+            cross_site_middleware,
+            auth_middleware(token),
         ]
     )
     handlers = _Handlers(store, read_report, ready, LocationGate(allowed_locations), on_batch_changed)
@@ -205,7 +141,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        error = ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers=headers)
+        error = ApiError(exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers=headers)
     except Exception as exc:
         error = _api_error(request, exc)
     return error.response()
@@ -220,89 +156,6 @@ def _api_error(request: web.Request, exc: Exception) -> ApiError:
             return ApiError(status, code, str(exc), violations=violations)
     log.exception("api.internal_error", method=request.method, path=request.path)
     return ApiError(500, "internal", "internal error")
-
-
-_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def _host_middleware(public_hosts: Sequence[str]) -> Middleware:
-    served = [_host_and_port(host) for host in public_hosts]
-
-    @web.middleware
-    async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """421 unless the Host header names this server: a loopback name, an IP address (which no
-        other site's page can be served from) or one of `public_hosts` (with its port, if it
-        names one). A page whose name an attacker re-pointed at this address (DNS rebinding)
-        sends its own name. Health and metrics answer any name, for probes."""
-        if request.path not in UNAUTHENTICATED_PATHS and not _served_host(request.host, served):
-            raise ApiError(
-                421,
-                "misdirected_request",
-                f"this server does not answer to the host name {request.host!r}; add it to api.public_hosts",
-            )
-        return await handler(request)
-
-    return host_check
-
-
-def _served_host(header: str, served: Sequence[tuple[str, int | None]]) -> bool:
-    host, port = _host_and_port(header)
-    if _is_loopback(host) or host.endswith(".localhost") or _is_ip(host):
-        return True
-    return any(host == name and wanted in (None, port) for name, wanted in served)
-
-
-def _host_and_port(text: str) -> tuple[str, int | None]:
-    """`name[:port]` or `[v6][:port]`, the name lowercased; the port None when absent or bad."""
-    text = text.strip().casefold()
-    if text.startswith("["):
-        name, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    else:
-        name, _, port_text = text.partition(":") if text.count(":") == 1 else (text, "", "")
-    return name.rstrip("."), int(port_text) if port_text.isdigit() else None
-
-
-@web.middleware
-async def _cross_site_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """What a web page in a browser cannot do to this API: a state-changing request must carry
-    JSON (`Content-Type: application/json`, which a page can send cross-site only after a CORS
-    preflight this API never answers; else 415), and one carrying an `Origin` must come from this
-    API's own origin (else 403). S3 event notifications are exempt from the first: SNS sends them
-    as text/plain."""
-    if request.method not in _CHANGING:
-        return await handler(request)
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
-        raise ApiError(403, "forbidden", f"requests from the origin {origin!r} are not accepted")
-    if request.path != EVENTS_PATH and request.can_read_body and request.content_type != "application/json":
-        raise ApiError(
-            415, "unsupported_media_type", "state-changing requests need Content-Type: application/json"
-        )
-    return await handler(request)
-
-
-def _auth_middleware(token: SecretStr | None) -> Middleware:
-    expected = token.get_secret_value().encode() if token is not None else None
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bearer-token check on everything but health (constant-time comparison)."""
-        if expected is None or request.path in UNAUTHENTICATED_PATHS:
-            return await handler(request)
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if request.path == EVENTS_PATH and "token" in request.query:
-            scheme, given = "bearer", request.query["token"]  # SNS cannot send headers: ?token=
-        if scheme.casefold() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a valid bearer token is required (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": 'Bearer realm="ocrbatch"'},
-            )
-        return await handler(request)
-
-    return auth
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -330,9 +183,9 @@ def _events_handler(on_uploads: OnUploads, sns: SnsVerifier | None) -> Handler:
             except SnsConfirmationFailed as exc:
                 raise ApiError(502, "bad_gateway", str(exc)) from None
             log.info("events.sns_subscription_confirmed", topic=parsed.topic_arn)
-            return _json({"confirmed": parsed.topic_arn})
+            return json_response({"confirmed": parsed.topic_arn})
         wanted = await on_uploads(parsed)
-        return _json({"uploads": len(parsed), "for_batches": wanted})
+        return json_response({"uploads": len(parsed), "for_batches": wanted})
 
     return events
 
@@ -351,39 +204,6 @@ def _refuse_sns(request: web.Request, reason: str) -> NoReturn:
     raise ApiError(403, "forbidden", reason)
 
 
-class LocationGate:
-    """The locations the API may give batches: inside one of `allowed` (S3 prefixes or
-    directories), or a 422 naming the field. Local paths are compared after symlinks are resolved."""
-
-    FIELDS = ("input_path", "result_path")
-
-    def __init__(self, allowed: Sequence[str]) -> None:
-        self._texts = list(allowed)
-        self._allowed = [Location.parse(text) for text in allowed]
-
-    def check(self, body: Mapping[str, Any]) -> None:
-        """Refuse every path field of `body` outside the allowed locations (bad paths are left to
-        the batch rules, which name them)."""
-        refused: list[tuple[str, str]] = []
-        for field in self.FIELDS:
-            value = body.get(field)
-            if not isinstance(value, str):
-                continue
-            try:
-                location = Location.parse(value)
-            except ValueError:
-                continue
-            if not any(allowed.contains(location) for allowed in self._allowed):
-                refused.append((field, self._rule()))
-        if refused:
-            raise BatchRuleViolation(refused)
-
-    def _rule(self) -> str:
-        if not self._allowed:
-            return "no location is open to the API until api.allowed_locations lists some"
-        return f"is outside the locations open to the API (api.allowed_locations: {', '.join(self._texts)})"
-
-
 class _Handlers:
     def __init__(
         self,
@@ -400,7 +220,7 @@ class _Handlers:
         self._gate = gate
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         details: Mapping[str, Any] | None = None
@@ -414,13 +234,13 @@ class _Handlers:
             except Exception:
                 log.exception("api.readiness_failed")
                 return _not_ready("the readiness check failed")
-        return _json({"status": "ready", **(details or {})})
+        return json_response({"status": "ready", **(details or {})})
 
     async def list_batches(self, request: web.Request) -> web.Response:
         catalog = await self._store.catalog(request.query.get("search") or None)
         listed = [_batch_json(item.batch) for item in catalog.batches]
         listed += [broken.as_dict() for broken in catalog.broken]
-        return _json({"batches": listed})
+        return json_response({"batches": listed})
 
     async def create_batch(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -459,16 +279,16 @@ class _Handlers:
         except BrokenBatchDocument as refused:  # not conditional: If-Match was refused above
             await self._store.delete_broken(refused.broken)
             log.info("batch.deleted", batch_id=refused.broken.batch_id, key=refused.broken.key, via="api")
-            return _json({"deleted": refused.broken.as_dict()})
+            return json_response({"deleted": refused.broken.as_dict()})
         except BatchConflict as exc:
             await self._raise_conflict(exc, ref, if_match)
         log.info("batch.deleted", batch_id=deleted.id, via="api")
-        return _json({"deleted": _batch_json(deleted)})
+        return json_response({"deleted": _batch_json(deleted)})
 
     async def batch_status(self, request: web.Request) -> web.Response:
         batch = (await self._store.get(request.match_info["ref"])).batch
         report = await self._read_report(batch) if self._read_report is not None else None
-        return _json(
+        return json_response(
             {
                 "batch": _batch_json(batch),
                 "status": batch.status,
@@ -499,17 +319,11 @@ class _Handlers:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _json(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        data, status=status, headers=headers, dumps=lambda value: json.dumps(value, ensure_ascii=False)
-    )
-
-
 def _not_ready(reason: str, details: Mapping[str, Any] | None = None) -> web.Response:
     """503 with the reason as an error (as every error is shown) beside the details found."""
     body = {"status": "not_ready", **(details or {})}
     body["error"] = {"code": "not_ready", "message": reason}
-    return _json(body, status=503)
+    return json_response(body, status=503)
 
 
 def _batch_json(batch: Batch) -> dict[str, Any]:
@@ -517,7 +331,9 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
 
 
 def _batch_response(stored: StoredBatch, *, status: int = 200) -> web.Response:
-    return _json(_batch_json(stored.batch), status=status, headers={"ETag": f'"{_opaque(stored.etag)}"'})
+    return json_response(
+        _batch_json(stored.batch), status=status, headers={"ETag": f'"{_opaque(stored.etag)}"'}
+    )
 
 
 def _opaque(etag: str) -> str:

@@ -34,7 +34,8 @@ from ocrbatch.coordination.single_writer import SingleWriter
 from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.errors import StorageError
 from ocrbatch.outbound import OutboundPolicy, open_outbound_session
-from ocrbatch.service.api import NotReady, check_bind, create_app
+from ocrbatch.service.access import check_bind
+from ocrbatch.service.api import NotReady, create_app
 from ocrbatch.service.sns import SnsVerifier
 from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 from ocrbatch.settings import Settings
