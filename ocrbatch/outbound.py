@@ -97,8 +97,8 @@ class OutboundPolicy:
         addresses. A host that does not resolve now is not refused: the request will be checked
         again when it is made."""
         host = urlsplit(url).hostname
-        if not host:
-            raise OutboundRefused(f"{url!r} names no host")
+        if not host or "%" in host:
+            raise OutboundRefused("the URL names no host, or a host with escapes (%)")
         addresses = [host] if _is_ip(host) else await self.addresses(host)
         refusals = [self.refused(host, address) for address in addresses]
         if refusals and all(refusals):
@@ -106,7 +106,10 @@ class OutboundPolicy:
 
     async def addresses(self, host: str) -> list[str]:
         """The addresses `host` resolves to (none for reserved names or when it does not)."""
-        if host.casefold().rstrip(".").endswith(_NEVER_RESOLVED):
+        name = host.casefold().rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):
+            return ["127.0.0.1"]  # RFC 6761: always loopback, whatever a resolver says
+        if name.endswith(_NEVER_RESOLVED):
             return []
         try:
             return await asyncio.wait_for(self._resolve(host), RESOLVE_TIMEOUT_S)

@@ -72,8 +72,9 @@ class Names:
 
 
 async def test_a_url_is_checked_on_its_host_and_on_what_the_host_resolves_to() -> None:
-    """Literal addresses are judged as they are; names by their addresses, refused only when every
-    one is refused; names that do not resolve (now) and reserved names (never asked) pass."""
+    """Literal addresses are judged as they are; `localhost` names are loopback; names by their
+    addresses, refused only when every one is refused; escaped hosts are refused; names that do
+    not resolve (now) and reserved names (never asked) pass."""
     names = Names({"inside.corp": ["10.0.0.5"], "mixed.org": ["10.0.0.6", "93.184.215.14"]})
     policy = OutboundPolicy(resolve=names)
     for url, reason in [
@@ -81,6 +82,9 @@ async def test_a_url_is_checked_on_its_host_and_on_what_the_host_resolves_to() -
         ("https://10.0.0.5/hook", "10.0.0.5 is a private address"),
         ("http://[::1]:8080/hook", "::1 is a loopback address"),
         ("https://inside.corp/hook", "inside.corp (10.0.0.5) is a private address"),
+        ("http://localhost./hook", "localhost. (127.0.0.1) is a loopback address"),
+        ("http://api.localhost/hook", "api.localhost (127.0.0.1) is a loopback address"),
+        ("http://%31%32%37.0.0.1/hook", "a host with escapes"),
     ]:
         with pytest.raises(OutboundRefused, match=reason.replace("(", r"\(").replace(")", r"\)")):
             await policy.check_url(url)
