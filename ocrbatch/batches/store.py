@@ -25,8 +25,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
+from ocrbatch.batches.apply import PlannedChange, plan_apply, plan_violations, spec_dump
 from ocrbatch.batches.broken import BrokenBatch, BrokenBatchDocument, BrokenLog, read_document
 from ocrbatch.batches.sealing import Sealer
 from ocrbatch.batches.spec import (
@@ -53,7 +54,6 @@ from ocrbatch.types import Sleep
 
 BATCH_PREFIX = "batches/"
 LOCK_KEY = "locks/catalog.json"
-Action = Literal["create", "update", "unchanged", "delete"]
 _STATUS_ATTEMPTS = 10
 
 
@@ -71,22 +71,6 @@ class Catalog:
 
     batches: list[StoredBatch]
     broken: list[BrokenBatch]
-
-
-@dataclass(frozen=True)
-class PlannedChange:
-    action: Action
-    name: str
-    batch_id: str
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One step of an apply: the change, the batch as it will be stored (None if deleted), its etag."""
-
-    change: PlannedChange
-    batch: Batch | None
-    etag: str | None
 
 
 class BatchStore:
@@ -218,7 +202,7 @@ class BatchStore:
             batch = self._updated_batch(base.batch, spec, status=status)
             # A status-only change (pause, resume) must work even for a batch that no longer
             # passes the rules (say, its domain was removed), so only changed specs are checked.
-            if _spec_dump(batch.spec()) != _spec_dump(base.batch.spec()):
+            if spec_dump(batch.spec()) != spec_dump(base.batch.spec()):
                 self._check(batch, others)
             return await self._write(batch, etag=etag)
 
@@ -303,8 +287,18 @@ class BatchStore:
         for spec in specs:
             await self._check_webhook_url(spec)
         async with self._catalog_lock():
-            plan = self._plan(specs, await self.list_batches(), prune=prune)
-            self._check_plan(plan)
+            current = [(item.batch, item.etag) for item in await self.list_batches()]
+            plan = plan_apply(
+                specs,
+                current,
+                prune=prune,
+                new_batch=self._new_batch,
+                updated_batch=self._updated_batch,
+                resolve=self._resolve,
+            )
+            problems = plan_violations(plan, self._violations)
+            if problems:
+                raise BatchRuleViolation(problems)
             if not dry_run:
                 for step in plan:
                     if step.change.action == "delete":
@@ -312,30 +306,6 @@ class BatchStore:
                     elif step.batch is not None and step.change.action in ("create", "update"):
                         await self._write(step.batch, etag=step.etag)
             return [step.change for step in plan]
-
-    def _plan(self, specs: list[BatchSpec], current: list[StoredBatch], *, prune: bool) -> list[_Step]:
-        """Each declared batch created, updated or unchanged; the undeclared kept or deleted."""
-        by_name = {name_key(item.batch.name): item for item in current}
-        plan = []
-        for spec in specs:
-            existing = by_name.pop(name_key(spec.name), None)
-            if existing is None:
-                batch = self._new_batch(spec)
-                plan.append(_Step(PlannedChange("create", batch.name, batch.id), batch, None))
-                continue
-            resolved = self._resolve(spec)
-            same = _spec_dump(resolved) == _spec_dump(existing.batch.spec())
-            batch = existing.batch if same else self._updated_batch(existing.batch, resolved)
-            change = PlannedChange("unchanged" if same else "update", batch.name, batch.id)
-            plan.append(_Step(change, batch, existing.etag))
-        for item in by_name.values():
-            if prune:
-                plan.append(_Step(PlannedChange("delete", item.batch.name, item.batch.id), None, item.etag))
-            else:
-                plan.append(
-                    _Step(PlannedChange("unchanged", item.batch.name, item.batch.id), item.batch, None)
-                )
-        return plan
 
     # -- internals ------------------------------------------------------------------------
 
@@ -360,25 +330,10 @@ class BatchStore:
     def _check(self, candidate: Batch, others: list[Batch]) -> None:
         check_batch(candidate, others, domains=self._domains, control=self.control, can_seal=self._can_seal)
 
-    def _check_plan(self, plan: list[_Step]) -> None:
-        """Check each created or updated batch against the catalog as the plan leaves it.
-
-        Each pair is judged once (a changed batch against the unchanged ones and the changed ones
-        before it); refusals are labelled with the batch's name.
-        """
-        kept = [step.batch for step in plan if step.batch is not None and step.change.action == "unchanged"]
-        changed = [
-            step.batch for step in plan if step.batch is not None and step.change.action != "unchanged"
-        ]
-        problems: list[tuple[str, str]] = []
-        for index, batch in enumerate(changed):
-            others = kept + changed[:index]
-            found = batch_violations(
-                batch, others, domains=self._domains, control=self.control, can_seal=self._can_seal
-            )
-            problems.extend((f"batch {batch.name!r}: {field}", rule) for field, rule in found)
-        if problems:
-            raise BatchRuleViolation(problems)
+    def _violations(self, candidate: Batch, others: list[Batch]) -> list[tuple[str, str]]:
+        return batch_violations(
+            candidate, others, domains=self._domains, control=self.control, can_seal=self._can_seal
+        )
 
     async def _write(self, batch: Batch, *, etag: str | None) -> StoredBatch:
         # Secrets sealed; without a key they can only be there for a status change of a document
@@ -422,10 +377,6 @@ class BatchStore:
 
 def _doc_key(batch_id: str) -> str:
     return f"{BATCH_PREFIX}{batch_id}.json"
-
-
-def _spec_dump(spec: BatchSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json", context={"reveal_secrets": True})
 
 
 def _conflict_message(batch: Batch) -> str:

@@ -11,9 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ocrbatch.batches.apply import PlannedChange
 from ocrbatch.batches.broken import BrokenBatch
 from ocrbatch.batches.spec import Batch
-from ocrbatch.batches.store import PlannedChange, StoredBatch
+from ocrbatch.batches.store import StoredBatch
 from ocrbatch.locations import masked_url
 
 
