@@ -24,8 +24,8 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.logs import configure_logging
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.settings import load_settings
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import Worker
 
 
@@ -42,7 +42,7 @@ async def measure(
         async with (
             DelayedStorageFactory(settings.storage, delay_s) as storages,
             open_ocr_session(max_connections=max_connections) as session,
-            open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+            open_webhook_session(settings.webhook) as outbound,
         ):
             store = await batch_store_in(settings, storages)
             if not await store.list_batches():

@@ -21,8 +21,8 @@ from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims, claim_key
 from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.errors import StorageError
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import Worker
 
 
@@ -101,7 +101,7 @@ async def test_two_workers_reconciling_one_batch_recognise_each_item_once(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session(max_connections=32) as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         assert store.coordination.backend == {"moto": "storage", "ncp": "redis"}[worker_profile.store]

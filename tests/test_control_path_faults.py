@@ -36,10 +36,10 @@ from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import WorkerMetrics
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.sqs import SqsConsumer
 from ocrbatch.settings import Settings, SqsSettings, StorageSettings
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import Worker
 
 BROKEN_ID = "0badd0c0000000ff"
@@ -320,7 +320,7 @@ async def test_a_pass_waits_for_the_control_storage_with_backoff(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(
@@ -364,7 +364,7 @@ async def test_a_single_pass_gives_up_after_control_max_attempts(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(
@@ -397,7 +397,7 @@ async def test_stop_ends_a_pass_waiting_for_the_control_storage(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(
@@ -441,7 +441,7 @@ async def test_claims_failing_on_the_control_path_never_put_the_batch_in_error(
         StorageFactory(settings.storage) as storages,
         StorageFactory(proxied) as claim_storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         claims_at = StorageCoordination(await claim_storages.open(setup.location("control"), create=True))

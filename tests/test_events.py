@@ -25,8 +25,8 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.emulator.faults import ScriptedFault
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import Worker
 
 
@@ -130,7 +130,7 @@ async def test_an_announced_upload_does_not_wait_for_a_pass_under_way(make_worke
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session(max_connections=16) as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(

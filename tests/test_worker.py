@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import Worker
 
 PROGRESS_INTERVAL_S = 3600.0  # only the progress ticker waits this long: the test ends its waits
@@ -101,7 +101,7 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup, worker_pr
         async with (
             StorageFactory(settings.storage) as storages,
             open_ocr_session() as session,
-            open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+            open_webhook_session(settings.webhook) as outbound,
         ):
             store = await batch_store_in(settings, storages)
             worker = Worker(
@@ -237,7 +237,7 @@ async def test_cap_configured_too_high_settles_at_the_real_limit(make_worker_set
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         worker = Worker(
             settings,

@@ -18,9 +18,9 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import OcrClient, open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import StorageError
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.s3 import S3Storage
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker import batch_run
 from ocrbatch.worker.outcomes import ItemOutcomes
 from ocrbatch.worker.prepare import prepare_item
@@ -93,7 +93,7 @@ async def test_an_error_at_any_step_is_that_item_s_outcome_only(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         claims = ItemClaims(store.coordination, ttl_s=60)
@@ -140,7 +140,7 @@ async def test_an_item_whose_failure_cannot_be_recorded_stays_pending_and_the_pa
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
@@ -168,7 +168,7 @@ async def test_an_announced_input_that_cannot_be_read_gets_a_failure_record(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         store = await batch_store_in(settings, storages)
         worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)

@@ -13,10 +13,10 @@ from structlog.testing import capture_logs
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.emulator.faults import ScriptedFault
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import PassResult, Worker
 
 
@@ -26,7 +26,7 @@ async def one_pass(
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session() as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         worker = Worker(
             settings,

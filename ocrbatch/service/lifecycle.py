@@ -33,13 +33,13 @@ from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.coordination.single_writer import SingleWriter
 from ocrbatch.coordination.storage import StorageCoordination
 from ocrbatch.errors import StorageError
-from ocrbatch.outbound import OutboundPolicy, open_outbound_session
 from ocrbatch.service.access import check_bind
 from ocrbatch.service.api import NotReady, create_app
 from ocrbatch.service.sns import SnsVerifier
 from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import PassResult, Worker
 
 log = structlog.get_logger("ocrbatch.run")
@@ -78,7 +78,7 @@ async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: a
     async with (
         StorageFactory(settings.storage) as storages,
         open_ocr_session(max_connections=max_connections) as session,
-        open_outbound_session(OutboundPolicy(settings.webhook.allow_networks)) as outbound,
+        open_webhook_session(settings.webhook) as outbound,
     ):
         service = _Service(settings, storages, session, outbound, once=once, stop_requested=stop_requested)
         try:

@@ -24,7 +24,7 @@ from ocrbatch.clova.contract import parse_retry_after
 from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.errors import ObjectNotFound
 from ocrbatch.locations import masked_url
-from ocrbatch.outbound import OutboundRefused
+from ocrbatch.outbound import OutboundPolicy, OutboundRefused, open_outbound_session
 from ocrbatch.settings import WebhookSettings
 from ocrbatch.types import Clock, Sleep
 from ocrbatch.webhooks.outbox import Outbox, chunk_id_of
@@ -32,6 +32,12 @@ from ocrbatch.webhooks.signing import signed_headers
 
 log = structlog.get_logger("ocrbatch.webhooks")
 MAX_ANSWER_BYTES = 64 * 1024  # of a receiver's answer body: read, then dropped
+
+
+def open_webhook_session(settings: WebhookSettings) -> aiohttp.ClientSession:
+    """The session webhooks (and the SNS fetches of `serve`) go through: under the outbound policy
+    of `settings.allow_networks`, apart from the OCR calls' session."""
+    return open_outbound_session(OutboundPolicy(settings.allow_networks))
 
 
 class Undelivered(Exception):
