@@ -9,7 +9,7 @@ import pytest
 from fixtures.clock import FakeClock
 
 from ocrbatch.coordination.single_writer import SINGLE_WRITER_KEY, SecondWriterRefused, SingleWriter
-from ocrbatch.storage.base import Storage
+from ocrbatch.storage.base import Storage, StoredObject
 
 
 def writer(storage: Storage, clock: FakeClock, *, settle_s: float = 2.0) -> SingleWriter:
@@ -41,11 +41,28 @@ async def test_an_expired_single_writer_is_replaced(storage: Storage) -> None:
     await writer(storage, clock).acquire()
 
 
-async def test_of_two_writers_starting_together_exactly_one_wins(storage: Storage) -> None:
+async def test_of_two_writers_starting_together_exactly_one_wins(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two workers that both find no single writer and both write within the settle time: the
     read-back after it lets exactly one proceed (the window the README states)."""
     clock = FakeClock()
-    both_wrote = asyncio.Barrier(2)
+    both_checked, both_wrote = asyncio.Barrier(2), asyncio.Barrier(2)
+    reads = 0
+    read = storage.read
+
+    async def read_together(key: str) -> StoredObject:
+        """Both first checks find the path free before either writes (what starting together is)."""
+        nonlocal reads
+        reads += 1
+        first_check = reads <= 2
+        try:
+            return await read(key)
+        finally:
+            if first_check:
+                await asyncio.wait_for(both_checked.wait(), timeout=10)
+
+    monkeypatch.setattr(storage, "read", read_together)
 
     async def settle(delay_s: float) -> None:
         """The settle time passes once both have written (what a real settle time allows)."""
@@ -55,4 +72,4 @@ async def test_of_two_writers_starting_together_exactly_one_wins(storage: Storag
     contenders = [SingleWriter(storage, ttl_s=60, settle_s=2.0, clock=clock, sleep=settle) for _ in range(2)]
     outcomes = await asyncio.gather(*(one.acquire() for one in contenders), return_exceptions=True)
     refused = [outcome for outcome in outcomes if isinstance(outcome, SecondWriterRefused)]
-    assert (len(refused), outcomes.count(None)) == (1, 1)
+    assert (len(refused), outcomes.count(None)) == (1, 1), outcomes

@@ -86,7 +86,8 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup, worker_pr
     await setup.inputs.write("bad/animation.gif", b"GIF89a....")
     batch_id = await create_batch(setup, settings)
     clock = FakeClock(now_s=0.0)
-    recognised = [100, 200, 300]  # the progress ticker's waits end at these numbers of results
+    # the progress ticker's waits end at these numbers of results, the last with work still left
+    recognised = [100, 200, 290]
 
     async def sleep(delay_s: float) -> None:
         """Backoffs pass at once; each wait of the ticker ends at the next number of results."""

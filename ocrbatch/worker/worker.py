@@ -390,12 +390,12 @@ class Worker:
         last_report_s = last_refresh_s = self._clock()
         while True:
             await self._sleep(worker.progress_interval_s)
+            for run in runs:  # before anything that waits, so the line is of this moment
+                if run.active:
+                    log.info("batch.progress", **run.report.progress(self._clock()))
             if self._clock() - last_refresh_s >= worker.poll_interval_s:
                 last_refresh_s = self._clock()
                 await self._refresh_webhooks()
-            for run in runs:
-                if run.active:
-                    log.info("batch.progress", **run.report.progress(self._clock()))
             if self.webhooks.outbox_size:
                 log.info(
                     "webhook.outbox",
