@@ -308,3 +308,44 @@ async def test_transfer_modes(make_worker_setup: MakeSetup, worker_profile: Work
     assert await run_worker(settings, once=True) == 0
     assert (await read_json(setup.results, "x.png.json"))["images"][0]["convertedImageInfo"]["width"] == 321
     assert len((await read_json(setup.results, "long.pdf.json"))["images"]) == 12
+
+
+async def test_pausing_mid_pass_finishes_what_is_in_flight_and_starts_nothing_more(
+    make_worker_setup: MakeSetup,
+) -> None:
+    """A batch paused while its pass runs (the API or the console telling the worker) lets the
+    calls in flight finish and starts no other item; its status stays "paused", the report counts
+    the rest as pending, and the live report showed the pass while it ran."""
+    setup = await make_worker_setup(max_concurrent_calls=2)
+    settings = setup.settings()
+    for index in range(12):
+        await setup.inputs.write(f"docs/{index:02}.png", png(200 + index, 100))
+    batch_id = await create_batch(setup, settings)
+    async with (
+        StorageFactory(settings.storage) as storages,
+        open_ocr_session() as session,
+        open_webhook_session(settings.webhook) as outbound,
+    ):
+        store = await batch_store_in(settings, storages)
+        worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
+        setup.emulator.hold()
+        with capture_logs() as logs:
+            running = asyncio.create_task(worker.run_pass())
+            await within(setup.emulator.wait_for_in_flight(2), 30, "two calls never reached the emulator")
+            live = worker.live_report(batch_id)
+            assert live is not None
+            assert live["pending"] > 0
+            paused = await store.update(batch_id, {}, status="paused")
+            worker.batch_changed(paused.batch)
+            setup.emulator.release()
+            outcome = await within(running, 30, "the paused pass did not end")
+    assert outcome.errors == {}
+    assert worker.live_report(batch_id) is None
+    report = await read_json(setup.results, "_report.json")
+    assert report["succeeded"] == setup.emulator.stats()["calls"] == 2
+    assert report["pending"] == 10
+    assert await batch_status(settings, batch_id) == ("paused", None)
+    assert [entry["event"] for entry in logs if entry["event"].startswith("batch.paus")] == [
+        "batch.pausing",
+        "batch.paused_mid_pass",
+    ]

@@ -100,6 +100,7 @@ class BatchRun:
         self.suffix = RESULT_SUFFIX[batch.file_format]
         self.report = BatchReport(batch.id, batch.name, datetime.now(UTC), context.clock())
         self.fatal_reason: str | None = None
+        self.paused = False  # paused by the operator during the pass: no new items are started
         self.active = False
         self.queue: asyncio.Queue[DiscoveredItem | None] = asyncio.Queue(
             maxsize=self.limiter.max_cap * QUEUE_ITEMS_PER_SLOT
@@ -140,6 +141,7 @@ class BatchRun:
     def stopped(self) -> bool:
         return (
             self.fatal_reason is not None
+            or self.paused
             or self.batch.domain in self.context.dead_domains
             or self.context.stopping.is_set()
         )
@@ -173,8 +175,16 @@ class BatchRun:
         dead = self.context.dead_domains.get(self.batch.domain)
         if dead is not None and self.report.pending_found:
             await self._stop_batch_with(dead)
-        if self._keys is not None:
-            return  # the pass, not an event, keeps the status and `_report.json`
+        if self._keys is None:  # the pass, not an event, keeps the status and `_report.json`
+            await self._end_pass()
+
+    async def _end_pass(self) -> None:
+        """The batch's status and `_report.json` after its pass, as far as they are now true."""
+        if self.paused:
+            # The status is the operator's "paused"; the figures are true for what was listed.
+            await self.write_report()
+            log.info("batch.paused_mid_pass", **self.report.progress(self.context.clock()))
+            return
         if self.context.stopping.is_set():
             # Interrupted: items are still pending and the listing was cut short, so neither the
             # status nor a report built from part of the listing would be true.
@@ -185,6 +195,13 @@ class BatchRun:
             await self.context.set_status(self.batch, "available", note)
         await self.write_report()
         log.info("batch.pass_done", **self.report.progress(self.context.clock()), failed=self.report.failed)
+
+    def pause(self) -> None:
+        """The operator paused the batch: items in flight finish, the others stay pending (the
+        listing goes on, counting them) until it is resumed."""
+        if not self.paused:
+            self.paused = True
+            log.info("batch.pausing", batch_id=self.batch.id, batch=self.batch.name)
 
     async def _discover(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
         report = self.report
@@ -203,7 +220,8 @@ class BatchRun:
                 report.pending_found += 1
                 if not self.active:
                     self.active = True
-                    await self.context.set_status(self.batch, "running", None)
+                    if not self.paused:
+                        await self.context.set_status(self.batch, "running", None)
                 if self.stopped:
                     continue  # counted, left pending
                 await queue.put(item)

@@ -90,6 +90,8 @@ class BatchCalls:
     async def _one_call(self, call: OcrCall) -> OcrResponse:
         domain, limiter = self._batch.domain, self._limiter
         async with limiter.slot(self._batch.id) as permit:
+            if self._stopped():  # stopped (paused, shutting down) while waiting for the slot
+                raise BatchStopped
             self._report.calls += 1
             started_s = self._clock()
             try:

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import structlog
@@ -369,12 +370,28 @@ class Worker:
         )
 
     def batch_changed(self, batch: Batch) -> None:
-        """A batch was edited in this process (the API): its webhook applies from the next chunk."""
+        """A batch was edited in this process (the API, the console): its webhook applies from the
+        next chunk; paused, its runs start no new item; made available again, a pass starts."""
         self.webhooks.update(batch)
+        if batch.status == "paused":
+            for run in self._runs_of(batch.id):
+                run.pause()
+        elif batch.status == "available" and not any(run.active for run in self._runs_of(batch.id)):
+            self.trigger(f"batch {batch.name!r} changed")
 
-    async def _refresh_webhooks(self) -> None:
-        """Read the catalog again for webhooks edited elsewhere (another replica's API, the CLI)
-        while a long pass runs; a failed read is left to the next one."""
+    def live_report(self, batch_id: str) -> dict[str, Any] | None:
+        """The report of the batch as the pass working on it has it now; None when no pass is."""
+        for run in self._runs_of(batch_id):
+            if run.active:
+                return run.report.to_json(now_monotonic_s=self._clock())
+        return None
+
+    def _runs_of(self, batch_id: str) -> list[BatchRun]:
+        return [run for run in self._runs if run.batch.id == batch_id]
+
+    async def _refresh_batches(self) -> None:
+        """Read the catalog again for webhooks edited and batches paused elsewhere (another
+        replica's API, the CLI) while a long pass runs; a failed read is left to the next one."""
         try:
             catalog = await self._store.list_batches()
         except StorageError as exc:
@@ -382,6 +399,9 @@ class Worker:
             return
         for stored in catalog:
             self.webhooks.update(stored.batch)
+            if stored.batch.status == "paused":  # paused elsewhere: another replica, the CLI
+                for run in self._runs_of(stored.batch.id):
+                    run.pause()
 
     async def _tick(self, runs: list[BatchRun]) -> None:
         """Progress lines every few seconds, `_report.json` refreshed every report interval, and
@@ -395,7 +415,7 @@ class Worker:
                     log.info("batch.progress", **run.report.progress(self._clock()))
             if self._clock() - last_refresh_s >= worker.poll_interval_s:
                 last_refresh_s = self._clock()
-                await self._refresh_webhooks()
+                await self._refresh_batches()
             if self.webhooks.outbox_size:
                 log.info(
                     "webhook.outbox",
