@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
 
+import pypdfium2  # type: ignore[import-untyped]  # ships no type hints; used through a few calls below
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 from pypdf import PageObject, PdfReader
 from pypdf.errors import PyPdfError
@@ -210,3 +211,39 @@ def quiet_pypdf() -> Iterator[None]:
             yield
         finally:
             _PYPDF_LOGGER.setLevel(level)
+
+
+# PDFium is not thread-safe: renders in this process (the engine's, the console's) take turns.
+_PDFIUM_LOCK = threading.Lock()
+
+
+def render_pdf_page(
+    data: bytes, page_index: int, *, scale_of: Callable[[float, float], float], grayscale: bool = False
+) -> tuple[Image.Image, float]:
+    """Page `page_index` of a PDF rendered by PDFium at `scale_of(width_pt, height_pt)` pixels per
+    point: the image (a copy, so no pixel refers to PDFium's buffers once the lock is released;
+    the bitmap is left to the garbage collector, as pypdfium2 advises) and the scale.
+    `UnreadableDocument` when the document cannot be opened, has no such page, the page has no
+    area or cannot be rendered; what `scale_of` raises passes through."""
+    with _PDFIUM_LOCK:
+        try:
+            document = pypdfium2.PdfDocument(data)
+        except pypdfium2.PdfiumError as exc:
+            raise UnreadableDocument("the PDF document cannot be opened (PDFium)") from exc
+        try:
+            if not 0 <= page_index < len(document):
+                raise UnreadableDocument(f"no page {page_index + 1}: the PDF has {len(document)} page(s)")
+            page = document[page_index]
+            try:
+                width_pt, height_pt = page.get_size()
+                if not min(width_pt, height_pt) > 0:
+                    raise UnreadableDocument(f"page {page_index + 1} of the PDF has no area")
+                scale = scale_of(width_pt, height_pt)
+                image = page.render(scale=scale, grayscale=grayscale).to_pil().copy()
+            finally:
+                page.close()
+        except pypdfium2.PdfiumError as exc:
+            raise UnreadableDocument(f"page {page_index + 1} of the PDF cannot be rendered (PDFium)") from exc
+        finally:
+            document.close()
+    return image, scale

@@ -12,14 +12,12 @@ from __future__ import annotations
 import io
 import math
 import numbers
-import threading
 from dataclasses import dataclass
 from io import BytesIO
 
-import pypdfium2  # type: ignore[import-untyped]  # ships no type hints; used through two calls below
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from ocrbatch.clova.documents import PDF_PIXELS_PER_POINT, UnreadableDocument
+from ocrbatch.clova.documents import PDF_PIXELS_PER_POINT, UnreadableDocument, render_pdf_page
 
 # The largest page the engine decodes: a long image at the service's limit (25,000 x 5,000 px).
 # Decoding bigger pages would take gigabytes; they fail with a clear reason instead.
@@ -32,8 +30,6 @@ _READERS: dict[str, type[ImageFile.ImageFile]] = {
     "tiff": TiffImagePlugin.TiffImageFile,
 }
 _MIN_DPI, _MAX_DPI = 50, 2400  # a resolution outside this range is a wrong header, not a scan
-# PDFium may not be called from two threads at once, even for different documents.
-_PDFIUM_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -70,30 +66,12 @@ def page_image(data: bytes, image_format: str, page_index: int) -> PageImage:
 
 
 def _pdf_page(data: bytes, page_index: int) -> PageImage:
-    with _PDFIUM_LOCK:
-        try:
-            document = pypdfium2.PdfDocument(data)
-        except pypdfium2.PdfiumError as exc:
-            raise UnreadableDocument("PDFium cannot open the PDF document") from exc
-        try:
-            page = document[page_index]
-            try:
-                width_pt, height_pt = page.get_size()
-                # Pages beyond the pixel budget are rendered smaller rather than refused.
-                scale = min(
-                    float(PDF_PIXELS_PER_POINT),
-                    math.sqrt(MAX_PAGE_PIXELS / max(1.0, width_pt * height_pt)),
-                )
-                # A copy, so that no pixel refers to PDFium's buffer once the lock is released; the
-                # bitmap itself is left to the garbage collector, as pypdfium2 advises.
-                gray = _grayscale(page.render(scale=scale, grayscale=True).to_pil()).copy()
-            finally:
-                page.close()
-        except pypdfium2.PdfiumError as exc:
-            raise UnreadableDocument(f"PDFium cannot render page {page_index + 1}") from exc
-        finally:
-            document.close()
-    return _pgm(gray, round(72 * scale))
+    def scale_of(width_pt: float, height_pt: float) -> float:
+        # Pages beyond the pixel budget are rendered smaller rather than refused.
+        return min(float(PDF_PIXELS_PER_POINT), math.sqrt(MAX_PAGE_PIXELS / max(1.0, width_pt * height_pt)))
+
+    rendered, scale = render_pdf_page(data, page_index, scale_of=scale_of, grayscale=True)
+    return _pgm(_grayscale(rendered), round(72 * scale))
 
 
 def _check_size(width: int, height: int, *, page_index: int) -> None:
