@@ -101,7 +101,8 @@ async def test_delete_removes_the_definition_only(
 
 
 async def test_status_includes_the_report(start_api: StartApi, store: BatchStore) -> None:
-    """GET .../status returns the batch, its status and reason, and what read_report gives for it."""
+    """GET .../status returns the batch, its status and reason, what read_report gives for it, and
+    the progress derived from that report (not live: no worker runs it here)."""
     seen: list[str] = []
 
     async def read_report(batch: Batch) -> dict[str, Any] | None:
@@ -116,6 +117,15 @@ async def test_status_includes_the_report(start_api: StartApi, store: BatchStore
         "batch": created,
         "status": "available",
         "status_reason": None,
+        "live": False,
+        "progress": {
+            "done": 1,
+            "total": 1,
+            "pending": 0,
+            "percent": 100.0,
+            "rate_per_s": None,
+            "eta_s": None,
+        },
         "report": {"done": 3, "failed": 1},
     }
     assert seen == [created["id"]]

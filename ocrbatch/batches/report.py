@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -91,6 +92,55 @@ class BatchReport:
             "started_at": self.started_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a batch stands, from a report (`BatchReport.to_json`'s shape): `done` of `total`
+    documents (skipped files are not counted), this pass's rate and the ETA of what is pending."""
+
+    done: int
+    total: int
+    pending: int
+    rate_per_s: float | None
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float:
+        """Done over total, 1.0 when there is nothing to do."""
+        return min(1.0, self.done / self.total) if self.total > 0 else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "total": self.total,
+            "pending": self.pending,
+            "percent": round(self.fraction * 100, 1),
+            "rate_per_s": self.rate_per_s,
+            "eta_s": self.eta_s if self.pending else None,
+        }
+
+
+def progress_of(report: Mapping[str, Any]) -> Progress:
+    """The progress a report shows; missing or odd figures count as 0."""
+    this_pass = report.get("this_pass")
+    if not isinstance(this_pass, Mapping):
+        this_pass = {}
+
+    def count(value: object) -> int:
+        return value if isinstance(value, int) and value > 0 else 0
+
+    def figure(value: object) -> float | None:
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    done = count(report.get("succeeded")) + count(report.get("failed"))
+    return Progress(
+        done=done,
+        total=max(done, count(report.get("inputs")) - count(report.get("skipped"))),
+        pending=count(report.get("pending")),
+        rate_per_s=figure(this_pass.get("rate_per_s")),
+        eta_s=figure(this_pass.get("eta_s")),
+    )
 
 
 async def read_report(storages: StorageFactory, batch: Batch) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
@@ -12,15 +13,14 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from ocrbatch.batches.layout import FAILED_PREFIX, SOURCE_KEY, decode_source_key, failed_input_key
-from ocrbatch.batches.report import read_report
+from ocrbatch.batches.report import progress_of, read_report
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.cli import output as cli_output
 from ocrbatch.cli.state import CliState
-from ocrbatch.errors import StorageError
+from ocrbatch.errors import BatchRuleViolation
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.estimate import estimate_batch
+from ocrbatch.worker.operations import BatchOperations
 
 
 @click.command("estimate")
@@ -39,21 +39,11 @@ def estimate_command(state: CliState, ref: str, call_latency_s: float, as_json: 
     settings = state.settings
 
     async def go() -> dict[str, Any]:
-        async with StorageFactory(settings.storage) as storages:
-            batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
-            domain = settings.domains.get(batch.domain)
-            if domain is None:
-                raise click.UsageError(
-                    f"batch {batch.name!r} uses domain {batch.domain!r}, which is not configured"
-                )
-            estimate = await estimate_batch(
-                batch,
-                domain,
-                inputs=await storages.open(batch.input_location),
-                results=await storages.open(batch.result_location, create=True),
-                call_latency_s=call_latency_s,
-            )
-            return {"batch": batch.name, **estimate.to_json()}
+        async with _operations(settings) as operations:
+            try:
+                return await operations.estimate(ref, call_latency_s=call_latency_s)
+            except BatchRuleViolation as exc:
+                raise click.UsageError(str(exc)) from None
 
     figures = asyncio.run(go())
     if as_json:
@@ -85,18 +75,8 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
     settings = state.settings
 
     async def go() -> tuple[str, list[str]]:
-        async with StorageFactory(settings.storage) as storages:
-            batch = (await (await batch_store_in(settings, storages)).get(ref)).batch
-            results = await storages.open(batch.result_location, create=True)
-            keys = [info.key async for info in results.list(FAILED_PREFIX)]
-            items = []
-            for key in keys:
-                source = failed_input_key(key)
-                if source is None:  # a fallback name: its input is in its metadata
-                    with contextlib.suppress(StorageError):
-                        source = decode_source_key((await results.head(key)).metadata.get(SOURCE_KEY))
-                await results.delete(key)
-                items.append(source or key)
+        async with _operations(settings) as operations:
+            batch, items = await operations.retry_failed(ref)
             return batch.name, items
 
     name, items = asyncio.run(go())
@@ -104,6 +84,12 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
         cli_output.print_json({"batch": name, "retrying": items})
     else:
         click.echo(f"batch {name!r}: {len(items)} failed item(s) will be sent again by the next run")
+
+
+@contextlib.asynccontextmanager
+async def _operations(settings: Settings) -> AsyncIterator[BatchOperations]:
+    async with StorageFactory(settings.storage) as storages:
+        yield BatchOperations(settings, await batch_store_in(settings, storages), storages)
 
 
 async def batch_statuses(settings: Settings) -> list[dict[str, Any]]:
@@ -130,19 +116,17 @@ def _status_table(entries: list[dict[str, Any]]) -> Table:
         if report is None:
             table.add_row(entry["name"], status, "-", "-", "-", "-", "-", "-")
             continue
-        total = report["inputs"] - report["skipped"]
-        done = report["succeeded"] + report["failed"]
-        this_pass = report.get("this_pass", {})
-        rate, eta = this_pass.get("rate_per_s"), this_pass.get("eta_s")
+        progress = progress_of(report)
+        rate, eta = progress.rate_per_s, progress.to_json()["eta_s"]
         table.add_row(
             entry["name"],
             status,
-            ProgressBar(total=max(total, 1), completed=done if total else 1, width=30),
-            f"{done}/{total}",
+            ProgressBar(total=1000, completed=round(progress.fraction * 1000), width=30),
+            f"{progress.done}/{progress.total}",
             str(report["failed"]),
             str(report["skipped"]),
             f"{rate:.1f}/s" if rate else "-",
-            f"{eta:.0f} s" if eta and report["pending"] else "-",
+            f"{eta:.0f} s" if eta else "-",
         )
     return table
 

@@ -25,20 +25,22 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from ocrbatch.batches.broken import BrokenBatchDocument
+from ocrbatch.batches.broken import BrokenBatch, BrokenBatchDocument
 from ocrbatch.batches.events import NotAnEvent, SnsConfirmation, Upload, parse_notification
-from ocrbatch.batches.spec import Batch, BatchStatus, parse_spec
+from ocrbatch.batches.remote import LocationGate, RemoteEdits
+from ocrbatch.batches.spec import Batch, BatchStatus
 from ocrbatch.batches.store import BatchStore, StoredBatch
 from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
     BatchRuleViolation,
+    ObjectNotFound,
     StorageError,
 )
 from ocrbatch.service.access import (
+    CONSOLE_PREFIX,
     EVENTS_PATH,
     Handler,
-    LocationGate,
     auth_middleware,
     cross_site_middleware,
     host_middleware,
@@ -51,6 +53,7 @@ from ocrbatch.service.sns import (
     SnsVerifier,
     is_sns_message,
 )
+from ocrbatch.worker.operations import BatchOperations, BatchProgress
 
 ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
 # Raises `NotReady` (or `StorageError`) when not ready; returns the details to show.
@@ -83,10 +86,14 @@ def create_app(
     metrics: Callable[[], bytes] | None = None,
     on_uploads: OnUploads | None = None,
     sns: SnsVerifier | None = None,
+    operations: BatchOperations | None = None,
+    console: web.Application | None = None,
 ) -> web.Application:
     """The aiohttp application; auth is off when `token` is None (loopback only, see `check_bind`).
     It answers to loopback Host names and `public_hosts`; batches it makes or edits read and write
-    only inside `allowed_locations` (none when empty)."""
+    only inside `allowed_locations` (none when empty). With `operations`, the routes about a
+    batch's work (estimate, failures, retry, outbox) are served; `console` is mounted at
+    `/console/` (it checks its own sessions; the Host and Origin checks apply to it too)."""
     app = web.Application(
         middlewares=[
             _error_middleware,
@@ -95,7 +102,13 @@ def create_app(
             auth_middleware(token),
         ]
     )
-    handlers = _Handlers(store, read_report, ready, LocationGate(allowed_locations), on_batch_changed)
+    handlers = _Handlers(
+        store,
+        read_report=read_report,
+        ready=ready,
+        edits=RemoteEdits(store, LocationGate(allowed_locations), on_batch_changed=on_batch_changed),
+        operations=operations,
+    )
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     if on_uploads is not None:
@@ -113,6 +126,14 @@ def create_app(
     app.router.add_patch(f"{API_PREFIX}/batches/{{ref}}", handlers.edit_batch)
     app.router.add_delete(f"{API_PREFIX}/batches/{{ref}}", handlers.delete_batch)
     app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/status", handlers.batch_status)
+    if operations is not None:
+        work = _WorkHandlers(operations)
+        app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/estimate", work.estimate)
+        app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/failures", work.failures)
+        app.router.add_post(f"{API_PREFIX}/batches/{{ref}}/retry-failed", work.retry_failed)
+        app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/outbox", work.outbox)
+    if console is not None:
+        app.add_subapp(CONSOLE_PREFIX, console)
     return app
 
 
@@ -122,6 +143,7 @@ def create_app(
 # Operator-facing errors and their HTTP status and code; first match wins.
 _ERROR_STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (BatchNotFound, 404, "not_found"),
+    (ObjectNotFound, 404, "not_found"),
     (BrokenBatchDocument, 409, "broken_batch"),
     (BatchRuleViolation, 422, "invalid_batch"),
     (BatchConflict, 409, "conflict"),
@@ -208,16 +230,17 @@ class _Handlers:
     def __init__(
         self,
         store: BatchStore,
+        *,
         read_report: ReadReport | None,
         ready: Ready | None,
-        gate: LocationGate,
-        on_batch_changed: Callable[[Batch], None] | None,
+        edits: RemoteEdits,
+        operations: BatchOperations | None,
     ) -> None:
-        self._on_batch_changed = on_batch_changed
+        self._edits = edits
+        self._operations = operations
         self._store = store
         self._read_report = read_report
         self._ready = ready
-        self._gate = gate
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -243,11 +266,7 @@ class _Handlers:
         return json_response({"batches": listed})
 
     async def create_batch(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        _refuse_secret_files(body)
-        self._gate.check(body)
-        created = await self._store.create(parse_spec(body))
-        log.info("batch.created", batch_id=created.batch.id, via="api")
+        created = await self._edits.create(await _json_object(request), via="api")
         return _batch_response(created, status=201)
 
     async def get_batch(self, request: web.Request) -> web.Response:
@@ -257,45 +276,37 @@ class _Handlers:
         ref = request.match_info["ref"]
         changes = await _json_object(request)
         status = _requested_status(changes.pop("status", None))
-        _refuse_secret_files(changes)
-        self._gate.check(changes)
         if not changes and status is None:
             raise ApiError(400, "bad_request", "nothing to change: send spec fields and/or a status")
         if_match = await self._precondition(request, ref)
         try:
-            updated = await self._store.update(ref, changes, if_match=if_match, status=status)
+            updated = await self._edits.update(ref, changes, via="api", if_match=if_match, status=status)
         except BatchConflict as exc:
             await self._raise_conflict(exc, ref, if_match)
-        log.info("batch.edited", batch_id=updated.batch.id, fields=sorted(changes), via="api")
-        if self._on_batch_changed is not None:
-            self._on_batch_changed(updated.batch)
         return _batch_response(updated)
 
     async def delete_batch(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
         if_match = await self._precondition(request, ref)
         try:
-            deleted = await self._store.delete(ref, if_match=if_match)
-        except BrokenBatchDocument as refused:  # not conditional: If-Match was refused above
-            await self._store.delete_broken(refused.broken)
-            log.info("batch.deleted", batch_id=refused.broken.batch_id, key=refused.broken.key, via="api")
-            return json_response({"deleted": refused.broken.as_dict()})
+            deleted = await self._edits.delete(ref, via="api", if_match=if_match)
         except BatchConflict as exc:
             await self._raise_conflict(exc, ref, if_match)
-        log.info("batch.deleted", batch_id=deleted.id, via="api")
+        if isinstance(deleted, BrokenBatch):
+            return json_response({"deleted": deleted.as_dict()})
         return json_response({"deleted": _batch_json(deleted)})
 
     async def batch_status(self, request: web.Request) -> web.Response:
-        batch = (await self._store.get(request.match_info["ref"])).batch
-        report = await self._read_report(batch) if self._read_report is not None else None
-        return json_response(
-            {
-                "batch": _batch_json(batch),
-                "status": batch.status,
-                "status_reason": batch.status_reason,
-                "report": report,
-            }
-        )
+        """The batch with its status, report and progress: live while this process's pass works
+        on it (with `operations`), else from `_report.json`."""
+        ref = request.match_info["ref"]
+        if self._operations is not None:
+            progress = await self._operations.progress(ref)
+        else:
+            batch = (await self._store.get(ref)).batch
+            report = await self._read_report(batch) if self._read_report is not None else None
+            progress = BatchProgress(batch, report, live=False)
+        return json_response({"batch": _batch_json(progress.batch), **progress.to_json()})
 
     async def _precondition(self, request: web.Request, ref: str) -> str | None:
         """The stored etag the client's `If-Match` names; 412 when the batch has moved on."""
@@ -314,6 +325,48 @@ class _Handlers:
             if current.etag != if_match:
                 raise _precondition_failed(current.batch) from None
         raise exc
+
+
+class _WorkHandlers:
+    """The routes about a batch's work, over the same operations as the CLI and the console."""
+
+    def __init__(self, operations: BatchOperations) -> None:
+        self._operations = operations
+
+    async def estimate(self, request: web.Request) -> web.Response:
+        latency_s = _number_query(request, "call_latency_s", default=1.0)
+        return json_response(
+            await self._operations.estimate(request.match_info["ref"], call_latency_s=latency_s)
+        )
+
+    async def failures(self, request: web.Request) -> web.Response:
+        page = await self._operations.failures(
+            request.match_info["ref"],
+            reason=request.query.get("reason") or None,
+            after=request.query.get("after") or None,
+            limit=int(_number_query(request, "limit", default=50)),
+        )
+        return json_response(
+            {
+                "failures": [record.to_json() for record in page.items],
+                "after": page.after,
+                "scanned_all": page.scanned_all,
+            }
+        )
+
+    async def retry_failed(self, request: web.Request) -> web.Response:
+        keys = None
+        if request.can_read_body:
+            body = await _json_object(request)
+            keys = body.get("keys")
+            if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+                raise BatchRuleViolation([("keys", "must be a list of input keys")])
+        batch, retried = await self._operations.retry_failed(request.match_info["ref"], keys)
+        log.info("batch.failed_retried", batch_id=batch.id, items=len(retried), via="api")
+        return json_response({"batch": batch.name, "retrying": retried})
+
+    async def outbox(self, request: web.Request) -> web.Response:
+        return json_response((await self._operations.outbox(request.match_info["ref"])).to_json())
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -349,6 +402,20 @@ def _precondition_failed(batch: Batch) -> ApiError:
     )
 
 
+def _number_query(request: web.Request, name: str, *, default: float) -> float:
+    """A positive number from the query string; 400 naming it otherwise."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise ApiError(400, "bad_request", f"{name} must be a positive number, not {text[:40]!r}")
+    return value
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; 400 otherwise."""
     raw = await request.read()
@@ -368,10 +435,3 @@ def _requested_status(value: object) -> BatchStatus | None:
         if value == status:
             return status
     raise BatchRuleViolation([("status", "can only be set to 'paused' or 'available'")])
-
-
-def _refuse_secret_files(body: Mapping[str, Any]) -> None:
-    """`secret_file` reads a file on the server: fine from the CLI, not for remote callers."""
-    webhook = body.get("webhook")
-    if isinstance(webhook, Mapping) and "secret_file" in webhook:
-        raise BatchRuleViolation([("webhook.secret_file", "is not accepted over the API; send secret")])

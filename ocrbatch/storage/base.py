@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from ocrbatch.locations import Location
 
 DEFAULT_PAGE_SIZE = 1000
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,13 @@ class Storage(ABC):
     @abstractmethod
     async def presigned_get_url(self, key: str, *, expires_s: int) -> str:
         """A URL that lets anyone GET the object until it expires (S3 only)."""
+
+
+@asynccontextmanager
+async def closing(iterator: AsyncIterator[_T]) -> AsyncIterator[AsyncIterator[_T]]:
+    """Close a listing its reader stops early (a listing holds a page request open until then)."""
+    try:
+        yield iterator
+    finally:
+        if isinstance(iterator, AsyncGenerator):
+            await iterator.aclose()

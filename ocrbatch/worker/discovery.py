@@ -17,12 +17,11 @@ name, where the store took it, still counts).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import structlog
 
@@ -44,7 +43,7 @@ from ocrbatch.batches.layout import (
 from ocrbatch.clova.contract import IMAGE_FORMATS
 from ocrbatch.errors import ObjectNotFound
 from ocrbatch.locations import Location
-from ocrbatch.storage.base import DEFAULT_PAGE_SIZE, ObjectInfo, Storage
+from ocrbatch.storage.base import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, closing
 
 log = structlog.get_logger("ocrbatch.worker")
 SUPPORTED_FORMATS = frozenset(IMAGE_FORMATS)
@@ -61,8 +60,6 @@ REASON_RESERVED = "reserved name (its result would collide with _failed/, _outbo
 
 # Sorts after every other character: `start_after=subtree + _MAX_CHAR` skips a reserved subtree.
 _MAX_CHAR = "\U0010ffff"
-
-_T = TypeVar("_T")
 
 
 def _extension(key: str) -> str:
@@ -107,16 +104,6 @@ class _Found:
     headed: bool  # `info` comes from a HEAD (it has metadata), not from a listing
 
 
-@asynccontextmanager
-async def _closing(iterator: AsyncIterator[_T]) -> AsyncIterator[AsyncIterator[_T]]:
-    """Close a listing we stop reading early (derived listings are rarely read to the end)."""
-    try:
-        yield iterator
-    finally:
-        if isinstance(iterator, AsyncGenerator):
-            await iterator.aclose()
-
-
 async def _head(storage: Storage, key: str, stats: DiscoveryStats) -> ObjectInfo | None:
     stats.heads += 1
     try:
@@ -136,7 +123,7 @@ async def _result_listing(results: Storage, page_size: int) -> AsyncIterator[Obj
     """
     start_after: str | None = None
     while True:
-        async with _closing(results.list(start_after=start_after, page_size=page_size)) as listing:
+        async with closing(results.list(start_after=start_after, page_size=page_size)) as listing:
             async for info in listing:
                 subtree = next((p for p in OWN_PREFIXES if info.key.startswith(p)), None)
                 if subtree is None:
@@ -286,7 +273,7 @@ class _FallbackCursor:
 
     async def _list(self) -> dict[str, ObjectInfo]:
         listed: dict[str, ObjectInfo] = {}
-        async with _closing(self._storage.list(self._prefix, page_size=self._page_size)) as listing:
+        async with closing(self._storage.list(self._prefix, page_size=self._page_size)) as listing:
             async for info in listing:
                 if len(listed) >= self._max_entries:
                     self._complete = False
@@ -424,9 +411,9 @@ async def discover(
     stats = DiscoveryStats() if stats is None else stats
     result_name, failure_name = _names(results.location, result_suffix)
     async with (
-        _closing(inputs.list(page_size=page_size)) as input_listing,
-        _closing(_result_listing(results, page_size)) as result_listing,
-        _closing(results.list(FAILED_PREFIX, page_size=page_size)) as failure_listing,
+        closing(inputs.list(page_size=page_size)) as input_listing,
+        closing(_result_listing(results, page_size)) as result_listing,
+        closing(results.list(FAILED_PREFIX, page_size=page_size)) as failure_listing,
     ):
         cursors = (
             _DerivedCursor(
