@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit bench soak clean vendor-htmx
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,14 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# The console's htmx, from the npm registry at this version and digest (its licence beside it);
+# the copy lives in the package, so nothing is fetched at build or run time.
+HTMX_VERSION := 2.0.11
+HTMX_SHA256 := d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717
+vendor-htmx:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent htmx.org@$(HTMX_VERSION) >/dev/null \
+		&& tar xzf htmx.org-$(HTMX_VERSION).tgz \
+		&& echo "$(HTMX_SHA256)  package/dist/htmx.min.js" | sha256sum --check --quiet - \
+		&& cp package/dist/htmx.min.js $(CURDIR)/ocrbatch/console/static/htmx.min.js \
+		&& cp package/LICENSE $(CURDIR)/ocrbatch/console/static/htmx.LICENSE && rm -rf $$tmp

@@ -271,6 +271,9 @@ class ApiSettings(_Section):
     # The input and result paths batches made over the API may use: S3 prefixes (s3://bucket/prefix)
     # or directories. None are allowed until some are listed; the CLI is not limited.
     allowed_locations: list[str] = []
+    # The web console at /console/ (login with the token), and how long its sessions last.
+    console: bool = True
+    console_session_ttl_s: float = Field(default=12 * 3600.0, gt=0)
 
 
 FERNET_KEY_BYTES = 32

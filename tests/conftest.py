@@ -490,3 +490,26 @@ def redis_url(redis_server: str) -> str:
     with redis.Redis.from_url(redis_server) as client:
         client.flushdb()
     return redis_server
+
+
+# ---------------------------------------------------------------------------------------------
+# Browser: the server time of each console page the browser tests visited, in the summary.
+# ---------------------------------------------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A table of the console pages the browser tests opened and each one's `Server-Timing`
+    (`app;dur=`), from the user property those tests set (it reaches the controller under xdist)."""
+    from fixtures.browser import server_timing_rows, timing_table
+
+    rows = [
+        row
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if isinstance(report, pytest.TestReport)
+        for row in server_timing_rows(report)
+    ]
+    if rows:
+        terminalreporter.section("console pages: server time (Server-Timing app;dur)")
+        for line in timing_table(rows):
+            terminalreporter.line(line)

@@ -1,22 +1,21 @@
-"""Who may use the API, and for what: the bind check, the Host, cross-site and token middlewares,
-and the locations batches made over the API may use."""
+"""Who may use the API: the bind check, and the Host, cross-site and token middlewares."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
-from ocrbatch.errors import BatchRuleViolation, ConfigError
-from ocrbatch.locations import Location
+from ocrbatch.errors import ConfigError
 from ocrbatch.service.responses import ApiError
 
 EVENTS_PATH = "/api/v1/events/s3"
+# The web console's pages: it checks its own session cookie and CSRF tokens (`ocrbatch.console`).
+CONSOLE_PREFIX = "/console"
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,6 +46,10 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_console_path(path: str) -> bool:
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -95,13 +98,15 @@ async def cross_site_middleware(request: web.Request, handler: Handler) -> web.S
     """What a web page in a browser cannot do to this API: a state-changing request must carry
     JSON (`Content-Type: application/json`, which a page can send cross-site only after a CORS
     preflight this API never answers; else 415), and one carrying an `Origin` must come from this
-    API's own origin (else 403). S3 event notifications are exempt from the first: SNS sends them
-    as text/plain."""
+    API's own origin (else 403). S3 event notifications are exempt from the first (SNS sends them
+    as text/plain), and so are the console's forms, which carry a CSRF token instead."""
     if request.method not in _CHANGING:
         return await handler(request)
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
         raise ApiError(403, "forbidden", f"requests from the origin {origin!r} are not accepted")
+    if is_console_path(request.path):
+        return await handler(request)  # its forms are posted as forms, with a CSRF token each
     if request.path != EVENTS_PATH and request.can_read_body and request.content_type != "application/json":
         raise ApiError(
             415, "unsupported_media_type", "state-changing requests need Content-Type: application/json"
@@ -114,8 +119,9 @@ def auth_middleware(token: SecretStr | None) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bearer-token check on everything but health (constant-time comparison)."""
-        if expected is None or request.path in UNAUTHENTICATED_PATHS:
+        """Bearer-token check on everything but health and the console, whose session cookie is
+        given for the same token (constant-time comparison)."""
+        if expected is None or request.path in UNAUTHENTICATED_PATHS or is_console_path(request.path):
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if request.path == EVENTS_PATH and "token" in request.query:
@@ -130,36 +136,3 @@ def auth_middleware(token: SecretStr | None) -> Middleware:
         return await handler(request)
 
     return auth
-
-
-class LocationGate:
-    """The locations the API may give batches: inside one of `allowed` (S3 prefixes or
-    directories), or a 422 naming the field. Local paths are compared after symlinks are resolved."""
-
-    FIELDS = ("input_path", "result_path")
-
-    def __init__(self, allowed: Sequence[str]) -> None:
-        self._texts = list(allowed)
-        self._allowed = [Location.parse(text) for text in allowed]
-
-    def check(self, body: Mapping[str, Any]) -> None:
-        """Refuse every path field of `body` outside the allowed locations (bad paths are left to
-        the batch rules, which name them)."""
-        refused: list[tuple[str, str]] = []
-        for field in self.FIELDS:
-            value = body.get(field)
-            if not isinstance(value, str):
-                continue
-            try:
-                location = Location.parse(value)
-            except ValueError:
-                continue
-            if not any(allowed.contains(location) for allowed in self._allowed):
-                refused.append((field, self._rule()))
-        if refused:
-            raise BatchRuleViolation(refused)
-
-    def _rule(self) -> str:
-        if not self._allowed:
-            return "no location is open to the API until api.allowed_locations lists some"
-        return f"is outside the locations open to the API (api.allowed_locations: {', '.join(self._texts)})"

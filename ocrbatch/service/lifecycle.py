@@ -23,10 +23,12 @@ import structlog
 from aiohttp import ClientSession, web
 
 from ocrbatch.batches.events import Upload, batches_for
+from ocrbatch.batches.remote import LocationGate, RemoteEdits
 from ocrbatch.batches.report import read_report
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore, batch_store_in
 from ocrbatch.clova.client import open_ocr_session
+from ocrbatch.console.app import create_console
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.coordination.memory import MemoryCoordination
@@ -40,6 +42,7 @@ from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.webhooks.delivery import open_webhook_session
+from ocrbatch.worker.operations import BatchOperations
 from ocrbatch.worker.worker import PassResult, Worker
 
 log = structlog.get_logger("ocrbatch.run")
@@ -328,6 +331,19 @@ async def _start_api(
             "events.sns_signatures_off",
             reason="SNS messages are accepted without verifying their signatures (emulated stores only)",
         )
+    operations = BatchOperations(
+        settings,
+        store,
+        storages,
+        live=worker,
+        nudge=worker.trigger,
+        outbox_counters=lambda: {
+            "sent": worker.webhooks.sent,
+            "retried": worker.webhooks.retried,
+            "dead_lettered": worker.webhooks.dead_lettered,
+        },
+    )
+    console = _console(settings, store, operations, worker)
     app = create_app(
         store,
         token=settings.api.token,
@@ -339,10 +355,35 @@ async def _start_api(
         metrics=worker.metrics.render,
         on_uploads=on_uploads,
         sns=SnsVerifier(session, check_signatures=check_signatures),
+        operations=operations,
+        console=console,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.api.host, settings.api.port).start()
     host, port = runner.addresses[0][:2]
     log.info("api.listening", url=f"http://{host}:{port}")
+    if console is not None:
+        log.info("console.listening", url=f"http://{host}:{port}/console/")
     return runner
+
+
+def _console(
+    settings: Settings, store: BatchStore, operations: BatchOperations, worker: Worker
+) -> web.Application | None:
+    """The web console, unless `[api] console = false`; it logs in with the API token, so
+    without one (auth off, loopback only) it is not served."""
+    if not settings.api.console:
+        return None
+    if settings.api.token is None:
+        log.warning("console.off", reason="the console logs in with the API token, and api.token is not set")
+        return None
+    return create_console(
+        operations=operations,
+        edits=RemoteEdits(
+            store, LocationGate(settings.api.allowed_locations), on_batch_changed=worker.batch_changed
+        ),
+        token=settings.api.token,
+        domains=settings.domains,
+        session_ttl_s=settings.api.console_session_ttl_s,
+    )
