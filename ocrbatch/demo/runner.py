@@ -31,6 +31,8 @@ import click
 from cryptography.fernet import Fernet
 
 from ocrbatch.demo import samples
+from ocrbatch.demo.console import api_config, run_console
+from ocrbatch.demo.processes import stop_process
 from ocrbatch.demo.script import (
     ADMIN_TOKEN,
     DOMAIN_CAP,
@@ -49,19 +51,19 @@ from ocrbatch.engine.tesseract import EngineUnavailable, detect_tesseract, missi
 
 DemoEngine = Literal["auto", "tesseract", "emulator"]
 STEP_TIMEOUT_S = 180
-STOP_TIMEOUT_S = 10
 _STREAMED = ("run",)  # steps whose output is shown as it comes: the worker's progress
 
 
-def run_demo(workdir: Path | None, *, engine: DemoEngine = "auto") -> int:
+def run_demo(workdir: Path | None, *, engine: DemoEngine = "auto", keep_console: bool = False) -> int:
     """Run every step in `workdir` (a temporary directory if None); returns the exit code.
-    `engine`: "auto" uses Tesseract when it is installed with its language data.
+    `engine`: "auto" uses Tesseract when it is installed with its language data. It ends with
+    the web console on the demo's batches, kept up until Ctrl-C with `keep_console`.
     SIGTERM ends the demo as Ctrl-C does, stopping what it started on the way out."""
     if threading.current_thread() is not threading.main_thread():
-        return _run_demo(workdir, engine)  # signal handlers can only be set in the main thread
+        return _run_demo(workdir, engine, keep_console)  # signal handlers can only be set in the main thread
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        return _run_demo(workdir, engine)
+        return _run_demo(workdir, engine, keep_console)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -70,15 +72,15 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def _run_demo(workdir: Path | None, engine: DemoEngine) -> int:
+def _run_demo(workdir: Path | None, engine: DemoEngine, keep_console: bool) -> int:
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        code = _run(workdir, engine)
+        code = _run(workdir, engine, keep_console)
         if code == 0:
             click.secho(f"the demo's files are kept in {workdir}", bold=True)
         return code
     with tempfile.TemporaryDirectory(prefix="ocrbatch-demo-") as tmp:
-        code = _run(Path(tmp), engine)
+        code = _run(Path(tmp), engine, keep_console)
     if code == 0:
         click.secho(
             "the demo's files were removed; run `ocrbatch demo --workdir DIR` to keep them", bold=True
@@ -98,7 +100,7 @@ def _prepare(workdir: Path) -> None:
         shutil.rmtree(workdir / folder, ignore_errors=True)
 
 
-def _run(workdir: Path, engine: DemoEngine) -> int:
+def _run(workdir: Path, engine: DemoEngine, keep_console: bool) -> int:
     started_s = time.monotonic()
     _prepare(workdir)
     count = write_samples(workdir / "inbox")
@@ -121,7 +123,8 @@ def _run(workdir: Path, engine: DemoEngine) -> int:
                 url = _first_line(service)
                 service_name = "local OCR engine (Tesseract)" if use_engine else "CLOVA emulator"
                 click.secho(f"{service_name} listening on {url}", bold=True)
-                (workdir / "ocrbatch.toml").write_text(demo_config(url, use_engine), encoding="utf-8")
+                config = demo_config(url, use_engine) + api_config(workdir)
+                (workdir / "ocrbatch.toml").write_text(config, encoding="utf-8")
                 code, worker_s = _run_steps(workdir, receiver.url)
                 if code == 0:
                     print_summary(
@@ -132,9 +135,10 @@ def _run(workdir: Path, engine: DemoEngine) -> int:
                         total_s=time.monotonic() - started_s,
                         worker_s=worker_s,
                     )
+                    code = run_console(workdir, keep=keep_console)
                 return code
             finally:
-                _stop(service)
+                stop_process(service)
 
 
 def _write_sealing_key(path: Path) -> None:
@@ -182,15 +186,6 @@ def _start_service(use_engine: bool) -> subprocess.Popen[str]:
         text=True,
         encoding="utf-8",
     )
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _first_line(process: subprocess.Popen[str]) -> str:
@@ -263,5 +258,5 @@ def _cli(workdir: Path, args: list[str], *, stream: bool) -> int:
         finally:
             watchdog.cancel()
             if process.poll() is None:  # interrupted: the worker gets its graceful shutdown
-                _stop(process)
+                stop_process(process)
         return process.wait()
