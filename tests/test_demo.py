@@ -4,6 +4,7 @@ its samples, delivers signed webhooks, and can be rerun in its directory."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -61,7 +62,8 @@ def test_demo_runs_end_to_end_on_the_local_engine(tmp_path: Path, capsys: pytest
     """Every step gets its expected exit code; the results hold the rendered text in all four
     languages (JSON and Excel); the 12-page PDF and the long receipt are read whole; the corrupt
     file has a failure record; every finished item reaches the webhook, signed; the second run
-    makes no call; and the demo runs again in the same directory (there on the emulator)."""
+    makes no call; it ends by logging in to the console and opening its pages; and the demo
+    runs again in the same directory (there on the emulator)."""
     require_tesseract_and_fonts()
     workdir = tmp_path / "demo"
     assert run_demo(workdir, engine="tesseract") == 0
@@ -71,6 +73,12 @@ def test_demo_runs_end_to_end_on_the_local_engine(tmp_path: Path, capsys: pytest
     assert "only one batch per General domain" in output
     assert "recognised twice: 0" in output
     assert_no_secret_left(workdir, output)
+    # The demo ends on the console: logged in, every batch's page and a result viewer opened.
+    console = output.split("console pages on the demo's data", 1)[1]
+    assert console.count("batch page ") == 3
+    assert "result viewer" in console
+    assert re.search(r"^console: http://127\.0\.0\.1:\d+/console/$", console, re.MULTILINE)
+    assert "log in with the API token in " in console
 
     results = workdir / "results"
     outcomes = {
