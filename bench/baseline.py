@@ -3,7 +3,8 @@ have a result, then a thread pool of HTTP calls (one per image, base64 JSON) wit
 
     OCR_SECRET=... python -m bench.baseline --input DIR --output DIR --url URL --workers 5
 
-Reads sleep `--read-delay-ms` first, as ocrbatch's storage reads do in the benchmark. Writes the
+Every storage request (the listing of the results, each read and each write) sleeps
+`--storage-delay-ms` first, as ocrbatch's storage requests do in the benchmark. Writes the
 figures as JSON to `--out`: items done and failed, attempts, wall and CPU seconds of the work,
 peak RSS.
 """
@@ -64,14 +65,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=5)
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--retry-sleep-s", type=float, default=1.0)
-    parser.add_argument("--read-delay-ms", type=float, default=0.0)
+    parser.add_argument("--storage-delay-ms", type=float, default=0.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     secret = os.environ["OCR_SECRET"]
 
     def process(key: str) -> tuple[bool, int]:
         """Whether the item got a result, and the calls it took."""
-        time.sleep(args.read_delay_ms / 1000)
+        delay_s = args.storage_delay_ms / 1000
+        time.sleep(delay_s)
         data = (args.input / key).read_bytes()
         for attempt in range(1, args.retries + 1):
             try:
@@ -81,12 +83,13 @@ def main() -> None:
                 continue
             target = args.output / (key + ".json")
             target.parent.mkdir(parents=True, exist_ok=True)
+            time.sleep(delay_s)
             target.write_bytes(result)
             return True, attempt
         return False, args.retries
 
     cpu_before_s, started_s = cpu_s(), time.monotonic()
-    time.sleep(args.read_delay_ms / 1000)  # one listing of the results
+    time.sleep(args.storage_delay_ms / 1000)  # one listing of the results
     done = {str(path.relative_to(args.output)).removesuffix(".json") for path in args.output.rglob("*.json")}
     keys = [key for key in list_inputs(args.input) if key not in done]
     with ThreadPoolExecutor(max_workers=args.workers) as pool:

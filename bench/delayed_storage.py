@@ -1,6 +1,6 @@
-"""Storage with latency: every read, head and listing page of a wrapped `Storage` takes `delay_s`
-longer, as a remote object store's requests do. The worker gets it through a `StorageFactory`
-that wraps every storage it opens."""
+"""Storage with latency: every request of a wrapped `Storage` (read, head, listing page, write and
+delete) takes `delay_s` longer, as a remote object store's requests do. The worker gets it
+through a `StorageFactory` that wraps every storage it opens."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ocrbatch.storage.factory import StorageFactory
 
 
 class DelayedStorage(Storage):
-    """`inner`, with `delay_s` added to `read`, `head` and each page of `list_pages`."""
+    """`inner`, with `delay_s` added to every request: `read`, `head`, each page of `list_pages`,
+    `write` and `delete` (a presigned URL is made locally, without a request)."""
 
     def __init__(self, inner: Storage, delay_s: float) -> None:
         self.location = inner.location
@@ -52,6 +53,7 @@ class DelayedStorage(Storage):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> ObjectInfo:
+        await asyncio.sleep(self._delay_s)
         return await self._inner.write(
             key,
             data,
@@ -62,6 +64,7 @@ class DelayedStorage(Storage):
         )
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        await asyncio.sleep(self._delay_s)
         await self._inner.delete(key, if_match=if_match)
 
     async def presigned_get_url(self, key: str, *, expires_s: int) -> str:

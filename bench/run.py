@@ -275,7 +275,7 @@ def render(rows: list[Row], elapsed_s: float) -> str:
     lines = [
         f"ocrbatch benchmark, {datetime.now(UTC):%Y-%m-%d}, {machine}, {elapsed_s:.0f} s. "
         f"Emulator: cap {EMULATOR_CAP}, latency {LATENCY_MS:.0f} +/- {JITTER_MS:.0f} ms; "
-        f"storage reads/heads/list pages +{STORAGE_DELAY_MS:.0f} ms (throughput rows). "
+        f"every storage request +{STORAGE_DELAY_MS:.0f} ms (throughput rows). "
         "Baseline: bench/baseline.py (list, skip done, thread pool of urllib calls, 3 tries 1 s apart); "
         "in the replicas rows, 3 replicas with static shares (bench/replicas.py).",
         "",

@@ -1,7 +1,8 @@
 """The benchmark's workloads, each run by ocrbatch and by the baseline script in the same run.
 
 - throughput: every input through the emulator (cap 5, latency 300 +/- 100 ms) with ~50 ms added
-  to each storage read, head and listing page; the cap configured right or 3x too high;
+  to each storage request (reads, heads, listing pages, writes and deletes); the cap configured
+  right or 3x too high;
 - memory: a pass over 1k and 100k inputs that are all done (local directories), peak RSS.
 """
 
@@ -125,7 +126,7 @@ def baseline_args(
         url,
         "--workers",
         str(workers),
-        "--read-delay-ms",
+        "--storage-delay-ms",
         str(delay_ms),
         "--out",
         str(out),
