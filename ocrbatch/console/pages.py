@@ -3,7 +3,7 @@
 
 Routes, under `/console`:
 - `/login` (GET, POST), `/logout` (POST), `/lang?set=ko|en&next=`;
-- `/batches` (the seed's list: search, refresh, create, delete), `/batches/new`, POST `/batches`,
+- `/batches` (CLOVA's batch list: search, refresh, create, delete), `/batches/new`, POST `/batches`,
   POST `/batches/delete` (asks for confirmation first), `/batches/{id}/settings` (GET, POST);
 - `/batches/{id}`: status, live progress (the `/progress` fragment, polled by htmx), figures,
   webhook outbox, and POST `pause`, `resume`, `retry-failed`; `/estimate` (a fragment for htmx,
