@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from ocrbatch.batches.spec import Batch, BatchStatus
 from ocrbatch.console.forms import LANGUAGES, BatchForm, batch_input, domain_info
 from ocrbatch.console.i18n import EN, KO, choose_lang, translator
-from ocrbatch.console.pages import FLASH_MESSAGES
+from ocrbatch.console.pages.batches import FLASH_MESSAGES
 from ocrbatch.console.sessions import Sessions
 
 TEMPLATES = Path(__file__).parent.parent / "ocrbatch" / "console" / "templates"

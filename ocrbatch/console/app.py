@@ -14,6 +14,7 @@ The API's own middlewares run first: the Host check and the Origin check apply h
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -28,8 +29,9 @@ from pydantic import SecretStr
 
 from ocrbatch.batches.broken import BrokenBatchDocument
 from ocrbatch.batches.remote import RemoteEdits
+from ocrbatch.console.context import CONTEXT, RequestContext, context_of
 from ocrbatch.console.i18n import LANG_COOKIE, choose_lang, translator
-from ocrbatch.console.pages import CONTEXT, ConsolePages, RequestContext, context_of, static_versions
+from ocrbatch.console.pages import add_routes
 from ocrbatch.console.sessions import SESSION_COOKIE, Sessions
 from ocrbatch.errors import BatchNotFound, ObjectNotFound, StorageError
 from ocrbatch.settings import DomainSettings
@@ -45,6 +47,15 @@ CSP: Final = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def static_versions() -> dict[str, str]:
+    """Each static file's content hash, appended to its URL so browsers never use a stale copy."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        for path in (PACKAGE_DIR / "static").iterdir()
+        if path.is_file()
+    }
 
 
 def create_console(
@@ -73,8 +84,7 @@ def create_console(
     environment.globals["static"] = static
     for name in environment.list_templates():  # compiled now, not on a first visit
         environment.get_template(name)
-    pages = ConsolePages(operations=operations, edits=edits, sessions=sessions, domains=domains)
-    pages.add_routes(app.router)
+    add_routes(app.router, operations=operations, edits=edits, sessions=sessions, domains=domains)
     app.router.add_static("/static/", PACKAGE_DIR / "static")
     return app
 

@@ -45,6 +45,10 @@ T = TypeVar("T")
 MAX_RECORDS_SCANNED = 1000
 
 
+# A batch's id or name, or the batch itself when the caller has just read it (no second read).
+BatchRef = str | Batch
+
+
 class LiveReports(Protocol):
     """The worker, as far as status goes: the report of a batch its pass is working on now."""
 
@@ -162,10 +166,11 @@ class BatchOperations:
         self._nudge = nudge
         self._outbox_counters = outbox_counters
 
-    async def batch(self, ref: str) -> Batch:
-        return (await self.store.get(ref)).batch
+    async def batch(self, ref: BatchRef) -> Batch:
+        """The batch `ref` names (id or name), read now; a `Batch` the caller just read is used as is."""
+        return ref if isinstance(ref, Batch) else (await self.store.get(ref)).batch
 
-    async def progress(self, ref: str) -> BatchProgress:
+    async def progress(self, ref: BatchRef) -> BatchProgress:
         """The batch's status with the figures of the pass working on it, else of `_report.json`."""
         batch = await self.batch(ref)
         live = self._live.live_report(batch.id) if self._live is not None else None
@@ -173,7 +178,7 @@ class BatchOperations:
             return BatchProgress(batch, live, live=True)
         return BatchProgress(batch, await read_report(self._storages, batch), live=False)
 
-    async def estimate(self, ref: str, *, call_latency_s: float = 1.0) -> dict[str, Any]:
+    async def estimate(self, ref: BatchRef, *, call_latency_s: float = 1.0) -> dict[str, Any]:
         """The dry run's figures: what a run would send, cost and take; nothing is sent."""
         batch = await self.batch(ref)
         domain = self._settings.domains.get(batch.domain)
@@ -190,7 +195,7 @@ class BatchOperations:
         )
         return {"batch": batch.name, **estimate.to_json()}
 
-    async def retry_failed(self, ref: str, keys: Sequence[str] | None = None) -> tuple[Batch, list[str]]:
+    async def retry_failed(self, ref: BatchRef, keys: Sequence[str] | None = None) -> tuple[Batch, list[str]]:
         """Remove the failure records of the batch (of its inputs `keys` only, when given), so the
         next pass sends those items again; a pass is started at once inside `serve`. Returns the
         batch and the input keys whose records were removed."""
@@ -216,7 +221,7 @@ class BatchOperations:
         return batch, retried
 
     async def failures(
-        self, ref: str, *, reason: str | None = None, after: str | None = None, limit: int = 50
+        self, ref: BatchRef, *, reason: str | None = None, after: str | None = None, limit: int = 50
     ) -> Page[FailureRecord]:
         """A page of the batch's failure records in key order; with `reason`, only those whose
         code or message contains it (case-insensitive)."""
@@ -240,7 +245,7 @@ class BatchOperations:
                 found.append(record)
         return Page(found, None)
 
-    async def failure(self, ref: str, key: str) -> FailureRecord:
+    async def failure(self, ref: BatchRef, key: str) -> FailureRecord:
         """The failure record of input `key`; `ObjectNotFound` when it has none."""
         batch = await self.batch(ref)
         _check_key(key)
@@ -250,7 +255,7 @@ class BatchOperations:
             raise ObjectNotFound(f"{key!r} has no failure record", location=batch.result_path)
         return record
 
-    async def results(self, ref: str, *, after: str | None = None, limit: int = 50) -> Page[ResultEntry]:
+    async def results(self, ref: BatchRef, *, after: str | None = None, limit: int = 50) -> Page[ResultEntry]:
         """A page of the batch's results (not its own objects) in key order."""
         batch = await self.batch(ref)
         results = await self._results(batch)
@@ -270,7 +275,7 @@ class BatchOperations:
                 found.append(ResultEntry(key, info.key, info.size, info.last_modified.isoformat()))
         return Page(found, None)
 
-    async def result(self, ref: str, key: str) -> ResultDocument:
+    async def result(self, ref: BatchRef, key: str) -> ResultDocument:
         """Input `key`'s JSON result; `NotViewable` when the batch writes Excel or it has none."""
         batch = await self.batch(ref)
         _check_key(key)
@@ -288,7 +293,7 @@ class BatchOperations:
             raise NotViewable(f"the result of {key!r} is not an OCR response")
         return ResultDocument(key, where, response)
 
-    async def result_file(self, ref: str, key: str) -> tuple[str, bytes, str]:
+    async def result_file(self, ref: BatchRef, key: str) -> tuple[str, bytes, str]:
         """Input `key`'s result file, for download: its name, bytes and content type."""
         batch = await self.batch(ref)
         _check_key(key)
@@ -307,7 +312,7 @@ class BatchOperations:
         )
         return name, stored.data, content_type
 
-    async def input_bytes(self, ref: str, key: str) -> bytes:
+    async def input_bytes(self, ref: BatchRef, key: str) -> bytes:
         """The bytes of one of the batch's documents, for the viewer: only keys of its input
         location with a document's extension, at most the API's 50 MB."""
         batch = await self.batch(ref)
@@ -323,7 +328,7 @@ class BatchOperations:
             raise NotViewable(f"{key!r} is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
         return (await inputs.read(key)).data
 
-    async def outbox(self, ref: str, *, limit: int = 50) -> OutboxView:
+    async def outbox(self, ref: BatchRef, *, limit: int = 50) -> OutboxView:
         """The chunks waiting for the batch's webhook and its dead letters (with their reasons)."""
         batch = await self.batch(ref)
         results = await self._results(batch)
