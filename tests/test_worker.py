@@ -14,17 +14,14 @@ import pytest
 from fixtures.clock import FakeClock
 from fixtures.samples import jpeg, pdf, png, tiff
 from fixtures.waits import within
-from fixtures.worker import MakeSetup, WorkerProfile, create_batch, keys, read_json, with_domain
+from fixtures.worker import MakeSetup, WorkerProfile, create_batch, keys, open_worker, read_json, with_domain
 from openpyxl import load_workbook
 from structlog.testing import capture_logs
 
 from ocrbatch.batches.store import batch_store_in
-from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.webhooks.delivery import open_webhook_session
-from ocrbatch.worker.worker import Worker
 
 PROGRESS_INTERVAL_S = 3600.0  # only the progress ticker waits this long: the test ends its waits
 
@@ -99,21 +96,7 @@ async def test_mixed_inputs_under_faults(make_worker_setup: MakeSetup, worker_pr
         await clock.sleep(delay_s)
 
     with capture_logs() as logs:
-        async with (
-            StorageFactory(settings.storage) as storages,
-            open_ocr_session() as session,
-            open_webhook_session(settings.webhook) as outbound,
-        ):
-            store = await batch_store_in(settings, storages)
-            worker = Worker(
-                settings,
-                store=store,
-                storages=storages,
-                session=session,
-                outbound_session=outbound,
-                sleep=sleep,
-                clock=clock,
-            )
+        async with open_worker(settings, sleep=sleep, clock=clock) as (worker, _):
             outcome = await within(worker.run_pass(), 50, "the pass did not end")
     assert outcome.errors == {}
 
@@ -235,18 +218,7 @@ async def test_cap_configured_too_high_settles_at_the_real_limit(make_worker_set
     for index in range(300):
         await setup.inputs.write(f"{index:03}.png", png(100 + index, 80))
     await create_batch(setup, settings)
-    async with (
-        StorageFactory(settings.storage) as storages,
-        open_ocr_session() as session,
-        open_webhook_session(settings.webhook) as outbound,
-    ):
-        worker = Worker(
-            settings,
-            store=await batch_store_in(settings, storages),
-            storages=storages,
-            session=session,
-            outbound_session=outbound,
-        )
+    async with open_worker(settings) as (worker, _):
         outcome = await worker.run_pass()
         limiter = worker.limiters["receipts"]
         cap, settled_cap = limiter.cap, limiter.settled_cap
@@ -321,13 +293,7 @@ async def test_pausing_mid_pass_finishes_what_is_in_flight_and_starts_nothing_mo
     for index in range(12):
         await setup.inputs.write(f"docs/{index:02}.png", png(200 + index, 100))
     batch_id = await create_batch(setup, settings)
-    async with (
-        StorageFactory(settings.storage) as storages,
-        open_ocr_session() as session,
-        open_webhook_session(settings.webhook) as outbound,
-    ):
-        store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
+    async with open_worker(settings) as (worker, store):
         setup.emulator.hold()
         with capture_logs() as logs:
             running = asyncio.create_task(worker.run_pass())

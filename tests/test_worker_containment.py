@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fixtures.samples import png
 from fixtures.waits import within
-from fixtures.worker import MakeSetup, create_batch, keys, read_json
+from fixtures.worker import MakeSetup, create_batch, keys, open_worker, read_json
 
 from ocrbatch.batches.events import Upload
 from ocrbatch.batches.store import batch_store_in
@@ -137,13 +137,7 @@ async def test_an_item_whose_failure_cannot_be_recorded_stays_pending_and_the_pa
         "record_failure",
         poisoned(ItemOutcomes.record_failure, StorageError("injected: no writes", location="s3://b/out")),
     )
-    async with (
-        StorageFactory(settings.storage) as storages,
-        open_ocr_session() as session,
-        open_webhook_session(settings.webhook) as outbound,
-    ):
-        store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
+    async with open_worker(settings) as (worker, _):
         outcome = await within(worker.run_pass(), 60, "the pass did not end")
     assert outcome.errors == {}
     report = outcome.reports[next(iter(outcome.reports))]
@@ -165,13 +159,7 @@ async def test_an_announced_input_that_cannot_be_read_gets_a_failure_record(
     refused = StorageError("injected: never readable", location="s3://bucket/in")
     refused.transient = False
     monkeypatch.setattr(S3Storage, "head", poisoned(S3Storage.head, refused))
-    async with (
-        StorageFactory(settings.storage) as storages,
-        open_ocr_session() as session,
-        open_webhook_session(settings.webhook) as outbound,
-    ):
-        store = await batch_store_in(settings, storages)
-        worker = Worker(settings, store=store, storages=storages, session=session, outbound_session=outbound)
+    async with open_worker(settings) as (worker, store):
         uploads = [Upload(setup.bucket, f"in/{key}") for key in (POISON, OTHERS[0])]
         await within(worker.process_uploads(uploads), 60, "the announced inputs were not processed")
         [stored] = await store.list_batches()

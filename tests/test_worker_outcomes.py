@@ -7,34 +7,19 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from fixtures.samples import png
-from fixtures.worker import MakeSetup, create_batch, keys, read_json
+from fixtures.worker import MakeSetup, create_batch, keys, open_worker, read_json
 from structlog.testing import capture_logs
 
-from ocrbatch.batches.store import batch_store_in
-from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.emulator.faults import ScriptedFault
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
-from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.webhooks.delivery import open_webhook_session
 from ocrbatch.worker.worker import PassResult, Worker
 
 
 async def one_pass(
     settings: Settings, *, before: Callable[[Worker], Awaitable[None]] | None = None
 ) -> PassResult:
-    async with (
-        StorageFactory(settings.storage) as storages,
-        open_ocr_session() as session,
-        open_webhook_session(settings.webhook) as outbound,
-    ):
-        worker = Worker(
-            settings,
-            store=await batch_store_in(settings, storages),
-            storages=storages,
-            session=session,
-            outbound_session=outbound,
-        )
+    async with open_worker(settings) as (worker, _):
         return await worker.run_pass()
 
 
