@@ -88,6 +88,17 @@ class World:
         """A batch made over the API (for the tests that are not about the create form); its id."""
         return str(self.api("POST", "/api/v1/batches", spec)["id"])
 
+    def template_batch(self, name: str, *, inputs: Path | None = None, results: Path | None = None) -> str:
+        """A Template batch on template 101 made over the API, reading `inputs` (a fresh
+        `{name}-in` directory by default) into `results` (`{name}-out`); its id."""
+        return self.create_batch(
+            name=name,
+            domain=TEMPLATE_DOMAIN,
+            template_ids=[101],
+            input_path=str(inputs or self.directory(f"{name}-in")),
+            result_path=str(results or self.data / f"{name}-out"),
+        )
+
     def directory(self, name: str) -> Path:
         """A fresh, existing directory under `data`."""
         path = self.data / name
@@ -494,13 +505,7 @@ def test_search_shows_only_the_batches_whose_name_matches(console: Console) -> N
     tag = uuid.uuid4().hex[:8]
     names = [f"{tag}-invoice-a", f"{tag}-invoice-b", f"{tag}-receipt"]
     for name in names:
-        world.create_batch(
-            name=name,
-            domain=TEMPLATE_DOMAIN,
-            template_ids=[101],
-            input_path=str(world.directory(f"{name}-in")),
-            result_path=str(world.data / f"{name}-out"),
-        )
+        world.template_batch(name)
     console.login()
     assert {row.get_attribute("data-name") for row in console.find_all("tr.batch-row")} >= set(names)
 
@@ -524,13 +529,7 @@ def test_settings_edit_shows_after_saving(console: Console) -> None:
     batch page and in the list."""
     world = console.world
     name = unique("editable")
-    batch_id = world.create_batch(
-        name=name,
-        domain=TEMPLATE_DOMAIN,
-        template_ids=[101],
-        input_path=str(world.directory(f"{name}-in")),
-        result_path=str(world.data / f"{name}-out"),
-    )
+    batch_id = world.template_batch(name)
     console.login()
     console.click_to(console.row(batch_id).find_element(By.CSS_SELECTOR, "a.settings-link"), "settings form")
     assert console.text("h1") == "Batch settings"
@@ -558,13 +557,7 @@ def test_delete_through_the_pop_up_keeps_the_result_files(console: Console) -> N
     name = unique("doomed")
     inputs, results = world.directory(f"{name}-in"), world.data / f"{name}-out"
     (inputs / "form.png").write_bytes(png(800, 600))
-    batch_id = world.create_batch(
-        name=name,
-        domain=TEMPLATE_DOMAIN,
-        template_ids=[101],
-        input_path=str(inputs),
-        result_path=str(results),
-    )
+    batch_id = world.template_batch(name, inputs=inputs, results=results)
     world.wait_for_pass(batch_id, done=1)
     result_file = results / "form.png.json"
     written = result_file.read_bytes()
@@ -643,13 +636,7 @@ def test_pause_estimate_and_resume(console: Console) -> None:
     world = console.world
     name = unique("paused")
     inputs, staging = world.directory(f"{name}-in"), world.directory(f"{name}-staging")
-    batch_id = world.create_batch(
-        name=name,
-        domain=TEMPLATE_DOMAIN,
-        template_ids=[101],
-        input_path=str(inputs),
-        result_path=str(world.data / f"{name}-out"),
-    )
+    batch_id = world.template_batch(name, inputs=inputs)
     console.login()
     console.open(f"/console/batches/{batch_id}", "batch")
     console.click_to(console.find("#pause"), "batch (paused)")
@@ -711,13 +698,7 @@ def finished(world: World) -> FinishedBatches:
         input_path=str(general_in),
         result_path=str(general_results),
     )
-    template_id = world.create_batch(
-        name="done-template",
-        domain=TEMPLATE_DOMAIN,
-        template_ids=[101],
-        input_path=str(template_in),
-        result_path=str(template_results),
-    )
+    template_id = world.template_batch("done-template", inputs=template_in, results=template_results)
     world.wait_for_pass(general_id, done=3)
     world.wait_for_pass(template_id, done=1)
     return FinishedBatches(general_id, general_results, template_id, template_results)
