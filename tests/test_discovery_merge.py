@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fixtures.discovery import Pair, state_by_key
 
-from ocrbatch.worker.discovery import DiscoveryStats, _result_listing
+from ocrbatch.worker.cursors import DiscoveryStats, results_in_order
 
 
 def _utf8_sorted(keys: list[str]) -> list[str]:
@@ -111,7 +111,7 @@ async def test_reserved_names_in_the_result_location_are_never_results(pair: Pai
     await pair.results.write("_report.json", b"{}")
 
     assert await pair.states(page_size=2) == dict.fromkeys(keys, "done")
-    listed = [info.key async for info in _result_listing(pair.results, 2)]
+    listed = [info.key async for info in results_in_order(pair.results, 2)]
     assert listed == _utf8_sorted([key + ".json" for key in keys])
 
 

@@ -21,7 +21,8 @@ from ocrbatch.locations import Location
 from ocrbatch.settings import StorageSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.discovery import DiscoveryStats, discover
+from ocrbatch.worker.cursors import DiscoveryStats
+from ocrbatch.worker.discovery import discover
 
 
 @pytest.fixture

@@ -45,7 +45,8 @@ from ocrbatch.settings import Settings, StorageSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.s3 import open_s3_client
-from ocrbatch.worker.discovery import REASON_RESERVED, DiscoveryStats, discover, judge_item
+from ocrbatch.worker.cursors import DiscoveryStats
+from ocrbatch.worker.discovery import REASON_RESERVED, discover, judge_item
 
 KOREAN_83 = "계" * 79 + "약서.png"  # 83 characters, 253 UTF-8 bytes
 KOREAN_120 = "가" * 116 + "나다.png"  # 120 characters, 360 bytes: a legal S3 key, no local file name

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal
 
 import structlog
 
@@ -30,8 +30,6 @@ from ocrbatch.batches.layout import (
     FAILED_PREFIX,
     FAILURE_SUFFIX,
     FALLBACK_PREFIX,
-    OWN_PREFIXES,
-    REPORT_KEY,
     SOURCE_KEY,
     decode_source_key,
     failure_record_key,
@@ -41,9 +39,18 @@ from ocrbatch.batches.layout import (
     result_key,
 )
 from ocrbatch.clova.contract import IMAGE_FORMATS
-from ocrbatch.errors import ObjectNotFound
 from ocrbatch.locations import Location
 from ocrbatch.storage.base import DEFAULT_PAGE_SIZE, ObjectInfo, Storage, closing
+from ocrbatch.worker.cursors import (
+    DerivedCursor,
+    DiscoveryStats,
+    FallbackCursor,
+    Finder,
+    Found,
+    HeadCursor,
+    head_or_none,
+    results_in_order,
+)
 
 log = structlog.get_logger("ocrbatch.worker")
 SUPPORTED_FORMATS = frozenset(IMAGE_FORMATS)
@@ -57,9 +64,6 @@ REASON_CHANGED = "changed since its result"
 REASON_RETRY = "retrying a failure"
 REASON_FAILURE_STALE = "changed since its failure"
 REASON_RESERVED = "reserved name (its result would collide with _failed/, _outbox/, _keys/ or _report.json)"
-
-# Sorts after every other character: `start_after=subtree + _MAX_CHAR` skips a reserved subtree.
-_MAX_CHAR = "\U0010ffff"
 
 
 def _extension(key: str) -> str:
@@ -89,215 +93,14 @@ class DiscoveredItem:
     retry_of_failure: bool = False
 
 
-@dataclass
-class DiscoveryStats:
-    """What one `discover` pass cost: for metrics, and for tests that check memory stays flat."""
-
-    heads: int = 0  # HEAD requests made (results that timestamps could not decide, failure records)
-    max_stash: int = 0  # most entries read ahead of their input and held at once (either listing)
-    fallbacks: int = 0  # objects listed under the fallback prefixes (`_keys/`, `_failed/_keys/`)
-
-
-@dataclass(frozen=True)
-class _Found:
-    info: ObjectInfo
-    headed: bool  # `info` comes from a HEAD (it has metadata), not from a listing
-
-
-async def _head(storage: Storage, key: str, stats: DiscoveryStats) -> ObjectInfo | None:
-    stats.heads += 1
-    try:
-        return await storage.head(key)
-    except ObjectNotFound:
-        return None  # deleted since it was listed: as if it had never been
-
-
-async def _result_listing(results: Storage, page_size: int) -> AsyncIterator[ObjectInfo]:
-    """The result storage's objects in key order, without `_failed/`, `_outbox/`, `_keys/` and
-    `_report.json`.
-
-    Reaching a reserved subtree restarts the listing after it (one LIST request) instead of
-    paging through it: failure records and fallback names have their own listings, and outbox
-    chunks may pile up while a webhook is down. Keys the restart cannot skip (starting with
-    subtree + U+10FFFF) are dropped one by one.
-    """
-    start_after: str | None = None
-    while True:
-        async with closing(results.list(start_after=start_after, page_size=page_size)) as listing:
-            async for info in listing:
-                subtree = next((p for p in OWN_PREFIXES if info.key.startswith(p)), None)
-                if subtree is None:
-                    if info.key != REPORT_KEY:
-                        yield info
-                    continue
-                bound = subtree + _MAX_CHAR
-                if start_after is None or bound.encode() > start_after.encode():
-                    start_after = bound
-                    break
-            else:
-                return
-
-
-class _Finder(Protocol):
-    async def find(self, key: str) -> _Found | None:
-        """The result (or failure record) of input `key`, or None when it has none."""
-
-
-class _DerivedCursor:
-    """Finds `prefix + K + suffix` for input keys K given in increasing order, in one sorted listing."""
-
-    def __init__(
-        self,
-        storage: Storage,
-        listing: AsyncIterator[ObjectInfo],
-        *,
-        prefix: str,
-        suffix: str,
-        max_stash: int,
-        stats: DiscoveryStats,
-    ) -> None:
-        self._storage = storage
-        self._listing = listing
-        self._prefix = prefix
-        self._suffix = suffix
-        self._max_stash = max_stash
-        self._stats = stats
-        self._next: ObjectInfo | None = None
-        self._exhausted = False
-        # Entries read ahead of their input, by source key. Only keys extending the current input
-        # with a tail that sorts before the suffix ("a.png" -> "a.png.jpg", "a.png-2.jpg") get here.
-        self._stash: dict[str, ObjectInfo] = {}
-
-    def derived_key(self, key: str) -> str:
-        return self._prefix + key + self._suffix
-
-    async def find(self, key: str) -> _Found | None:
-        """The derived object of `key`, from the listing (or a HEAD when the stash is full)."""
-        return await self._find(key, may_head=True)
-
-    async def find_listed(self, key: str) -> _Found | None:
-        """The derived object of `key` if the listing holds it; never a HEAD (for keys whose
-        derived name the storage may refuse to be asked about)."""
-        return await self._find(key, may_head=False)
-
-    async def _find(self, key: str, *, may_head: bool) -> _Found | None:
-        key_bytes = key.encode()
-        for orphan in [source for source in self._stash if source.encode() < key_bytes]:
-            del self._stash[orphan]  # its input is gone: no later input can claim it
-        if (stashed := self._stash.pop(key, None)) is not None:
-            return _Found(stashed, headed=False)
-        target = self.derived_key(key).encode()
-        while (info := await self._peek()) is not None and info.key.encode() <= target:
-            source = self._source(info.key)
-            if source == key:
-                self._next = None
-                return _Found(info, headed=False)
-            if source is not None and source.encode() > key_bytes:
-                if len(self._stash) >= self._max_stash:
-                    # Leave `info` unread for the inputs after this one; ask for this one directly.
-                    if not may_head:
-                        return None
-                    found = await _head(self._storage, self.derived_key(key), self._stats)
-                    return _Found(found, headed=True) if found else None
-                self._stash[source] = info
-                self._stats.max_stash = max(self._stats.max_stash, len(self._stash))
-            self._next = None  # consumed: a stray key or an orphan is simply dropped
-        return None
-
-    async def _peek(self) -> ObjectInfo | None:
-        if self._next is None and not self._exhausted:
-            self._next = await anext(self._listing, None)
-            self._exhausted = self._next is None
-        return self._next
-
-    def _source(self, derived_key: str) -> str | None:
-        """The input key `derived_key` was made for, or None when it is not a derived key."""
-        if len(derived_key) <= len(self._prefix) + len(self._suffix):
-            return None
-        if not derived_key.startswith(self._prefix) or not derived_key.endswith(self._suffix):
-            return None  # e.g. a result of the other format (the batch switched json <-> xls)
-        return derived_key[len(self._prefix) : len(derived_key) - len(self._suffix)]
-
-
-class _HeadCursor:
-    """Finds the object `name(K)` with a HEAD: for one input, without listings."""
-
-    def __init__(self, storage: Storage, name: Callable[[str], str], *, stats: DiscoveryStats) -> None:
-        self._storage = storage
-        self._name = name
-        self._stats = stats
-
-    async def find(self, key: str) -> _Found | None:
-        found = await _head(self._storage, self._name(key), self._stats)
-        return _Found(found, headed=True) if found else None
-
-
-class _FallbackCursor:
-    """Finds the fallback-named object `name(K)` of a key without natural names, in a map of the
-    fallback prefix's objects listed the first time it is asked; then in `natural`'s listing.
-
-    The map holds at most `max_entries` objects; past that, a name not in it is asked with a HEAD.
-    """
-
-    def __init__(
-        self,
-        storage: Storage,
-        name: Callable[[str], str],
-        *,
-        prefix: str,
-        natural: _DerivedCursor,
-        page_size: int,
-        max_entries: int,
-        stats: DiscoveryStats,
-    ) -> None:
-        self._storage = storage
-        self._name = name
-        self._prefix = prefix
-        self._natural = natural
-        self._page_size = page_size
-        self._max_entries = max_entries
-        self._stats = stats
-        self._listed: dict[str, ObjectInfo] | None = None
-        self._complete = True
-
-    async def find(self, key: str) -> _Found | None:
-        name = self._name(key)
-        if self._listed is None:
-            self._listed = await self._list()
-        if (info := self._listed.get(name)) is not None:
-            return _Found(info, headed=False)
-        if not self._complete and (headed := await _head(self._storage, name, self._stats)) is not None:
-            return _Found(headed, headed=True)
-        # Older versions wrote some such names where the store took them (long segments on S3).
-        return await self._natural.find_listed(key)
-
-    async def _list(self) -> dict[str, ObjectInfo]:
-        listed: dict[str, ObjectInfo] = {}
-        async with closing(self._storage.list(self._prefix, page_size=self._page_size)) as listing:
-            async for info in listing:
-                if len(listed) >= self._max_entries:
-                    self._complete = False
-                    log.warning(
-                        "discovery.many_fallback_names",
-                        location=str(self._storage.location),
-                        prefix=self._prefix,
-                        held=len(listed),
-                        hint="the rest are looked up one HEAD per input",
-                    )
-                    break
-                self._stats.fallbacks += 1
-                listed[info.key] = info
-        return listed
-
-
 class _Judge:
     """Decides each input's state from its result and failure record."""
 
     def __init__(
         self,
         results: Storage,
-        natural: tuple[_Finder, _Finder],
-        fallback: tuple[_Finder, _Finder],
+        natural: tuple[Finder, Finder],
+        fallback: tuple[Finder, Finder],
         *,
         trust_timestamps: bool,
         stats: DiscoveryStats,
@@ -322,7 +125,7 @@ class _Judge:
             return from_failure
         return _item(info, "pending", REASON_NEW if result_current is None else REASON_CHANGED)
 
-    async def _result_current(self, info: ObjectInfo, results: _Finder) -> bool | None:
+    async def _result_current(self, info: ObjectInfo, results: Finder) -> bool | None:
         """Whether the result was made from this version of the input; None when there is none."""
         result = await results.find(info.key)
         if result is None:
@@ -333,7 +136,7 @@ class _Judge:
         metadata = await self._metadata(info.key, result)
         return None if metadata is None else metadata.get("source-etag") == info.etag
 
-    async def _from_failure(self, info: ObjectInfo, failures: _Finder) -> DiscoveredItem | None:
+    async def _from_failure(self, info: ObjectInfo, failures: Finder) -> DiscoveredItem | None:
         """The item as its failure record says: failed, retrying or stale; None without a record."""
         failure = await failures.find(info.key)
         if failure is None:
@@ -347,12 +150,12 @@ class _Judge:
             return _item(info, "failed")
         return _item(info, "pending", REASON_RETRY, retry_of_failure=True)
 
-    async def _metadata(self, key: str, found: _Found) -> Mapping[str, str] | None:
+    async def _metadata(self, key: str, found: Found) -> Mapping[str, str] | None:
         """The metadata of input `key`'s object; None when it was deleted since it was listed, or
         is a fallback name made for another key (its hash is all the name says)."""
         if found.headed:
             metadata = found.info.metadata
-        elif (headed := await _head(self._storage, found.info.key, self._stats)) is not None:
+        elif (headed := await head_or_none(self._storage, found.info.key, self._stats)) is not None:
             metadata = headed.metadata
         else:
             return None
@@ -412,14 +215,14 @@ async def discover(
     result_name, failure_name = _names(results.location, result_suffix)
     async with (
         closing(inputs.list(page_size=page_size)) as input_listing,
-        closing(_result_listing(results, page_size)) as result_listing,
+        closing(results_in_order(results, page_size)) as result_listing,
         closing(results.list(FAILED_PREFIX, page_size=page_size)) as failure_listing,
     ):
         cursors = (
-            _DerivedCursor(
+            DerivedCursor(
                 results, result_listing, prefix="", suffix=result_suffix, max_stash=max_stash, stats=stats
             ),
-            _DerivedCursor(
+            DerivedCursor(
                 results,
                 failure_listing,
                 prefix=FAILED_PREFIX,
@@ -429,7 +232,7 @@ async def discover(
             ),
         )
         fallbacks = tuple(
-            _FallbackCursor(
+            FallbackCursor(
                 results,
                 name,
                 prefix=prefix,
@@ -461,8 +264,8 @@ async def judge_item(
     stats = DiscoveryStats() if stats is None else stats
     result_name, failure_name = _names(results.location, result_suffix)
     cursors = (
-        _HeadCursor(results, result_name, stats=stats),
-        _HeadCursor(results, failure_name, stats=stats),
+        HeadCursor(results, result_name, stats=stats),
+        HeadCursor(results, failure_name, stats=stats),
     )
     judge = _Judge(results, cursors, cursors, trust_timestamps=False, stats=stats)
     return await judge.item(info)
