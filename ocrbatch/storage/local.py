@@ -12,7 +12,7 @@ Blocking work runs in a thread, one call per operation or listing page.
 
 Nothing outside the root is ever read or written. The root is resolved once, when the storage is
 made (it may itself be a symbolic link), and every operation below it walks the key's directories
-by descriptor, never following a link (`_dirs`). A key naming a symbolic link to a regular file
+by descriptor, never following a link (`local_root.py`). A key naming a symbolic link to a regular file
 inside the root is that file; any other link (one leading outside the root or into `.ocrbatch/`,
 or to a directory, which is never entered, so listings cannot loop or repeat) is still listed, by
 its own stat, but reading it raises `SymlinkRefused` saying why: it is never silently skipped.
@@ -29,7 +29,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from itertools import islice
 from typing import Any
@@ -50,29 +50,19 @@ from ocrbatch.storage.base import (
     check_key,
     check_metadata,
 )
+from ocrbatch.storage.local_root import PRIVATE_DIR, READ_FLAGS, LocalRoot
 from ocrbatch.storage.sidecar import Sidecar, file_mtime, stat_etag
 from ocrbatch.storage.walk import SORT_RUN_ENTRIES, walk_files
 
-PRIVATE_DIR = ".ocrbatch"
 STALE_TEMP_FILE_S = 3600.0  # a temp file this old was left by a write a crash cut short
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-# O_NOFOLLOW everywhere below the root: a link is judged by `_dirs` or `_followed`, never followed.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-# O_NONBLOCK: opening a FIFO someone left here must not hang the reader.
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
-_NEVER_FOLLOWED = "those are never followed"
 
 
 def _fsync_dir(fd: int) -> None:
     """Make a rename into the directory open as `fd` durable, where the filesystem allows it."""
     with suppress(OSError):
         os.fsync(fd)
-
-
-def _within(path: str, base: str) -> bool:
-    """True when the resolved `path` is the resolved `base` or lies inside it."""
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 class LocalStorage(Storage):
@@ -89,9 +79,9 @@ class LocalStorage(Storage):
         self._file_mode = 0o600 if private else 0o666
         self._sort_run_entries = sort_run_entries
         self._swept = False
-        self._root = os.path.realpath(location.prefix)  # once: the root may be a symlink
-        self._private_dir = os.path.join(self._root, PRIVATE_DIR)
-        self._meta_dir = os.path.join(self._private_dir, "meta")
+        self._tree = LocalRoot(location)  # resolved once: the root may be a symlink
+        self._root = self._tree.path
+        self._meta_dir = os.path.join(self._tree.private_dir, "meta")
 
     async def list_pages(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
@@ -107,11 +97,11 @@ class LocalStorage(Storage):
                 return
 
     async def read(self, key: str) -> StoredObject:
-        self._path(key)
+        self._tree.path_of(key)
         return await asyncio.to_thread(self._read_sync, key)
 
     async def head(self, key: str) -> ObjectInfo:
-        self._path(key)
+        self._tree.path_of(key)
         return await asyncio.to_thread(self._head_sync, key)
 
     async def write(
@@ -124,7 +114,7 @@ class LocalStorage(Storage):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> ObjectInfo:
-        self._path(key)
+        self._tree.path_of(key)
         metadata = dict(metadata or {})
         check_metadata(metadata)
         if if_match is not None and if_none_match:
@@ -135,7 +125,7 @@ class LocalStorage(Storage):
         )
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
-        self._path(key)
+        self._tree.path_of(key)
         await asyncio.to_thread(self._delete_sync, key, if_match)
 
     async def presigned_get_url(self, key: str, *, expires_s: int) -> str:
@@ -146,22 +136,13 @@ class LocalStorage(Storage):
             key=key,
         )
 
-    # ---- paths, errors, sidecars ----
-
-    def _path(self, key: str) -> str:
-        """The path that `key` names (for judging links: files are reached through `_dirs`)."""
-        check_key(key)
-        if key.split("/", 1)[0] == PRIVATE_DIR:
-            raise ValueError(f"object key {key!r} is inside {PRIVATE_DIR}/, which ocrbatch reserves")
-        if "\0" in key:
-            raise ValueError(f"object key {key!r} must not contain NUL")
-        return os.path.join(self._root, *key.split("/"))
+    # ---- errors, sidecars ----
 
     def _meta_path(self, key: str) -> str:
         return os.path.join(self._meta_dir, *key.split("/")) + ".json"
 
     def _error(self, key: str | None, reason: str, kind: type[StorageError] = StorageError) -> StorageError:
-        return kind(reason, location=str(self.location), key=key)
+        return self._tree.error(key, reason, kind)
 
     def _root_error(self) -> StorageError | None:
         """The error to raise when the root itself is unusable, else None."""
@@ -196,7 +177,7 @@ class LocalStorage(Storage):
         """The object's info, from its sidecar when that describes exactly the file behind `st`."""
         sidecar = None
         with suppress(OSError):
-            fd = os.open(self._meta_path(key), _READ_FLAGS)
+            fd = os.open(self._meta_path(key), READ_FLAGS)
             with os.fdopen(fd, "rb") as file:
                 sidecar = Sidecar.from_json(file.read())
         if sidecar is not None and not sidecar.describes(st):
@@ -212,74 +193,11 @@ class LocalStorage(Storage):
     def _current_etag(self, key: str) -> str | None:
         """The etag a listing would show for `key` now, or None when it would show none."""
         try:
-            st = self._stat_at(key, key.split("/"))
+            st = self._tree.stat_at(key, key.split("/"))
         except (FileNotFoundError, NotADirectoryError):
             return None
         info = self._listed(key, st)
         return info.etag if info is not None else None
-
-    # ---- directories by descriptor, symbolic links ----
-
-    @contextmanager
-    def _dirs(self, key: str | None, segments: Sequence[str], *, create: bool = False) -> Iterator[list[int]]:
-        """Descriptors on the root and on each directory of `segments` below it, opened one at a
-        time without following a symbolic link (one there raises `SymlinkRefused`); with `create`,
-        missing directories are made. Acting on these descriptors, nothing can be redirected
-        outside the root by a link, not even one put in place while the operation runs."""
-        fds = [os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)]
-        try:
-            for depth, name in enumerate(segments):
-                if create:
-                    with suppress(FileExistsError):
-                        os.mkdir(name, dir_fd=fds[-1])
-                try:
-                    fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
-                except OSError as exc:  # Linux answers a link with ENOTDIR, like a file
-                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    if stat.S_ISLNK(os.stat(name, dir_fd=fds[-1], follow_symlinks=False).st_mode):
-                        raise self._dir_link_error(key, segments[: depth + 1]) from None
-                    raise
-            yield fds
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def _open_at(self, key: str, segments: Sequence[str]) -> int:
-        """Open the file at `segments` under the root for reading, following no link (ELOOP)."""
-        with self._dirs(key, segments[:-1]) as fds:
-            return os.open(segments[-1], _READ_FLAGS, dir_fd=fds[-1])
-
-    def _stat_at(self, key: str, segments: Sequence[str]) -> os.stat_result:
-        """The `lstat` of the file at `segments` under the root, following no link."""
-        with self._dirs(key, segments[:-1]) as fds:
-            return os.stat(segments[-1], dir_fd=fds[-1], follow_symlinks=False)
-
-    def _link_target(self, key: str | None, path: str, what: str) -> str:
-        """The resolved target of the link at `path` when it stays among the objects, else
-        `SymlinkRefused` (nothing outside is even looked at). `what` starts the reason."""
-        target = os.path.realpath(path)
-        if _within(target, self._private_dir):
-            reason = f"{what} a symbolic link into {PRIVATE_DIR}/, which ocrbatch reserves"
-            raise self._error(key, reason, SymlinkRefused)
-        if not _within(target, self._root):
-            reason = f"{what} a symbolic link that leads outside the location's root (to {target})"
-            raise self._error(key, reason, SymlinkRefused)
-        return target
-
-    def _dir_link_error(self, key: str | None, segments: Sequence[str]) -> StorageError:
-        """The error for a key whose directory `segments` (under the root) is a symbolic link."""
-        what = f"passes through {'/'.join(segments)}, which is"
-        self._link_target(key, os.path.join(self._root, *segments), what)
-        return self._error(key, f"{what} a symbolic link to a directory ({_NEVER_FOLLOWED})", SymlinkRefused)
-
-    def _followed(self, key: str) -> list[str]:
-        """The segments under the root of the file that `key`'s own link leads to, when it may be
-        followed: to a non-directory inside the root. Else `SymlinkRefused`."""
-        target = self._link_target(key, self._path(key), "is")
-        if os.path.isdir(target):
-            raise self._error(key, f"is a symbolic link to a directory ({_NEVER_FOLLOWED})", SymlinkRefused)
-        return os.path.relpath(target, self._root).split(os.sep)
 
     def _listed(self, key: str, st: os.stat_result) -> ObjectInfo | None:
         """What a listing shows for `key`, whose `lstat` is `st`: a file as itself, a followed link
@@ -287,7 +205,7 @@ class LocalStorage(Storage):
         special file, a link to one or to nothing)."""
         if stat.S_ISLNK(st.st_mode):
             try:
-                segments = self._followed(key)
+                segments = self._tree.followed(key)
             except SymlinkRefused:
                 return ObjectInfo(key, st.st_size, stat_etag(st), file_mtime(st))
             try:
@@ -322,12 +240,12 @@ class LocalStorage(Storage):
     def _open_object(self, key: str) -> int:
         """A descriptor on what `key` names, or on its own link's target when that is followed."""
         try:
-            return self._open_at(key, key.split("/"))
+            return self._tree.open_at(key, key.split("/"))
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
         try:
-            return self._open_at(key, self._followed(key))
+            return self._tree.open_at(key, self._tree.followed(key))
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
@@ -335,8 +253,8 @@ class LocalStorage(Storage):
 
     def _stat_object(self, key: str) -> os.stat_result:
         """The stat of what `key` names, or of its own link's target when that is followed."""
-        st = self._stat_at(key, key.split("/"))
-        return self._stat_at(key, self._followed(key)) if stat.S_ISLNK(st.st_mode) else st
+        st = self._tree.stat_at(key, key.split("/"))
+        return self._tree.stat_at(key, self._tree.followed(key)) if stat.S_ISLNK(st.st_mode) else st
 
     def _read_sync(self, key: str) -> StoredObject:
         with self._os_errors(key):
@@ -371,7 +289,7 @@ class LocalStorage(Storage):
         first time, remove temp files that writes cut short by a crash left behind."""
         for sub in ("tmp", "meta"):
             try:
-                with self._dirs(None, [PRIVATE_DIR, sub], create=True):
+                with self._tree.dirs(None, [PRIVATE_DIR, sub], create=True):
                     pass
             except (FileNotFoundError, NotADirectoryError):
                 raise self._root_error() or self._error(None, f"cannot create {PRIVATE_DIR}/") from None
@@ -382,7 +300,11 @@ class LocalStorage(Storage):
     def _remove_stale_temp_files(self) -> None:
         """Temp files older than `STALE_TEMP_FILE_S` belong to no write still under way."""
         cutoff_s = time.time() - STALE_TEMP_FILE_S
-        with suppress(OSError), self._dirs(None, [PRIVATE_DIR, "tmp"]) as fds, os.scandir(fds[-1]) as scan:
+        with (
+            suppress(OSError),
+            self._tree.dirs(None, [PRIVATE_DIR, "tmp"]) as fds,
+            os.scandir(fds[-1]) as scan,
+        ):
             for entry in scan:
                 with suppress(OSError):
                     if entry.name.endswith(".tmp") and entry.stat(follow_symlinks=False).st_mtime < cutoff_s:
@@ -391,7 +313,7 @@ class LocalStorage(Storage):
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the exclusive lock that orders every write and delete in this directory."""
-        with self._dirs(None, [PRIVATE_DIR]) as fds:
+        with self._tree.dirs(None, [PRIVATE_DIR]) as fds:
             fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fds[-1])  # ours alone
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -433,7 +355,7 @@ class LocalStorage(Storage):
         temp_names: list[str] = []
         with self._os_errors(key):
             self._ensure_private_dirs()
-            with self._dirs(key, [PRIVATE_DIR, "tmp"]) as tmp_fds, ExitStack() as held:
+            with self._tree.dirs(key, [PRIVATE_DIR, "tmp"]) as tmp_fds, ExitStack() as held:
                 tmp_fd = tmp_fds[-1]
                 try:
                     st = self._temp_file(data, tmp_fd, temp_names)
@@ -445,11 +367,11 @@ class LocalStorage(Storage):
                         self._check_precondition(key, self._current_etag(key), if_match, if_none_match)
                         # Under the lock: a concurrent delete prunes empty directories under it too.
                         try:
-                            dir_fd = held.enter_context(self._dirs(key, dirs, create=True))[-1]
+                            dir_fd = held.enter_context(self._tree.dirs(key, dirs, create=True))[-1]
                         except NotADirectoryError:
                             raise self._error(key, "a file has the name of one of its directories") from None
                         meta_fd = held.enter_context(
-                            self._dirs(key, [PRIVATE_DIR, "meta", *dirs], create=True)
+                            self._tree.dirs(key, [PRIVATE_DIR, "meta", *dirs], create=True)
                         )[-1]
                         # Sidecar first: until the data lands it describes no file, so it is ignored.
                         os.replace(meta_temp, f"{name}.json", src_dir_fd=tmp_fd, dst_dir_fd=meta_fd)
@@ -483,7 +405,7 @@ class LocalStorage(Storage):
         """Unlink `name` (if given) from the directory at `dirs`, then remove the directories of
         `dirs` that this leaves empty, deepest first, keeping the first `keep` of them."""
         try:
-            with self._dirs(key, dirs) as fds:
+            with self._tree.dirs(key, dirs) as fds:
                 if name is not None:
                     with suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=fds[-1])
