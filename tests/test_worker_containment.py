@@ -21,7 +21,7 @@ from ocrbatch.errors import StorageError
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.storage.s3 import S3Storage
 from ocrbatch.webhooks.delivery import open_webhook_session
-from ocrbatch.worker import batch_run
+from ocrbatch.worker import batch_run, recognise
 from ocrbatch.worker.outcomes import ItemOutcomes
 from ocrbatch.worker.prepare import prepare_item
 from ocrbatch.worker.worker import Worker
@@ -59,10 +59,10 @@ def poisoned(step: Callable[..., Any], error: Exception) -> Callable[..., Any]:
 STEPS = [
     (ItemClaims, "take", "record"),
     (batch_run, "judge_item", "record"),
-    (batch_run, "prepare_item", "record"),
+    (recognise, "prepare_item", "record"),
     (OcrClient, "recognize", "record"),
     (ItemOutcomes, "_write_result", "record"),
-    (batch_run.BatchRun, "_changed_since_read", "result"),
+    (recognise.ItemRecognition, "_changed_since_read", "result"),
     (ItemOutcomes, "succeeded", "result"),
 ]
 ERRORS = [
@@ -131,7 +131,7 @@ async def test_an_item_whose_failure_cannot_be_recorded_stays_pending_and_the_pa
     for index, key in enumerate([POISON, *OTHERS]):
         await setup.inputs.write(key, png(100 + index, 80))
     await create_batch(setup, settings)
-    monkeypatch.setattr(batch_run, "prepare_item", poisoned(prepare_item, RuntimeError("injected")))
+    monkeypatch.setattr(recognise, "prepare_item", poisoned(prepare_item, RuntimeError("injected")))
     monkeypatch.setattr(
         ItemOutcomes,
         "record_failure",

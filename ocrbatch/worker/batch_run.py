@@ -24,12 +24,11 @@ from datetime import UTC, datetime
 
 import structlog
 
-from ocrbatch.batches.layout import REPORT_KEY, RESULT_SUFFIX, result_key
+from ocrbatch.batches.layout import REPORT_KEY, RESULT_SUFFIX
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch, SetStatus
-from ocrbatch.clova.billing import billable_units
 from ocrbatch.clova.client import OcrClient
-from ocrbatch.clova.contract import ErrorClass, OcrError, OcrResponse
+from ocrbatch.clova.contract import ErrorClass, OcrError
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.errors import ObjectNotFound, StorageError
 from ocrbatch.metrics import WorkerMetrics
@@ -37,19 +36,18 @@ from ocrbatch.settings import Settings
 from ocrbatch.storage.base import ObjectInfo, Storage
 from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
-from ocrbatch.worker.calls import BatchCalls, BatchStopped, CallFailed
+from ocrbatch.worker.calls import BatchCalls
 from ocrbatch.worker.discovery import (
     REASON_NEW,
     DiscoveredItem,
     discover,
-    image_format,
     judge_item,
     skip_reason,
 )
 from ocrbatch.worker.limiter import DomainLimiter
 from ocrbatch.worker.outcomes import ItemOutcomes
-from ocrbatch.worker.prepare import ItemRefused, MemoryBudget, PreparedItem, needs_bytes, prepare_item
-from ocrbatch.worker.result_files import merge_responses
+from ocrbatch.worker.prepare import MemoryBudget
+from ocrbatch.worker.recognise import ItemRecognition
 
 log = structlog.get_logger("ocrbatch.worker")
 QUEUE_ITEMS_PER_SLOT = 4
@@ -126,6 +124,21 @@ class BatchRun:
             clock=context.clock,
             sleep=context.sleep,
             stopped=lambda: self.stopped,
+        )
+        self._recognition = ItemRecognition(
+            batch,
+            self.domain,
+            inputs=inputs,
+            results=results,
+            suffix=self.suffix,
+            calls=self.calls,
+            outcomes=self.outcomes,
+            report=self.report,
+            budget=context.budget,
+            max_pages=context.settings.worker.max_pages_per_document,
+            leave_pending=self._leave_pending,
+            stop_batch=self._stop_batch,
+            stored=self._stored,
         )
         self._keys = keys
         # Announced keys not settled by this run (left pending, or held by another worker).
@@ -291,7 +304,7 @@ class BatchRun:
         may hold it, or have settled it since the listing was read."""
         claims = self.context.claims
         if claims is None:
-            await self._process(item)
+            await self._recognition.process(item)
             return
         if not await claims.take(self.batch.id, item.key):
             log.info("item.claimed_elsewhere", batch_id=self.batch.id, key=item.key)
@@ -302,7 +315,7 @@ class BatchRun:
         try:
             current = await judge_item(self._results, _info(item), result_suffix=self.suffix)
             if current.state == "pending":
-                await self._process(current)
+                await self._recognition.process(current)
             else:
                 self.report.elsewhere += 1
         finally:
@@ -313,128 +326,9 @@ class BatchRun:
         if self._keys is not None:
             self.unsettled.add(key)
 
-    async def _process(self, item: DiscoveredItem, *, again: bool = False) -> None:
-        fmt = image_format(item.key) or ""
-        reserve = item.size if needs_bytes(fmt, self.domain.transfer_mode) else 0
-        async with self.context.budget.reserve(reserve) as reservation:
-            try:
-                prepared = await prepare_item(
-                    item,
-                    image_format=fmt,
-                    inputs=self._inputs,
-                    transfer_mode=self.domain.transfer_mode,
-                    long_image=bool(self.batch.long_image),
-                    max_pages=self.context.settings.worker.max_pages_per_document,
-                    reservation=reservation,
-                )
-            except ItemRefused as refused:
-                await self.outcomes.record_failure(
-                    item, item.etag, None, str(refused), retryable=False, attempts=0
-                )
-                return
-            except ObjectNotFound:
-                log.info("item.vanished", batch_id=self.batch.id, key=item.key)
-                self.report.left_pending += 1  # nothing left to do, but not finished either
-                return
-            changed = await self._recognise(prepared)
-        if changed is not None and not again:
-            await self._process(changed, again=True)
-        elif changed is not None:
-            self._leave_pending(item.key)  # changing faster than it is recognised: next pass
-
-    async def _recognise(self, prepared: PreparedItem) -> DiscoveredItem | None:
-        """Recognise and store the item; returns it again (newer version) if it changed meanwhile."""
-        called = await self._call_parts(prepared)
-        if called is None:
-            return None
-        responses, attempts = called
-        response = merge_responses(responses) if len(responses) > 1 else responses[0]
-        failed = [image for image in response.images if image.infer_result != "SUCCESS"]
-        if failed:
-            message = f"recognition {failed[0].infer_result}: {failed[0].message or 'no message'}"
-            await self.outcomes.record_failure(
-                prepared.item, prepared.etag, None, message, retryable=False, attempts=attempts
-            )
-            return None
-        return await self._store(prepared, response, attempts)
-
-    async def _call_parts(self, prepared: PreparedItem) -> tuple[list[OcrResponse], int] | None:
-        """The answers to every part of the item and the attempts they took; None when the item
-        ended otherwise (left pending, or its failure record written)."""
-        item = prepared.item
-        attempts = 0
-        responses: list[OcrResponse] = []
-        try:
-            async for part in prepared.parts:
-                response, part_attempts = await self.calls.call(item.key, prepared.image_format, part)
-                attempts += part_attempts
-                responses.append(response)
-        except BatchStopped:
-            self._leave_pending(item.key)
-            return None
-        except ItemRefused as refused:  # a part that cannot be made: a frame that does not decode
-            await self.outcomes.record_failure(
-                item, prepared.etag, None, str(refused), retryable=False, attempts=attempts
-            )
-            return None
-        except CallFailed as failed_call:
-            error, attempts = failed_call.error, attempts + failed_call.attempts
-            if error.error_class.fatal:
-                await self._stop_batch(error)
-                self._leave_pending(item.key)
-                return None
-            await self.outcomes.record_failure(
-                item,
-                prepared.etag,
-                error,
-                error.detail,
-                retryable=error.error_class.retryable,
-                attempts=attempts,
-            )
-            return None
-        return responses, attempts
-
-    async def _store(
-        self, prepared: PreparedItem, response: OcrResponse, attempts: int
-    ) -> DiscoveredItem | None:
-        """Write the result and announce it; the item again if its input changed meanwhile."""
-        item = prepared.item
-        notice = await self.outcomes.store_result(prepared, response, attempts)
+    def _stored(self) -> None:
+        """A result was stored: the result location takes writes again."""
         self._unrecorded_in_a_row = 0
-        self.report.billable_units += billable_units(response.images)  # billed, kept or not
-        try:
-            changed = await self._changed_since_read(prepared)
-            if changed is not None:
-                await self.outcomes.abandon(notice)
-            else:
-                await self.outcomes.succeeded(item.key, notice, attempts=attempts, pages=len(response.images))
-        except Exception as error:  # the result is stored: no failure record beside it
-            # A failed change check leaves the judgement to the next pass (the result names the
-            # input's version); a failed announcement stays in the outbox, which recovers it.
-            log.error(
-                "item.settle_failed", batch_id=self.batch.id, key=item.key, error=str(error), exc_info=True
-            )
-            return None
-        return changed
-
-    async def _changed_since_read(self, prepared: PreparedItem) -> DiscoveredItem | None:
-        """The input as it is now if it was replaced while recognised (its result is then removed).
-
-        Discovery trusts a result newer than its input; a result made from a version replaced
-        during recognition would look current, so it must not stay.
-        """
-        item = prepared.item
-        try:
-            current = await self._inputs.head(item.key)
-        except ObjectNotFound:
-            return None  # deleted meanwhile: the result of what was there stays
-        if current.etag == prepared.etag:
-            return None
-        log.info("item.changed_during_recognition", batch_id=self.batch.id, key=item.key)
-        await self._results.delete(result_key(item.key, self.suffix, location=self._results.location))
-        return dataclasses.replace(
-            item, etag=current.etag, size=current.size, last_modified=current.last_modified
-        )
 
     async def _stop_batch(self, error: OcrError) -> None:
         reason = f"{error.code or error.error_class.value}: {error.detail}"
