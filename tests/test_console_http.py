@@ -25,7 +25,7 @@ from fixtures.sealing import SEALER
 from pydantic import SecretStr
 from yarl import URL
 
-from ocrbatch.batches.layout import failure_record_key
+from ocrbatch.batches.layout import failure_record_key, result_key, source_key_metadata
 from ocrbatch.batches.remote import LocationGate, RemoteEdits
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore
@@ -500,3 +500,35 @@ async def test_pages_carry_the_security_headers_and_server_timing(console: Conso
     served = await console.client.get(script.group(1))
     assert served.status == 200
     assert (await served.text()).startswith("var htmx=")
+
+
+async def test_hostile_keys_are_refused_and_long_names_are_listed(console: Console) -> None:
+    """Keys the storage refuses (a NUL, the local backend's own directory) are a 404 page, never an
+    error; an input whose result has a fallback name (a long Korean file name) is listed under its
+    own key and opens in the viewer."""
+    await console.login()
+    batch = await created(console, "receipts")
+    inputs, results = console.data / "receipts" / "in", console.data / "receipts" / "out"
+    inputs.mkdir(parents=True)
+    results.mkdir(parents=True)
+    long_key = "영수증_" * 25 + ".png"  # 254 bytes: its result name would not fit in a directory
+    (inputs / long_key).write_bytes(png(300, 200))
+    result_location = Location.parse(str(results))
+    where = result_key(long_key, ".json", location=result_location)
+    assert where.startswith("_keys/")
+    await LocalStorage(result_location).write(
+        where,
+        (DATA / "general-ocr-response.json").read_bytes(),
+        metadata=source_key_metadata(where, long_key),
+    )
+
+    _, page = await console.get(f"/console/batches/{batch.id}/results")
+    assert [unescape(key) for key in re.findall(r'class="result-row" data-key="([^"]+)"', page)] == [long_key]
+    response, page = await console.get(f"/console/batches/{batch.id}/result", params={"key": long_key})
+    assert response.status == 200
+    assert 'id="result-viewer"' in page
+
+    for key in ("a\x00b.png", ".ocrbatch/meta/x.png", "../in/x.png"):
+        for route in ("image", "result", "failure", "download"):
+            refused, page = await console.get(f"/console/batches/{batch.id}/{route}", params={"key": key})
+            assert refused.status == 404, (route, key, page[:200])

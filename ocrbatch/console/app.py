@@ -35,7 +35,8 @@ from ocrbatch.console.pages import add_routes
 from ocrbatch.console.sessions import SESSION_COOKIE, Sessions
 from ocrbatch.errors import BatchNotFound, ObjectNotFound, StorageError
 from ocrbatch.settings import DomainSettings
-from ocrbatch.worker.operations import BatchOperations, NotViewable
+from ocrbatch.worker.operations import BatchOperations
+from ocrbatch.worker.views import NotViewable
 
 log = structlog.get_logger("ocrbatch.console")
 PACKAGE_DIR: Final = Path(__file__).parent

@@ -53,7 +53,8 @@ from ocrbatch.service.sns import (
     SnsVerifier,
     is_sns_message,
 )
-from ocrbatch.worker.operations import BatchOperations, BatchProgress
+from ocrbatch.worker.operations import BatchOperations
+from ocrbatch.worker.views import BatchProgress
 
 ReadReport = Callable[[Batch], Awaitable[dict[str, Any] | None]]
 # Raises `NotReady` (or `StorageError`) when not ready; returns the details to show.

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from ocrbatch.batches.layout import (
     FAILED_PREFIX,
+    FALLBACK_PREFIX,
     RESULT_SUFFIX,
     SOURCE_KEY,
     decode_source_key,
@@ -26,7 +26,7 @@ from ocrbatch.batches.layout import (
     is_own_object,
     result_key,
 )
-from ocrbatch.batches.report import Progress, progress_of, read_report
+from ocrbatch.batches.report import read_report
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.contract import MAX_IMAGE_BYTES
@@ -37,9 +37,17 @@ from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, Outbox
 from ocrbatch.worker.discovery import image_format
 from ocrbatch.worker.estimate import estimate_batch
+from ocrbatch.worker.views import (
+    BatchProgress,
+    FailureRecord,
+    NotViewable,
+    OutboxView,
+    Page,
+    ResultDocument,
+    ResultEntry,
+)
 
 MAX_PAGE_ITEMS = 200
-T = TypeVar("T")
 # Objects looked at for one page at most (failure records read for a filtered page, or objects
 # listed for a page of results): a rare reason or a large `_failed/` never makes a request read all.
 MAX_RECORDS_SCANNED = 1000
@@ -53,97 +61,6 @@ class LiveReports(Protocol):
     """The worker, as far as status goes: the report of a batch its pass is working on now."""
 
     def live_report(self, batch_id: str) -> dict[str, Any] | None: ...
-
-
-class NotViewable(Exception):
-    """The object asked for cannot be shown: `reason` says why, in words for the operator."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """A batch's status and figures: its report (live when a pass works on it) and the progress
-    derived from it; `report` is None before a first run."""
-
-    batch: Batch
-    report: dict[str, Any] | None
-    live: bool
-
-    @property
-    def progress(self) -> Progress | None:
-        return None if self.report is None else progress_of(self.report)
-
-    def to_json(self) -> dict[str, Any]:
-        progress = self.progress
-        return {
-            "status": self.batch.status,
-            "status_reason": self.batch.status_reason,
-            "live": self.live,
-            "progress": None if progress is None else progress.to_json(),
-            "report": self.report,
-        }
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    key: str  # the input's key
-    record_key: str
-    code: str | None
-    message: str
-    attempts: int | None
-    retryable: bool | None
-    failed_at: str | None
-    trace_id: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "code": self.code,
-            "message": self.message,
-            "attempts": self.attempts,
-            "retryable": self.retryable,
-            "failed_at": self.failed_at,
-            "trace_id": self.trace_id,
-        }
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a listing; `after` continues it (None: this was the last page)."""
-
-    items: list[T]
-    after: str | None
-    scanned_all: bool = True  # False: a filtered page stopped after `MAX_RECORDS_SCANNED` reads
-
-
-@dataclass(frozen=True)
-class ResultEntry:
-    key: str  # the input's key
-    result_key: str
-    size: int
-    last_modified: str
-
-
-@dataclass(frozen=True)
-class ResultDocument:
-    """An input's JSON result: the OCR response the worker stored."""
-
-    key: str
-    result_key: str
-    response: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class OutboxView:
-    waiting: list[str]  # chunk keys waiting for delivery
-    dead: list[dict[str, Any]]  # chunk key, chunk id and reason of each dead letter
-    counters: dict[str, int] = field(default_factory=dict)  # sent/retried/dead-lettered (live)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"waiting": self.waiting, "dead": self.dead, "counters": self.counters}
 
 
 class BatchOperations:
@@ -250,7 +167,8 @@ class BatchOperations:
         batch = await self.batch(ref)
         _check_key(key)
         results = await self._results(batch)
-        record = await self._failure_at(results, failure_record_key(key, location=batch.result_location))
+        with _refused_key():
+            record = await self._failure_at(results, failure_record_key(key, location=batch.result_location))
         if record is None:
             raise ObjectNotFound(f"{key!r} has no failure record", location=batch.result_path)
         return record
@@ -269,10 +187,13 @@ class BatchOperations:
                     return Page(found, last, scanned_all=len(found) == limit)
                 scanned += 1
                 last = info.key
-                if is_own_object(info.key) or not info.key.endswith(suffix):
+                fallback = info.key.startswith(FALLBACK_PREFIX)
+                if not info.key.endswith(suffix) or (is_own_object(info.key) and not fallback):
                     continue
-                key = info.key.removesuffix(suffix)
-                found.append(ResultEntry(key, info.key, info.size, info.last_modified.isoformat()))
+                natural = None if fallback else info.key.removesuffix(suffix)
+                key = natural or await self._source_of(results, info.key)
+                if key is not None:  # a fallback name whose metadata cannot be read is left out
+                    found.append(ResultEntry(key, info.key, info.size, info.last_modified.isoformat()))
         return Page(found, None)
 
     async def result(self, ref: BatchRef, key: str) -> ResultDocument:
@@ -284,9 +205,12 @@ class BatchOperations:
         results = await self._results(batch)
         where = result_key(key, RESULT_SUFFIX["json"], location=batch.result_location)
         try:
-            response = json.loads((await results.read(where)).data)
+            with _refused_key():
+                data = (await results.read(where)).data
         except ObjectNotFound:
             raise NotViewable(f"{key!r} has no result yet") from None
+        try:
+            response = json.loads(data)
         except ValueError:
             raise NotViewable(f"the result of {key!r} is not valid JSON") from None
         if not isinstance(response, dict):
@@ -301,7 +225,8 @@ class BatchOperations:
         suffix = RESULT_SUFFIX[batch.file_format]
         where = result_key(key, suffix, location=batch.result_location)
         try:
-            stored = await results.read(where)
+            with _refused_key():
+                stored = await results.read(where)
         except ObjectNotFound:
             raise NotViewable(f"{key!r} has no result yet") from None
         name = key.rsplit("/", 1)[-1] + suffix
@@ -321,7 +246,8 @@ class BatchOperations:
             raise NotViewable(f"{key!r} is not a document this batch reads")
         inputs = await self._storages.open(batch.input_location)
         try:
-            info = await inputs.head(key)
+            with _refused_key():
+                info = await inputs.head(key)
         except ObjectNotFound:
             raise NotViewable(f"{key!r} is not in the batch's input location") from None
         if info.size > MAX_IMAGE_BYTES:
@@ -346,11 +272,12 @@ class BatchOperations:
     async def _results(self, batch: Batch) -> Storage:
         return await self._storages.open(batch.result_location, create=True)
 
-    async def _source_of(self, results: Storage, record_key: str) -> str | None:
-        source = failed_input_key(record_key)
+    async def _source_of(self, results: Storage, object_key: str) -> str | None:
+        """The input a failure record (or a fallback-named result) was made for."""
+        source = failed_input_key(object_key)
         if source is None:  # a fallback name: its input is in its metadata
             with contextlib.suppress(StorageError):
-                source = decode_source_key((await results.head(record_key)).metadata.get(SOURCE_KEY))
+                source = decode_source_key((await results.head(object_key)).metadata.get(SOURCE_KEY))
         return source
 
     async def _failure_at(self, results: Storage, record_key: str) -> FailureRecord | None:
@@ -382,8 +309,16 @@ class BatchOperations:
 
 def _check_key(key: str) -> None:
     """Keys from a caller name objects of the batch's own locations: relative paths only."""
-    try:
+    with _refused_key():
         check_key(key)
+
+
+@contextlib.contextmanager
+def _refused_key() -> Iterator[None]:
+    """A key from a caller that the storage refuses (it raises `ValueError` saying why: a NUL, a
+    name the local backend reserves) names nothing the caller may see."""
+    try:
+        yield
     except ValueError as exc:
         raise NotViewable(str(exc)) from None
 
