@@ -3,6 +3,8 @@
 - throughput: every input through the emulator (cap 5, latency 300 +/- 100 ms) with ~50 ms added
   to each storage request (reads, heads, listing pages, writes and deletes); the cap configured
   right or 3x too high;
+- high throughput: a fast service (cap 32, 50 +/- 10 ms) on local directories, ocrbatch beside
+  the minimal asyncio loop (`minimal_loop.py`), the ceiling a worker could reach;
 - memory: a pass over 1k and 100k inputs that are all done (local directories), peak RSS.
 """
 
@@ -37,6 +39,9 @@ LATENCY_MS = 300.0
 JITTER_MS = 100.0
 STORAGE_DELAY_MS = 50.0
 CHILD_TIMEOUT_S = 600.0
+FAST_CAP = 32
+FAST_LATENCY_MS = 50.0
+FAST_JITTER_MS = 10.0
 SHM = "/dev/shm"  # noqa: S108 - a fresh mkdtemp directory is made inside it
 SHM_NEEDED_BYTES = 4 * 1024**3  # a 100k data set takes about 1.2 GB there
 
@@ -178,6 +183,37 @@ async def throughput(work: Path, *, items: int, worker_cap: int) -> tuple[Figure
         measured = await run_measured(args, work / "baseline.json", work / "baseline.log", env=env)
         theirs = _figures(measured, await get_json(url + "/_emulator/stats"))
     return ours, theirs
+
+
+async def high_throughput(work: Path, *, items: int) -> tuple[Figures, Figures]:
+    """ocrbatch and the minimal loop (each against a fresh fast emulator) on `items` inputs."""
+    inputs = work / "in"
+    await asyncio.to_thread(write_inputs, inputs, items)
+
+    def fast_emulator(log: Path) -> AbstractAsyncContextManager[str]:
+        return emulator_process(
+            log, max_concurrent_calls=FAST_CAP, latency_ms=FAST_LATENCY_MS, jitter_ms=FAST_JITTER_MS
+        )
+
+    async with fast_emulator(work / "emulator-ocrbatch.log") as url:
+        args = worker_args(
+            _config(work, url, FAST_CAP),
+            inputs,
+            work / "out",
+            delay_ms=0,
+            log=work / "worker.log",
+            out=work / "ocrbatch.json",
+        )
+        measured = await run_measured(args, work / "ocrbatch.json", work / "worker-stderr.log")
+        ours = _figures(measured, await get_json(url + "/_emulator/stats"))
+    async with fast_emulator(work / "emulator-loop.log") as url:
+        loop_args = [PYTHON, "-m", "bench.minimal_loop", "--input", str(inputs), "--output"]
+        loop_args += [str(work / "loop-out"), "--url", url + "/general", "--cap", str(FAST_CAP)]
+        loop_args += ["--out", str(work / "loop.json")]
+        env = {"OCR_SECRET": OCR_SECRET}
+        measured = await run_measured(loop_args, work / "loop.json", work / "loop.log", env=env)
+        loop = _figures(measured, await get_json(url + "/_emulator/stats"))
+    return ours, loop
 
 
 def _scratch_root() -> str | None:
