@@ -84,8 +84,10 @@ async def test_local_input_replaced_with_an_older_mtime_is_pending(local_pair: P
 
 
 async def test_trusted_timestamps_decide_without_a_head(local_pair: Pair) -> None:
-    """With trusted timestamps a result written strictly after its input is current without a HEAD;
-    at equal times the result's source etag is read and decides."""
+    """With trusted timestamps and listings without metadata (as on S3) a result written strictly
+    after its input is current without a HEAD; at equal times the result's source etag is read and
+    decides."""
+    local_pair.results.listed_metadata = False  # as S3 listings: no metadata without a HEAD
     await local_pair.put_inputs("a.png")
     await local_pair.put_result("a.png", "an etag of another version")
     input_path = _local_path(local_pair.inputs, "a.png")
@@ -106,6 +108,21 @@ async def test_trusted_timestamps_decide_without_a_head(local_pair: Pair) -> Non
     assert same_time.heads == 1
 
 
+async def test_local_listings_carry_the_source_etag_so_no_result_is_headed(local_pair: Pair) -> None:
+    """On local directories the listing holds each result's metadata: a current result, a stale one
+    and a failure record are judged by their source etags with no HEAD at all."""
+    etags = await local_pair.put_inputs("a.png", "b.png", "c.png")
+    await local_pair.put_result("a.png", etags["a.png"])
+    await local_pair.put_result("b.png", "an etag of another version")
+    stats = DiscoveryStats()
+    assert await local_pair.states(stats=stats) == {
+        "a.png": "done",
+        "b.png": "pending (changed since its result)",
+        "c.png": "pending (new)",
+    }
+    assert stats.heads == 0
+
+
 async def test_result_of_the_other_format_does_not_count(pair: Pair) -> None:
     """A `.xlsx` result does not make an input done for a `.json` batch, and the other way round."""
     etags = await pair.put_inputs("a.png", "b.png")
@@ -117,7 +134,9 @@ async def test_result_of_the_other_format_does_not_count(pair: Pair) -> None:
 
 
 async def test_result_deleted_between_listing_and_head_counts_as_none(pair: Pair) -> None:
-    """A result or failure record listed but gone by the time it is read is as if it never existed."""
+    """A result or failure record listed but gone by the time it is read is as if it never existed;
+    where listings carry metadata (local) nothing is read after the listing, whose snapshot then
+    decides, as it does on S3 for a result newer than its input."""
     await pair.put_result("b.png", "whatever")  # before the input: its time cannot make it current
     etags = await pair.put_inputs("a.png", "b.png")
     await pair.put_failure("b.png", etags["b.png"], retryable=False)
@@ -128,7 +147,8 @@ async def test_result_deleted_between_listing_and_head_counts_as_none(pair: Pair
     await pair.results.delete("_failed/b.png.json")
     second = await anext(items)
 
-    assert state_by_key([first, second]) == {"a.png": "pending (new)", "b.png": "pending (new)"}
+    b_state = "failed" if pair.results.listed_metadata else "pending (new)"
+    assert state_by_key([first, second]) == {"a.png": "pending (new)", "b.png": b_state}
     assert await anext(items, None) is None
 
 
@@ -216,7 +236,7 @@ async def test_fallback_named_results_and_failure_records_are_found(pair: Pair) 
         "z/tab\tchanged.png": "pending (changed since its result)",
     }
     assert stats.fallbacks == 4  # each listed once, not once per input
-    assert stats.heads == 4  # one per object found, for its metadata
+    assert stats.heads == (0 if pair.results.listed_metadata else 4)  # one per object found, for its metadata
 
 
 async def test_fallback_object_made_for_another_key_does_not_count(pair: Pair) -> None:

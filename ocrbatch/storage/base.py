@@ -29,8 +29,9 @@ class ObjectInfo:
     """What a listing or a head returns about one object.
 
     `etag` is opaque: compare it for equality and pass it back to `if_match`. `metadata` and
-    `content_type` are filled by `head` and `read` (listings cannot see them on S3, so they
-    leave them empty); `content_type` is None when unknown (a file put in a directory by hand).
+    `content_type` are filled by `head` and `read`, and by listings of a storage with
+    `listed_metadata` (S3 listings cannot see them, so they leave them empty); `content_type`
+    is None when unknown (a file put in a directory by hand).
     """
 
     key: str
@@ -69,6 +70,9 @@ class Storage(ABC):
     """Operations on the objects under one location."""
 
     location: Location
+    # Whether listings carry each object's metadata and content type, as a HEAD does (the local
+    # backend reads its sidecars to list anyway); S3 listings cannot see them.
+    listed_metadata: bool = False
 
     @abstractmethod
     def list_pages(

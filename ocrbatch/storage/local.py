@@ -68,6 +68,8 @@ def _fsync_dir(fd: int) -> None:
 class LocalStorage(Storage):
     """The files under one local directory, seen as objects."""
 
+    listed_metadata = True  # a listing reads each sidecar for the etag: its metadata comes along
+
     def __init__(
         self, location: Location, *, sort_run_entries: int = SORT_RUN_ENTRIES, private: bool = False
     ) -> None:
@@ -199,7 +201,7 @@ class LocalStorage(Storage):
         info = self._listed(key, st)
         return info.etag if info is not None else None
 
-    def _listed(self, key: str, st: os.stat_result) -> ObjectInfo | None:
+    def _listed(self, key: str, st: os.stat_result, *, details: bool = False) -> ObjectInfo | None:
         """What a listing shows for `key`, whose `lstat` is `st`: a file as itself, a followed link
         as its target, a refused link by its own stat (reading it says why), else nothing (a
         special file, a link to one or to nothing)."""
@@ -216,7 +218,7 @@ class LocalStorage(Storage):
                 if exc.errno == errno.ELOOP:
                     return None  # a loop of links leads to no file
                 raise
-        return self._info(key, st, details=False) if stat.S_ISREG(st.st_mode) else None
+        return self._info(key, st, details=details) if stat.S_ISREG(st.st_mode) else None
 
     # ---- listing ----
 
@@ -225,14 +227,14 @@ class LocalStorage(Storage):
             return list(islice(walker, page_size))
 
     def _walk(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
-        """The objects under `prefix` after `start_after`, in key order (`walk.py`), without their
-        metadata (listings on S3 cannot see it either)."""
+        """The objects under `prefix` after `start_after`, in key order (`walk.py`), with the
+        metadata of their sidecars (`listed_metadata`)."""
         if root_error := self._root_error():
             raise root_error
         for key, st in walk_files(
             self._root, prefix, start_after, hidden=PRIVATE_DIR, run_entries=self._sort_run_entries
         ):
-            if (info := self._listed(key, st)) is not None:
+            if (info := self._listed(key, st, details=True)) is not None:
                 yield info
 
     # ---- read, head ----

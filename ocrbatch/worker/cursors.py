@@ -31,7 +31,7 @@ class DiscoveryStats:
 @dataclass(frozen=True)
 class Found:
     info: ObjectInfo
-    headed: bool  # `info` comes from a HEAD (it has metadata), not from a listing
+    headed: bool  # `info` has the object's metadata: from a HEAD, or a listing with metadata
 
 
 async def head_or_none(storage: Storage, key: str, stats: DiscoveryStats) -> ObjectInfo | None:
@@ -116,13 +116,13 @@ class DerivedCursor:
         for orphan in [source for source in self._stash if source.encode() < key_bytes]:
             del self._stash[orphan]  # its input is gone: no later input can claim it
         if (stashed := self._stash.pop(key, None)) is not None:
-            return Found(stashed, headed=False)
+            return Found(stashed, headed=self._storage.listed_metadata)
         target = self.derived_key(key).encode()
         while (info := await self._peek()) is not None and info.key.encode() <= target:
             source = self._source(info.key)
             if source == key:
                 self._next = None
-                return Found(info, headed=False)
+                return Found(info, headed=self._storage.listed_metadata)
             if source is not None and source.encode() > key_bytes:
                 if len(self._stash) >= self._max_stash:
                     # Leave `info` unread for the inputs after this one; ask for this one directly.
@@ -196,7 +196,7 @@ class FallbackCursor:
         if self._listed is None:
             self._listed = await self._list()
         if (info := self._listed.get(name)) is not None:
-            return Found(info, headed=False)
+            return Found(info, headed=self._storage.listed_metadata)
         if (
             not self._complete
             and (headed := await head_or_none(self._storage, name, self._stats)) is not None
