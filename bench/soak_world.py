@@ -37,7 +37,7 @@ from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import CLAIM_PREFIX, claim_key
 from ocrbatch.emulator.server import Emulator
 from ocrbatch.storage.local_root import PRIVATE_DIR
-from ocrbatch.storage.s3 import PRIVATE_PREFIX
+from ocrbatch.storage.s3_names import PRIVATE_PREFIX
 from ocrbatch.webhooks.outbox import SEQUENCE_KEY
 
 if TYPE_CHECKING:

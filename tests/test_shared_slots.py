@@ -16,7 +16,8 @@ from fixtures.clock import WALL_CLOCK_START_S, FakeClock
 from fixtures.waits import within
 from structlog.testing import capture_logs
 
-from ocrbatch.coordination.slots import SharedPermit, SharedSlots
+from ocrbatch.coordination.limits import SharedPermit
+from ocrbatch.coordination.slots import SharedSlots
 from ocrbatch.errors import StorageError
 
 PREFIX = "ocrbatch-test:"

@@ -31,7 +31,7 @@ from typing import Final
 from ocrbatch.locations import Location
 from ocrbatch.storage.base import check_key
 from ocrbatch.storage.local_root import PRIVATE_DIR
-from ocrbatch.storage.s3 import SIDECAR_PREFIX
+from ocrbatch.storage.s3_names import SIDECAR_PREFIX
 
 FAILED_PREFIX: Final = "_failed/"
 FAILURE_SUFFIX: Final = ".json"

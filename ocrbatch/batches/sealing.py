@@ -8,12 +8,14 @@ sealed. With several keys (rotation), the first seals and every one opens.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING, Any
 
 from ocrbatch.settings import SecuritySettings
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 SEALED_FIELD = "fernet"
 KEY_SETTING = "security.secret_key (OCRBATCH_SECURITY__SECRET_KEY or security.secret_key_file)"
@@ -25,7 +27,10 @@ class Sealer:
     def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
             raise ValueError("a sealer needs at least one key")
-        self._fernet = MultiFernet([Fernet(key) for key in keys])
+        # Loaded with the first sealer: a worker without keys never needs it.
+        self._fernet_module = importlib.import_module("cryptography.fernet")
+        fernets = [self._fernet_module.Fernet(key) for key in keys]
+        self._fernet: MultiFernet = self._fernet_module.MultiFernet(fernets)
 
     @classmethod
     def from_settings(cls, security: SecuritySettings) -> Sealer | None:
@@ -45,7 +50,7 @@ class Sealer:
             raise ValueError(f'a sealed value must be {{"{SEALED_FIELD}": "<token>"}}')
         try:
             return self._fernet.decrypt(token).decode("utf-8")
-        except (InvalidToken, ValueError):  # ValueError: not ASCII, or not UTF-8 once opened
+        except (self._fernet_module.InvalidToken, ValueError):  # ValueError: not ASCII, or not UTF-8
             raise ValueError(
                 "no key of security.secret_key opens it (sealed with another key, or damaged): "
                 "configure the key that sealed it, after the current one"

@@ -7,18 +7,13 @@ stderr; nothing is written when a command fails.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
-from ocrbatch.cli.batches import batch
-from ocrbatch.cli.config import config
-from ocrbatch.cli.demo import demo_command
-from ocrbatch.cli.operations import estimate_command, retry_failed_command, status_command
-from ocrbatch.cli.servers import emulator_command, engine_command
 from ocrbatch.cli.state import CliState
-from ocrbatch.cli.worker import run_command, serve_command
 from ocrbatch.errors import (
     BatchNotFound,
     BatchRuleViolation,
@@ -31,7 +26,41 @@ EXIT_BAD_INPUT = 2
 _BAD_INPUT = (BatchRuleViolation, BatchNotFound, ConfigError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each command's module, imported when the command runs (or `--help` lists them): `ocrbatch run`
+# then loads neither the console nor the emulator, the engine or the demo.
+COMMANDS = {
+    "config": "ocrbatch.cli.config:config",
+    "batch": "ocrbatch.cli.batches:batch",
+    "run": "ocrbatch.cli.worker:run_command",
+    "serve": "ocrbatch.cli.serve:serve_command",
+    "status": "ocrbatch.cli.operations:status_command",
+    "estimate": "ocrbatch.cli.operations:estimate_command",
+    "retry-failed": "ocrbatch.cli.operations:retry_failed_command",
+    "emulator": "ocrbatch.cli.servers:emulator_command",
+    "engine": "ocrbatch.cli.servers:engine_command",
+    "demo": "ocrbatch.cli.demo:demo_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are `COMMANDS`, each imported on first use (click's documented
+    pattern for lazily loaded subcommands)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -68,18 +97,3 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(exc: Exception, code: int) -> None:
     click.echo("error: " + " ".join(str(exc).split()), err=True)
     sys.exit(code)
-
-
-for command in (
-    config,
-    batch,
-    run_command,
-    serve_command,
-    status_command,
-    estimate_command,
-    retry_failed_command,
-    emulator_command,
-    engine_command,
-    demo_command,
-):
-    cli.add_command(command)

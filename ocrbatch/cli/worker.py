@@ -1,4 +1,4 @@
-"""`ocrbatch run` and `ocrbatch serve`: the worker, alone or with the HTTP API."""
+"""`ocrbatch run`: the worker alone (`serve.py` adds the HTTP API)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ import asyncio
 import sys
 
 import click
-from pydantic import SecretStr
 
 from ocrbatch.cli.state import CliState
-from ocrbatch.cli.tokens import new_token, write_token_file
-from ocrbatch.logs import learn_secrets
-from ocrbatch.service.access import check_bind
 from ocrbatch.service.lifecycle import run_worker
 
 
@@ -24,22 +20,3 @@ def run_command(state: CliState, once: bool) -> None:
     """Run the worker: OCR every pending input of every batch, re-discovering every poll interval."""
     state.log_stream = sys.stdout
     sys.exit(asyncio.run(run_worker(state.settings, once=once)))
-
-
-@click.command("serve")
-@click.pass_obj
-def serve_command(state: CliState) -> None:
-    """Run the worker and the HTTP API (batches, status, health) until stopped. Without an
-    api.token, a new one is made for this run and written to a file only this user can read."""
-    state.log_stream = sys.stdout
-    settings = state.settings
-    check_bind(settings.api.host, settings.api.token)  # a token made here is for loopback only
-    if settings.api.token is None:
-        token = new_token()
-        learn_secrets([token])
-        token_file = write_token_file(token, prefix="ocrbatch-api-")
-        sys.stderr.write(f"API token (Authorization: Bearer <token>) for this run in {token_file}\n")
-        settings = settings.model_copy(
-            update={"api": settings.api.model_copy(update={"token": SecretStr(token)})}
-        )
-    sys.exit(asyncio.run(run_worker(settings, once=False, serve=True)))

@@ -15,45 +15,44 @@ cannot be reached at start-up fails start-up (exit 1, with the reason), `serve` 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import ClientSession, web
 
 from ocrbatch.batches.events import Upload, batches_for
-from ocrbatch.batches.remote import LocationGate, RemoteEdits
-from ocrbatch.batches.report import read_report
 from ocrbatch.batches.spec import Batch
 from ocrbatch.batches.store import BatchStore, batch_store_in
 from ocrbatch.clova.client import open_ocr_session
-from ocrbatch.console.app import create_console
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.coordination.single_writer import SingleWriter
 from ocrbatch.coordination.storage import StorageCoordination
-from ocrbatch.errors import StorageError
 from ocrbatch.service.access import check_bind
-from ocrbatch.service.api import NotReady, create_app
-from ocrbatch.service.sns import SnsVerifier
-from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.webhooks.delivery import open_webhook_session
-from ocrbatch.worker.operations import BatchOperations
 from ocrbatch.worker.worker import PassResult, Worker
+
+if TYPE_CHECKING:
+    from ocrbatch.service.sqs import ProcessUploads, SqsConsumer
 
 log = structlog.get_logger("ocrbatch.run")
 EXIT_FORCED = 130
-READY_TIMEOUT_S = 5.0  # /readyz answers within this even when the control storage hangs
+# Starts the HTTP API beside the worker (`serving.start_api`): given by `serve`, so that `run`
+# never loads the API and the console.
+StartApi = Callable[[Settings, BatchStore, StorageFactory, Worker, ClientSession], Awaitable[web.AppRunner]]
 
 
-async def run_worker(settings: Settings, *, once: bool, serve: bool = False) -> int:
-    """Run until done (`once`) or until a signal; with `serve`, the HTTP API runs beside the worker.
-    Returns the process exit code."""
-    if serve:
+async def run_worker(settings: Settings, *, once: bool, serve: StartApi | None = None) -> int:
+    """Run until done (`once`) or until a signal; with `serve` (`serving.start_api`), the HTTP
+    API runs beside the worker. Returns the process exit code."""
+    if serve is not None:
         check_bind(settings.api.host, settings.api.token)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,7 +75,9 @@ async def run_worker(settings: Settings, *, once: bool, serve: bool = False) -> 
             loop.remove_signal_handler(signum)
 
 
-async def _run(settings: Settings, *, once: bool, serve: bool, stop_requested: asyncio.Event) -> int:
+async def _run(
+    settings: Settings, *, once: bool, serve: StartApi | None, stop_requested: asyncio.Event
+) -> int:
     max_connections = sum(domain.max_concurrent_calls for domain in settings.domains.values()) * 2 + 8
     async with (
         StorageFactory(settings.storage) as storages,
@@ -124,7 +125,7 @@ class _Service:
         self._store: BatchStore | None = None
         self._api: web.AppRunner | None = None
 
-    async def startup(self, *, serve: bool) -> None:
+    async def startup(self, *, serve: StartApi | None) -> None:
         """Register the worker (its claims and outbox items are then known as alive) and start the
         API when serving."""
         settings = self._settings
@@ -153,8 +154,8 @@ class _Service:
             outbound_session=self._outbound,
             claims=self._claims,
         )
-        if serve:
-            self._api = await _start_api(settings, store, self._storages, self._worker, self._outbound)
+        if serve is not None:
+            self._api = await serve(settings, store, self._storages, self._worker, self._outbound)
         log.info(
             "worker.started",
             once=self._once,
@@ -173,7 +174,8 @@ class _Service:
         work = asyncio.create_task(worker.run_pass() if self._once else worker.run_forever(), name="worker")
         consumers: list[asyncio.Task[None]] = []
         if settings.sqs.queue_url is not None and not self._once:
-            consumer = SqsConsumer(
+            sqs = importlib.import_module("ocrbatch.service.sqs")  # aioboto3, for a queue only
+            consumer: SqsConsumer = sqs.SqsConsumer(
                 settings.sqs,
                 settings.storage,
                 _settle_announced(self._store, worker),
@@ -242,33 +244,7 @@ def readiness_details(store: BatchStore, storages: StorageFactory) -> dict[str, 
     }
 
 
-async def _readiness(store: BatchStore, storages: StorageFactory, worker: Worker) -> dict[str, Any]:
-    """`/readyz`: ready when the catalog can be read now (within `READY_TIMEOUT_S`), the worker's
-    passes can read it, and every batch document parses; otherwise `NotReady` says which is not."""
-    details = readiness_details(store, storages)
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            catalog = await store.catalog()
-    except StorageError as exc:
-        raise NotReady(f"the control storage cannot be read: {exc}", details) from None
-    except TimeoutError:
-        raise NotReady(
-            f"the control storage at {store.coordination.where} did not answer within {READY_TIMEOUT_S:g} s",
-            details,
-        ) from None
-    if worker.control_error is not None:
-        reason = f"passes are waiting for the control storage (retried with backoff): {worker.control_error}"
-        raise NotReady(reason, details)
-    if catalog.broken:
-        raise NotReady(
-            f"{len(catalog.broken)} batch document(s) are not valid batches and are skipped: "
-            + "; ".join(broken.message for broken in catalog.broken),
-            {**details, "broken_batches": [broken.as_dict() for broken in catalog.broken]},
-        )
-    return details
-
-
-def _for_batches(uploads: list[Upload], batches: list[Batch]) -> list[Upload]:
+def for_batches(uploads: list[Upload], batches: list[Batch]) -> list[Upload]:
     """The uploads that some batch reads; each of the others is logged with why it is ignored."""
     wanted = []
     for upload in uploads:
@@ -289,7 +265,7 @@ def _settle_announced(store: BatchStore, worker: Worker) -> ProcessUploads:
     once (logged with the reason), the others are processed by the worker."""
 
     async def process(uploads: list[Upload]) -> bool:
-        wanted = _for_batches(uploads, [stored.batch for stored in await store.list_batches()])
+        wanted = for_batches(uploads, [stored.batch for stored in await store.list_batches()])
         return await worker.process_uploads(wanted) if wanted else True
 
     return process
@@ -305,85 +281,3 @@ async def probe_capabilities(settings: Settings) -> dict[str, Any]:
             if not storages.endpoint(location).probed:
                 await storages.capabilities(location)
         return readiness_details(store, storages)
-
-
-async def _start_api(
-    settings: Settings, store: BatchStore, storages: StorageFactory, worker: Worker, session: ClientSession
-) -> web.AppRunner:
-    """The HTTP API on the configured address; logs the URL it listens on (port 0 picks one)."""
-
-    async def report(batch: Batch) -> dict[str, Any] | None:
-        return await read_report(storages, batch)
-
-    async def ready() -> dict[str, Any]:
-        return await _readiness(store, storages, worker)
-
-    async def on_uploads(uploads: list[Upload]) -> int:
-        wanted = _for_batches(uploads, [stored.batch for stored in await store.list_batches()])
-        if wanted:
-            worker.announce(wanted)
-        log.info("events.received", uploads=len(uploads), for_batches=len(wanted))
-        return len(wanted)
-
-    check_signatures = settings.events.sns_signatures == "verify"
-    if not check_signatures:
-        log.warning(
-            "events.sns_signatures_off",
-            reason="SNS messages are accepted without verifying their signatures (emulated stores only)",
-        )
-    operations = BatchOperations(
-        settings,
-        store,
-        storages,
-        live=worker,
-        nudge=worker.trigger,
-        outbox_counters=lambda: {
-            "sent": worker.webhooks.sent,
-            "retried": worker.webhooks.retried,
-            "dead_lettered": worker.webhooks.dead_lettered,
-        },
-    )
-    console = _console(settings, store, operations, worker)
-    app = create_app(
-        store,
-        token=settings.api.token,
-        public_hosts=settings.api.public_hosts,
-        allowed_locations=settings.api.allowed_locations,
-        on_batch_changed=worker.batch_changed,
-        read_report=report,
-        ready=ready,
-        metrics=worker.metrics.render,
-        on_uploads=on_uploads,
-        sns=SnsVerifier(session, check_signatures=check_signatures),
-        operations=operations,
-        console=console,
-    )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, settings.api.host, settings.api.port).start()
-    host, port = runner.addresses[0][:2]
-    log.info("api.listening", url=f"http://{host}:{port}")
-    if console is not None:
-        log.info("console.listening", url=f"http://{host}:{port}/console/")
-    return runner
-
-
-def _console(
-    settings: Settings, store: BatchStore, operations: BatchOperations, worker: Worker
-) -> web.Application | None:
-    """The web console, unless `[api] console = false`; it logs in with the API token, so
-    without one (auth off, loopback only) it is not served."""
-    if not settings.api.console:
-        return None
-    if settings.api.token is None:
-        log.warning("console.off", reason="the console logs in with the API token, and api.token is not set")
-        return None
-    return create_console(
-        operations=operations,
-        edits=RemoteEdits(
-            store, LocationGate(settings.api.allowed_locations), on_batch_changed=worker.batch_changed
-        ),
-        token=settings.api.token,
-        domains=settings.domains,
-        session_ttl_s=settings.api.console_session_ttl_s,
-    )

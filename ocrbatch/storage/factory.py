@@ -8,6 +8,7 @@ endpoint on first open, so conditional writes and metadata are known before they
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -20,10 +21,12 @@ from ocrbatch.settings import StorageSettings
 from ocrbatch.storage.base import Storage
 from ocrbatch.storage.capabilities import Endpoint
 from ocrbatch.storage.local import LocalStorage
-from ocrbatch.storage.s3 import S3Storage, endpoint_name, open_s3_client
+from ocrbatch.storage.s3_names import endpoint_name
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+    from ocrbatch.storage.s3 import S3Storage
 
 
 class StorageFactory:
@@ -90,9 +93,17 @@ class StorageFactory:
                         f"cannot create the directory: {exc.strerror}", location=str(location)
                     ) from None
             return LocalStorage(location, private=private)
+        s3_storage, open_s3_client = _s3_backend()
         if self._s3_client is None:
             self._s3_client = await open_s3_client(self._settings, self._stack)
-        storage = S3Storage(location, self._s3_client, self._endpoints["s3"])
+        storage = s3_storage(location, self._s3_client, self._endpoints["s3"])
         if create:
             await self._endpoints["s3"].ensure_probed(storage)
         return storage
+
+
+def _s3_backend() -> tuple[type[S3Storage], Callable[[StorageSettings, AsyncExitStack], Awaitable[S3Client]]]:
+    """The S3 backend, imported on first use: aioboto3 and botocore take a quarter of a second to
+    load, which a worker on local directories never needs."""
+    backend = importlib.import_module("ocrbatch.storage.s3")
+    return backend.S3Storage, backend.open_s3_client

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import aioboto3
 import aiohttp
@@ -39,6 +39,7 @@ from ocrbatch.storage.base import (
     check_metadata,
 )
 from ocrbatch.storage.capabilities import Endpoint
+from ocrbatch.storage.s3_names import MAX_KEY_BYTES, PRIVATE_PREFIX, SIDECAR_PREFIX, endpoint_name
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -57,10 +58,6 @@ _ACCESS_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesN
 
 _T = TypeVar("_T")
 log = structlog.get_logger("ocrbatch.storage")
-# ocrbatch's own objects in a location, as `.ocrbatch/` is in a local directory: never listed.
-PRIVATE_PREFIX = ".ocrbatch/"
-MAX_KEY_BYTES = 1024  # S3's limit on a whole key
-SIDECAR_PREFIX = PRIVATE_PREFIX + "meta/"
 
 
 async def open_s3_client(settings: StorageSettings, stack: AsyncExitStack) -> S3Client:
@@ -384,15 +381,6 @@ class S3Storage(Storage):
 
     def _error(self, key: str | None, reason: str) -> StorageError:
         return StorageError(reason, location=str(self.location), key=key)
-
-
-def endpoint_name(url: str | None) -> str:
-    """An endpoint as scheme://host[:port], without any user info it might carry."""
-    if not url:
-        return "s3 (default endpoint)"
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
 
 
 def _server_date(response_metadata: Mapping[str, Any]) -> datetime:

@@ -46,12 +46,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
-from ocrbatch.coordination.slots import SharedPermit, SharedSlots, check_limits, rate_window
+from ocrbatch.coordination.limits import SharedPermit, check_limits, rate_window
 from ocrbatch.errors import StorageError
 from ocrbatch.types import Clock, Sleep
+
+if TYPE_CHECKING:
+    from ocrbatch.coordination.slots import SharedSlots  # made by `coordination.factory` with Redis
 
 log = structlog.get_logger("ocrbatch.worker")
 _MAX_PROBE_ROUNDS = 64

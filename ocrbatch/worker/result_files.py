@@ -30,6 +30,7 @@ document's created/modified date is set to that same fixed moment.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -37,8 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
-
-import xlsxwriter
 
 from ocrbatch.clova.contract import (
     MAX_PDF_PAGES_PER_CALL,
@@ -116,6 +115,7 @@ def render_json(response: OcrResponse) -> bytes:
 def render_xlsx(response: OcrResponse, *, kind: DomainKind) -> bytes:
     """An Excel workbook of the response, laid out as the module docstring describes."""
     buffer = BytesIO()
+    xlsxwriter = importlib.import_module("xlsxwriter")  # for xls batches only: loaded when first used
     workbook = xlsxwriter.Workbook(
         buffer,
         # Strings are OCR output: never let XlsxWriter turn "=..." into a formula or "http..." into a link.

@@ -29,11 +29,10 @@ from ocrbatch.batches.store import BatchStore, StoredBatch
 from ocrbatch.clova.client import OcrClient
 from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.coordination.claims import ItemClaims
-from ocrbatch.coordination.redis import RedisCoordination
-from ocrbatch.coordination.slots import SharedSlots
+from ocrbatch.coordination.factory import shared_slots
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import LiveState, WorkerMetrics
-from ocrbatch.settings import DomainSettings, Settings
+from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
 from ocrbatch.types import Sleep, sleep_unless
 from ocrbatch.webhooks.service import WebhookService
@@ -100,7 +99,9 @@ class Worker:
                 calls_per_second=domain.calls_per_second,
                 clock=clock,
                 sleep=sleep,
-                shared=self._shared_slots(name, domain, sleep),
+                shared=shared_slots(
+                    store.coordination, name, domain, lease_s=settings.coordination.slot_lease_s, sleep=sleep
+                ),
             )
             for name, domain in settings.domains.items()
         }
@@ -337,22 +338,6 @@ class Worker:
         except StorageError as exc:
             raise _NotRunnable(str(exc), unreachable=True) from None
         return BatchRun(self.context, batch, inputs, results, keys=keys)
-
-    def _shared_slots(self, name: str, domain: DomainSettings, sleep: Sleep) -> SharedSlots | None:
-        """With Redis coordination, the domain's limits as totals over every replica."""
-        coordination = self._store.coordination
-        if not isinstance(coordination, RedisCoordination):
-            return None
-        return SharedSlots(
-            coordination.client,
-            key_prefix=coordination.key_prefix,
-            domain=name,
-            max_concurrent_calls=domain.max_concurrent_calls,
-            calls_per_second=domain.calls_per_second,
-            lease_s=self.settings.coordination.slot_lease_s,
-            sleep=sleep,
-            where=coordination.where,
-        )
 
     async def keep_alive(self) -> None:
         """Renew the leases of the shared call slots held (with Redis) until cancelled."""
