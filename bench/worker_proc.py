@@ -5,7 +5,8 @@
 It creates the batch if there is none, then does what `ocrbatch run --once` does (claims
 included) with every storage wrapped by `DelayedStorageFactory`, and writes what the pass cost as
 JSON: items, wall and CPU seconds of the pass alone (start-up and imports excluded; CPU of every
-thread of the process), and the process's peak RSS.
+thread of the process), the process's peak RSS, and the storage requests of the pass by location
+(input, result, control) and kind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import open_ocr_session
 from ocrbatch.coordination.claims import ItemClaims
+from ocrbatch.locations import Location
 from ocrbatch.logs import configure_logging
 from ocrbatch.settings import load_settings
 from ocrbatch.webhooks.delivery import open_webhook_session
@@ -33,6 +35,8 @@ async def measure(
     config: Path, *, input_path: str, result_path: str, delay_s: float, log: Path
 ) -> dict[str, Any]:
     settings = load_settings(config)
+    labels = {str(Location.parse(input_path)): "input", str(Location.parse(result_path)): "result"}
+    factory = DelayedStorageFactory(settings.storage, delay_s, labels=labels)
     with log.open("a", encoding="utf-8") as log_stream:
         configure_logging(level=settings.logging.level, output_format="json", stream=log_stream).add(
             settings.secret_values()
@@ -40,7 +44,7 @@ async def measure(
         # The connection pool `ocrbatch run` opens (worker_cli).
         max_connections = sum(domain.max_concurrent_calls for domain in settings.domains.values()) * 2 + 8
         async with (
-            DelayedStorageFactory(settings.storage, delay_s) as storages,
+            factory as storages,
             open_ocr_session(max_connections=max_connections) as session,
             open_webhook_session(settings.webhook) as outbound,
         ):
@@ -55,6 +59,8 @@ async def measure(
                 }
                 await store.create(parse_spec(spec))
             claims = ItemClaims(store.coordination, ttl_s=settings.worker.claim_ttl_s)
+            await claims.register()
+            await claims.work_alone()  # as `run --once` does
             worker = Worker(
                 settings,
                 store=store,
@@ -64,14 +70,17 @@ async def measure(
                 claims=claims,
             )
             keep_alive = asyncio.create_task(claims.keep_alive())
+            factory.requests.clear()  # the pass's requests only, as for its time
             cpu_before_s, started_s = cpu_s(), time.monotonic()
             try:
                 outcome = await worker.run_pass()
                 await worker.finish(settings.worker.shutdown_grace_s)
+                await claims.unregister()
             finally:
                 keep_alive.cancel()
                 await asyncio.gather(keep_alive, return_exceptions=True)
             wall_s, cpu_used_s = time.monotonic() - started_s, cpu_s() - cpu_before_s
+            requests = dict(sorted(factory.requests.items()))
     reports = list(outcome.reports.values())
     return {
         "succeeded": sum(report.succeeded for report in reports),
@@ -82,6 +91,7 @@ async def measure(
         "wall_s": wall_s,
         "cpu_s": cpu_used_s,
         "peak_rss_kb": peak_rss_kb(),
+        "storage_requests": requests,
     }
 
 

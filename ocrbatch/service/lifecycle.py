@@ -146,6 +146,8 @@ class _Service:
             claims_at = coordination
         self._claims = ItemClaims(claims_at, ttl_s=settings.worker.claim_ttl_s)
         await self._claims.register()
+        if self._once:  # nothing but the pass runs: alone, its claims need no storage
+            await self._claims.work_alone()
         self._worker = Worker(
             settings,
             store=store,

@@ -313,7 +313,10 @@ class BatchRun:
                 self.unsettled.add(item.key)
             return
         try:
-            current = await judge_item(self._results, _info(item), result_suffix=self.suffix)
+            if claims.alone and self._keys is None:
+                current = item  # listed by this pass, and no other worker can have settled it since
+            else:
+                current = await judge_item(self._results, _info(item), result_suffix=self.suffix)
             if current.state == "pending":
                 await self._recognition.process(current)
             else:

@@ -212,6 +212,8 @@ class Worker:
             return result  # stopped while the control path was down
         batches = [item.batch for item in catalog]
         self._statuses = {batch.id: (batch.status, batch.status_reason) for batch in batches}
+        if self.context.claims is not None:
+            await self.context.claims.check_alone_elsewhere()  # then its items are left to it
         runs = []
         for batch in batches:
             try:

@@ -1,0 +1,157 @@
+"""A worker alone (`run --once` on the control storage's documents) keeps its item claims in memory,
+and a worker beside it never processes unclaimed.
+
+The lone worker takes the `_alone` lease before it looks for other registrations; every other
+worker registers before it checks that lease. Whatever the interleaving, one of the two sees the
+other: either nobody works alone, or the lone worker's items are refused to the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from fixtures.clock import FakeClock
+from fixtures.process import start_ocrbatch
+from fixtures.samples import png
+from fixtures.worker import MakeSetup, create_batch, keys, open_worker, write_config
+
+from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.claims import ALONE, CLAIM_PREFIX, ItemClaims, claim_key
+
+
+async def _documents(coordination: Coordination, prefix: str) -> list[str]:
+    return [key async for key in coordination.keys(prefix)]
+
+
+async def test_a_worker_alone_claims_in_memory_and_the_others_leave_its_items(
+    coordination: Coordination,
+) -> None:
+    """On the control storage (local, moto), a registered worker with nobody else registered works
+    alone: its item claims write no document. A worker registered after it cannot work alone and is
+    refused every item claim (webhook ones included) until the lone worker unregisters; with Redis
+    (the NAVER profile) nobody works alone."""
+    lone, other = ItemClaims(coordination, ttl_s=60), ItemClaims(coordination, ttl_s=60)
+    await lone.register()
+    if coordination.backend != "storage":
+        assert not await lone.work_alone()
+        assert await _documents(coordination, f"{CLAIM_PREFIX}{ALONE}/") == []
+        return
+    assert await lone.work_alone()
+    assert await lone.take("b1", "scans/a.png")
+    assert not await lone.take("b1", "scans/a.png")  # its own tasks are still kept apart
+    assert await _documents(coordination, f"{CLAIM_PREFIX}b1/") == []
+
+    await other.register()
+    assert not await other.work_alone()
+    assert other.alone_elsewhere
+    assert not await other.take("b1", "scans/b.png")
+    assert not await other.take("webhook-b1", lone.owner)
+    assert other.held == 1  # its registration only
+
+    await lone.release("b1", "scans/a.png")
+    await lone.unregister()
+    assert await _documents(coordination, f"{CLAIM_PREFIX}{ALONE}/") == []
+    assert not await other.check_alone_elsewhere()
+    assert await other.take("b1", "scans/b.png")
+    assert await _documents(coordination, f"{CLAIM_PREFIX}b1/") == [claim_key("b1", "scans/b.png")]
+
+
+async def test_a_worker_beside_a_registered_one_does_not_work_alone(coordination: Coordination) -> None:
+    """With another worker registered, `work_alone` gives the `_alone` lease back and claims go to
+    the shared documents; a registration that expired does not count."""
+    clock = FakeClock()
+    first = ItemClaims(coordination, ttl_s=30, clock=clock)
+    second = ItemClaims(coordination, ttl_s=30, clock=clock)
+    await first.register()
+    await second.register()
+    assert not await second.work_alone()
+    assert not second.alone
+    assert await _documents(coordination, f"{CLAIM_PREFIX}{ALONE}/") == []
+    assert await second.take("b1", "a.png")
+    assert await coordination.read(claim_key("b1", "a.png")) is not None
+
+    if coordination.backend != "storage":
+        return
+    late = ItemClaims(coordination, ttl_s=30, clock=clock)
+    clock.now_s += 31  # first and second stopped renewing: their registrations lapsed
+    await late.register()
+    assert await late.work_alone()
+
+
+async def test_workers_starting_together_never_both_process_unclaimed(coordination: Coordination) -> None:
+    """Rounds of two workers registering and asking to work alone at the same moment: at most one
+    works alone, and then the other knows it and takes no item claim."""
+    for round_index in range(8):
+        pair = [ItemClaims(coordination, ttl_s=60), ItemClaims(coordination, ttl_s=60)]
+
+        async def start(claims: ItemClaims, delay_s: float) -> bool:
+            await claims.register()
+            await asyncio.sleep(delay_s)
+            return await claims.work_alone()
+
+        delays = (0.0, 0.001 * (round_index % 3))
+        alone = await asyncio.gather(
+            *(start(claims, delay) for claims, delay in zip(pair, delays, strict=True))
+        )
+        assert sum(alone) <= 1
+        for claims, is_alone in zip(pair, alone, strict=True):
+            if not is_alone and any(alone):
+                await claims.check_alone_elsewhere()
+                assert claims.alone_elsewhere
+                assert not await claims.take("b1", f"round-{round_index}.png")
+        for claims in pair:
+            await claims.unregister()
+        assert await _documents(coordination, f"{CLAIM_PREFIX}{ALONE}/") == []
+
+
+async def test_a_pass_beside_a_lone_worker_leaves_its_items_and_the_lone_pass_claims_nothing_shared(
+    make_worker_setup: MakeSetup,
+) -> None:
+    """On moto: a worker's pass while another works alone calls nothing and counts every input as
+    claimed elsewhere; the lone worker's pass then recognises each input once, and no claim document
+    of the batch was ever written to the control location."""
+    setup = await make_worker_setup(max_concurrent_calls=3)
+    settings = setup.settings()
+    for index in range(12):
+        await setup.inputs.write(f"scan-{index:02}.png", png(120 + index, 80))
+    batch_id = await create_batch(setup, settings)
+    async with open_worker(settings) as (_, store):
+        lone = ItemClaims(store.coordination, ttl_s=60)
+        other = ItemClaims(store.coordination, ttl_s=60)
+        await lone.register()
+        assert await lone.work_alone()
+        await other.register()
+        async with (
+            open_worker(settings, claims=other) as (beside, _),
+            open_worker(settings, claims=lone) as (alone, _),
+        ):
+            skipped = next(iter((await beside.run_pass()).reports.values()))
+            assert (skipped.elsewhere, skipped.succeeded) == (12, 0)
+            assert setup.emulator.stats()["calls"] == 0
+            done = next(iter((await alone.run_pass()).reports.values()))
+            assert done.succeeded == 12
+        assert await _documents(store.coordination, f"{CLAIM_PREFIX}{batch_id}/") == []
+        await lone.unregister()
+        await other.unregister()
+    stats = setup.emulator.stats()
+    assert (len(stats["recognitions"]), stats["recognised_more_than_once"]) == (12, {})
+    assert len([key for key in await keys(setup.results) if key.startswith("scan-")]) == 12
+
+
+async def test_run_once_works_alone_and_leaves_no_lease(make_worker_setup: MakeSetup, tmp_path: Path) -> None:
+    """`ocrbatch run --once` with nobody else registered says it works alone, recognises every
+    input, and leaves neither its registration nor the `_alone` lease behind."""
+    setup = await make_worker_setup(max_concurrent_calls=2)
+    settings = setup.settings()
+    for index in range(4):
+        await setup.inputs.write(f"page-{index}.png", png(100 + index, 60))
+    await create_batch(setup, settings)
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    process = await start_ocrbatch(config, "run", "--once")
+    assert await process.wait(timeout_s=120) == 0, process.explain("run --once failed")
+    assert process.events("claims.working_alone")
+    assert len(process.events("item.done", outcome="succeeded")) == 4
+    async with open_worker(settings) as (_, store):
+        left = await _documents(store.coordination, CLAIM_PREFIX)
+    assert left == [], json.dumps(left)
