@@ -72,7 +72,7 @@ from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.logs import configure_logging
 from ocrbatch.settings import WorkerSettings, load_settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.batch_run import item_tasks_per_batch
+from ocrbatch.worker.batch_run import max_item_tasks_per_batch
 
 CAP = 5  # the service's cap, and each worker's max_concurrent_calls (with Redis: their total)
 EXIT_TERMINATED = 143
@@ -551,7 +551,7 @@ async def _state(soak: Soak, skipped: set[str]) -> SoakState:
         objects=await read_objects(soak.place.results),
         recognitions=dict(soak.emulator.recognitions),
         unsettled_at_kills=soak.unsettled_at_kills,
-        max_unsettled_per_kill=item_tasks_per_batch(CAP),  # the killed replica's item tasks
+        max_unsettled_per_kill=max_item_tasks_per_batch(CAP),  # the killed replica's item tasks
         deliveries=list(soak.receiver.deliveries),
         logs=logs,
         secrets={"OCR secret": OCR_SECRET, "webhook secret": WEBHOOK_SECRET, **soak.place.secrets},

@@ -302,16 +302,19 @@ async def make_worker_setup(
 ) -> Callable[..., Awaitable[WorkerSetup]]:
     """`await make_worker_setup(max_concurrent_calls=5, faults={...})`: emulator settings as keywords.
     With `store="ncp"`, the worker reaches the bucket through the NAVER Object Storage profile (V1
-    listings only, conditional headers dropped); the setup's own storages still reach moto."""
+    listings only, conditional headers dropped); with `storage_delay_s`, through a proxy that
+    delays each request that long. The setup's own storages still reach moto directly."""
 
-    async def make(*, store: str = "moto", **emulator_settings: Any) -> WorkerSetup:
+    async def make(
+        *, store: str = "moto", storage_delay_s: float = 0.0, **emulator_settings: Any
+    ) -> WorkerSetup:
         bucket = await make_bucket()
         emulator = await start_emulator(**emulator_settings)
         inputs = await storage_factory.open(Location.parse(f"s3://{bucket}/in"))
         results = await storage_factory.open(Location.parse(f"s3://{bucket}/out"))
         settings = s3_settings
-        if store != "moto":
-            proxy = await start_s3_proxy(store)
+        if store != "moto" or storage_delay_s > 0:
+            proxy = await start_s3_proxy("aws" if store == "moto" else store, delay_s=storage_delay_s)
             settings = s3_settings.model_copy(update={"endpoint_url": proxy.url})
         return WorkerSetup(bucket, emulator, settings, inputs, results)
 

@@ -23,7 +23,7 @@ from fixtures.worker import MakeSetup, WorkerSetup, create_batch, keys, write_co
 
 from ocrbatch.coordination.claims import claim_key
 from ocrbatch.storage.base import Storage
-from ocrbatch.worker.batch_run import item_tasks_per_batch
+from ocrbatch.worker.batch_run import max_item_tasks_per_batch
 
 CAP = 5
 INPUTS = 600
@@ -173,7 +173,7 @@ async def test_a_sigkilled_replica_costs_only_its_items_in_hand_and_its_slots_co
     stats = assert_within_the_cap(setup)
     twice = set(stats["recognised_more_than_once"])
     assert twice <= in_hand, f"recognised twice but not in the dead replica's hands: {twice - in_hand}"
-    assert len(in_hand) <= item_tasks_per_batch(CAP)
+    assert len(in_hand) <= max_item_tasks_per_batch(CAP)
     assert stats["successes"] == INPUTS + sum(
         count - 1 for count in stats["recognised_more_than_once"].values()
     )

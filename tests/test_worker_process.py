@@ -15,7 +15,7 @@ from fixtures.worker import MakeSetup, WorkerSetup, create_batch, keys, write_co
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.batch_run import item_tasks_per_batch
+from ocrbatch.worker.batch_run import max_item_tasks_per_batch
 
 INPUTS = 60
 
@@ -72,7 +72,7 @@ async def test_sigkill_halfway_then_restart_loses_nothing(
     assert final == set(names), f"missing after the restart: {sorted(set(names) - final)}"
     twice = set(emulator.stats()["recognised_more_than_once"])
     assert twice <= unsettled, (twice, unsettled)
-    limit = item_tasks_per_batch(emulator.settings.max_concurrent_calls)
+    limit = max_item_tasks_per_batch(emulator.settings.max_concurrent_calls)
     assert len(unsettled) <= limit, f"{len(unsettled)} unsettled at the kill: {sorted(unsettled)}"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,10 +56,33 @@ QUEUE_ITEMS_PER_SLOT = 4
 RESULT_LOCATION_FAILURES = 8
 
 
+# Item tasks grow to at most this many per call slot (and the memory budget bounds what they read).
+MAX_ITEM_TASKS_PER_SLOT = 8
+ITEMS_PER_RESIZE = 16  # items settled between two applications of Little's law
+LITTLE_MARGIN = 1.25  # in-flight items beyond Little's law, for the spread of latencies
+
+
 def item_tasks_per_batch(max_concurrent_calls: int) -> int:
-    """Items a batch works on at once: enough to read ahead of every slot and to store results
-    while the slots are busy again. Also the most items a killed worker can have had in flight."""
+    """Items a batch works on at once to begin with: enough to read ahead of every slot and to
+    store results while the slots are busy again."""
     return max_concurrent_calls * 2 + 2
+
+
+def max_item_tasks_per_batch(max_concurrent_calls: int) -> int:
+    """The most items a batch works on at once, so the most a killed worker can have had in flight."""
+    return max_concurrent_calls * MAX_ITEM_TASKS_PER_SLOT + 2
+
+
+def item_tasks_by_little(cap: int, *, busy_s: float, slot_s: float) -> int:
+    """Little's law: to keep `cap` slots busy, cap x (an item's time) / (its time in a slot) items
+    must be in flight, the item's time counted without waiting for a slot (`busy_s`: storage,
+    claims, preparation, backoff and the calls); with `LITTLE_MARGIN`, between
+    `item_tasks_per_batch` and `max_item_tasks_per_batch`. Both are totals over the same items."""
+    floor, ceiling = item_tasks_per_batch(cap), max_item_tasks_per_batch(cap)
+    if slot_s <= 0:
+        return floor
+    wanted = math.ceil(cap * busy_s / slot_s * LITTLE_MARGIN) + 2
+    return max(floor, min(ceiling, wanted))
 
 
 @dataclass
@@ -141,6 +165,10 @@ class BatchRun:
             stored=self._stored,
         )
         self._keys = keys
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False  # every item is queued: the pool of item tasks grows no more
+        self._item_s = 0.0  # time the item tasks spent on their items, for Little's law
+        self._items_timed = 0
         # Announced keys not settled by this run (left pending, or held by another worker).
         self.unsettled: set[str] = set()
         self._unrecorded_in_a_row = 0  # items whose failure could not be recorded, since one could
@@ -159,11 +187,14 @@ class BatchRun:
             or self.context.stopping.is_set()
         )
 
+    @property
+    def item_tasks(self) -> int:
+        """Item tasks working on this batch now (they grow by Little's law, `_resize`)."""
+        return len(self._workers)
+
     async def run(self) -> None:
         queue = self.queue
-        workers = [
-            asyncio.create_task(self._work(queue)) for _ in range(item_tasks_per_batch(self.limiter.max_cap))
-        ]
+        self._add_workers(item_tasks_per_batch(self.limiter.max_cap))
         queued_all = False
         try:
             await self.context.webhooks.attach(self.batch, self._results)
@@ -171,16 +202,18 @@ class BatchRun:
                 await self._discover(queue)
             else:
                 await self._announced(queue, self._keys)
-            for _ in workers:  # the item tasks never die, so they take these in turn
+            self._closing = True
+            for _ in self._workers:  # the item tasks never die, so they take these in turn
                 await queue.put(None)
             queued_all = True
         finally:
+            self._closing = True
             if not queued_all:
                 # Cancelled (the grace period is over) or failed, maybe blocked on a full queue:
                 # the item tasks stop now, whatever the queue still holds.
-                for worker in workers:
+                for worker in self._workers:
                     worker.cancel()
-            outcomes = await asyncio.gather(*workers, return_exceptions=True)
+            outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
         self.active = False
         for outcome in outcomes:
             if isinstance(outcome, Exception):
@@ -260,15 +293,34 @@ class BatchRun:
                 continue
             await queue.put(_pending(info))
 
+    def _add_workers(self, count: int) -> None:
+        for _ in range(count):
+            self._workers.append(asyncio.create_task(self._work(self.queue)))
+
+    def _resize(self) -> None:
+        """Grow the item tasks to what Little's law asks for the latencies seen so far."""
+        calls = self.calls
+        busy_s = self._item_s - calls.slot_wait_s
+        wanted = item_tasks_by_little(self.limiter.max_cap, busy_s=busy_s, slot_s=calls.slot_s)
+        if wanted > len(self._workers) and not self._closing:
+            log.info("batch.item_tasks", batch_id=self.batch.id, item_tasks=wanted, was=len(self._workers))
+            self._add_workers(wanted - len(self._workers))
+
     async def _work(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
+        clock = self.context.clock
         while (item := await queue.get()) is not None:
             if self.stopped:
                 self._leave_pending(item.key)
                 continue
+            started_s = clock()
             try:
                 await self._claimed(item)
             except Exception as error:  # containment: one item never ends the task
                 await self._contain(item, error)
+            self._item_s += clock() - started_s
+            self._items_timed += 1
+            if self._items_timed % ITEMS_PER_RESIZE == 0:
+                self._resize()
 
     async def _contain(self, item: DiscoveredItem, error: Exception) -> None:
         """Make what an item raised its failure record: retryable for a transient storage error

@@ -55,6 +55,10 @@ class BatchCalls:
         self._clock = clock
         self._sleep = sleep
         self._stopped = stopped
+        self._call_seconds = metrics.call_seconds.labels(domain=batch.domain)
+        # For Little's law (`batch_run.py`): time this batch's calls waited for a slot, and held one.
+        self.slot_wait_s = 0.0
+        self.slot_s = 0.0
 
     async def call(self, key: str, fmt: str, part: Part) -> tuple[OcrResponse, int]:
         """One part of input `key` through the limiter with retries; returns the response and the
@@ -89,11 +93,13 @@ class BatchCalls:
 
     async def _one_call(self, call: OcrCall) -> OcrResponse:
         domain, limiter = self._batch.domain, self._limiter
+        asked_s = self._clock()
         async with limiter.slot(self._batch.id) as permit:
+            started_s = self._clock()
+            self.slot_wait_s += started_s - asked_s
             if self._stopped():  # stopped (paused, shutting down) while waiting for the slot
                 raise BatchStopped
             self._report.calls += 1
-            started_s = self._clock()
             try:
                 response = await self._client.recognize(call)
             except OcrError as error:
@@ -109,7 +115,9 @@ class BatchCalls:
                     self._metrics.retries.labels(domain=domain, code=code).inc()
                 raise
             finally:
-                self._metrics.call_seconds.labels(domain=domain).observe(self._clock() - started_s)
+                held_s = self._clock() - started_s
+                self.slot_s += held_s
+                self._call_seconds.observe(held_s)
             permit.succeeded()
         errors = [image for image in response.images if image.infer_result == "ERROR"]
         if errors:

@@ -51,7 +51,10 @@ class ItemOutcomes:
         self._suffix = suffix
         self._domain_kind = domain_kind
         self._report = report
-        self._metrics = metrics
+        self._counted = {  # looked up once: a label lookup per item costs more than the count
+            outcome: metrics.items.labels(batch=batch.name, outcome=outcome)
+            for outcome in ("succeeded", "failed")
+        }
         self._webhooks = webhooks
 
     async def store_result(
@@ -77,7 +80,7 @@ class ItemOutcomes:
     async def succeeded(self, key: str, notice: PendingItem | None, *, attempts: int, pages: int) -> None:
         """The stored result stays: count it and announce it."""
         self._report.succeeded += 1
-        self._metrics.items.labels(batch=self._batch.name, outcome="succeeded").inc()
+        self._counted["succeeded"].inc()
         if notice is not None and self._webhooks is not None:
             await self._webhooks.item_done(notice)
         log.info(
@@ -132,7 +135,7 @@ class ItemOutcomes:
             await self.abandon(notice)
             raise
         self._report.failed += 1
-        self._metrics.items.labels(batch=self._batch.name, outcome="failed").inc()
+        self._counted["failed"].inc()
         if notice is not None and self._webhooks is not None:
             await self._webhooks.item_done(notice)
         log.info(

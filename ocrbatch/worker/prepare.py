@@ -35,6 +35,7 @@ from ocrbatch.worker.discovery import DiscoveredItem
 PRESIGNED_URL_EXPIRES_S = 3600
 # Formats the service reads at most 10 pages of per call, which the worker cuts into parts.
 MULTI_PAGE_FORMATS = frozenset({"pdf", "tif", "tiff"})
+INLINE_CHECK_BYTES = 1024 * 1024  # single images up to this size are checked on the event loop
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,11 @@ class MemoryBudget:
 
 
 class Parts:
-    """The parts of one item, in order. Iterated with `async for`, each part is made in a worker
-    thread when it is asked for, the previous one being done, and the item's reservation is resized
-    to what it then holds: the input while a document is still being cut (`retained_bytes`), plus
-    the part and the client's encoding of it (`sending_overhead_bytes`)."""
+    """The parts of one item, in order. Iterated with `async for`, each part is made when it is
+    asked for, the previous one being done (in a worker thread when `cut`: a document being cut),
+    and the item's reservation is resized to what it then holds: the input while a document is
+    still being cut (`retained_bytes`), plus the part and the client's encoding of it
+    (`sending_overhead_bytes`)."""
 
     def __init__(
         self,
@@ -141,9 +143,11 @@ class Parts:
         retained_bytes: int,
         transfer_mode: TransferMode,
         reservation: Reservation | None,
+        cut: bool = False,
     ) -> None:
         self.count = count
         self._parts = parts
+        self._cut = cut
         self._retained_bytes = retained_bytes
         self._transfer_mode = transfer_mode
         self._reservation = reservation
@@ -154,7 +158,7 @@ class Parts:
     async def _each(self) -> AsyncIterator[Part]:
         while True:
             await self._hold(self._retained_bytes)
-            part = await asyncio.to_thread(next, self._parts, None)
+            part = await asyncio.to_thread(next, self._parts, None) if self._cut else next(self._parts, None)
             if part is None:
                 return
             await self._hold(self.held_bytes(part))
@@ -240,7 +244,10 @@ async def prepare_item(
     data = stored.data
     if not data:
         raise ItemRefused("the file is empty (0 bytes)")
-    sizes = await asyncio.to_thread(_checked_page_sizes, data, image_format, max_pages)
+    if image_format in MULTI_PAGE_FORMATS or len(data) > INLINE_CHECK_BYTES:
+        sizes = await asyncio.to_thread(_checked_page_sizes, data, image_format, max_pages)
+    else:  # a small single image: its header is read in microseconds, no thread needed
+        sizes = _checked_page_sizes(data, image_format, max_pages)
     if (reason := page_refusal(sizes, long_image=long_image)) is not None:
         raise ItemRefused(reason)
     etag = stored.info.etag
@@ -303,6 +310,7 @@ def _split(
         retained_bytes=len(data),  # the reader cutting the parts keeps the input
         transfer_mode=transfer_mode,
         reservation=reservation,
+        cut=True,
     )
 
 
