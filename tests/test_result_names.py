@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from asyncio.subprocess import DEVNULL
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -21,6 +22,7 @@ from fixtures.samples import png
 from fixtures.worker import FAST_WORKER, MakeSetup, create_batch, keys, read_json, write_config
 from structlog.testing import capture_logs
 
+from ocrbatch.batches import layout
 from ocrbatch.batches.layout import (
     FAILED_FALLBACK_PREFIX,
     FALLBACK_PREFIX,
@@ -117,6 +119,40 @@ def test_unstorable_keys_get_fallback_names(key: str) -> None:
     assert result.count("/") == 1
     digest = hashlib.sha256(key.encode()).hexdigest()[:HASH_HEX_DIGITS]
     assert result.removesuffix(".json").endswith(digest)
+
+
+def test_the_quick_answer_agrees_with_the_full_rules() -> None:
+    """`has_natural_names` answers common keys without encoding them; over random keys made of
+    separators, dots, controls, non-ASCII and long runs, at short and long result prefixes, it
+    answers exactly what checking both derived names in full answers."""
+    rng = random.Random(7)
+    pieces = [
+        "a",
+        "scan",
+        ".",
+        "..",
+        "/",
+        "//",
+        "\x00",
+        "\x7f",
+        "\t",
+        "한",
+        "é",
+        " ",
+        "-",
+        ".ocrbatch",
+        "_failed",
+    ]
+    for round_index in range(4000):
+        key = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        if round_index % 50 == 0:
+            key = "d/" + "x" * rng.randint(200, 1100)
+        for location in (None, Location.parse("s3://bucket/" + "p" * rng.randint(0, 700))):
+            budget = layout.KEY_MAX_BYTES - layout._S3_SIDECAR_BYTES
+            budget -= max(layout._prefix_bytes(location), layout.PREFIX_MARGIN_BYTES)
+            names = (key + layout._LONGEST_RESULT_SUFFIX, layout.FAILED_PREFIX + key + layout.FAILURE_SUFFIX)
+            full = all(layout._storable(name, budget) for name in names)
+            assert has_natural_names(key, location=location) == full, (key, location)
 
 
 def test_the_result_prefix_counts_only_beyond_its_margin() -> None:

@@ -60,6 +60,9 @@ _SIDECAR_SUFFIX: Final = ".json"
 _S3_SIDECAR_BYTES: Final = len(SIDECAR_PREFIX.encode()) + len(_SIDECAR_SUFFIX)
 _LONGEST_RESULT_SUFFIX: Final = max(RESULT_SUFFIX.values(), key=len)
 _CONTROL_CHARS: Final = re.compile("[\x00-\x1f\x7f]")
+# Keys this short have no segment near NAME_MAX_BYTES, whatever suffix and sidecar follow.
+_PLAIN_KEY_CHARS: Final = NAME_MAX_BYTES - len(_LONGEST_RESULT_SUFFIX) - len(_SIDECAR_SUFFIX) - 16
+_LONGEST_DERIVED_EXTRA: Final = max(len(_LONGEST_RESULT_SUFFIX), len(FAILED_PREFIX) + len(FAILURE_SUFFIX))
 _BASE64URL: Final = re.compile("[A-Za-z0-9_-]*")
 
 
@@ -75,8 +78,21 @@ def has_natural_names(key: str, *, location: Location | None = None) -> bool:
     added. Not knowing `location` is the same as a prefix of at most 256 bytes.
     """
     budget = KEY_MAX_BYTES - _S3_SIDECAR_BYTES - max(_prefix_bytes(location), PREFIX_MARGIN_BYTES)
+    if _plainly_natural(key, budget):
+        return True
     names = (key + _LONGEST_RESULT_SUFFIX, FAILED_PREFIX + key + FAILURE_SUFFIX)
     return all(_storable(name, budget) for name in names)
+
+
+def _plainly_natural(key: str, budget_bytes: int) -> bool:
+    """A quick yes for the common key (printable ASCII, short, plain segments), which `_storable`
+    would pass for both names; False means "ask `_storable`", not "no"."""
+    if len(key) > _PLAIN_KEY_CHARS or len(key) + _LONGEST_DERIVED_EXTRA > budget_bytes:
+        return False
+    if not (key.isascii() and key.isprintable()) or key.startswith("/") or key.endswith("/"):
+        return False
+    segments = key.split("/")
+    return segments[0] != PRIVATE_DIR and not any(part in ("", ".", "..") for part in segments)
 
 
 def result_key(key: str, suffix: str, *, location: Location | None = None) -> str:

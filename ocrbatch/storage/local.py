@@ -54,6 +54,7 @@ from ocrbatch.storage.local_root import PRIVATE_DIR, READ_FLAGS, LocalRoot
 from ocrbatch.storage.sidecar import Sidecar, file_mtime, stat_etag
 from ocrbatch.storage.walk import SORT_RUN_ENTRIES, walk_files
 
+SIDECAR_READ_BYTES = 16 * 1024  # a sidecar is read in one call, as a rule
 STALE_TEMP_FILE_S = 3600.0  # a temp file this old was left by a write a crash cut short
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -141,7 +142,7 @@ class LocalStorage(Storage):
     # ---- errors, sidecars ----
 
     def _meta_path(self, key: str) -> str:
-        return os.path.join(self._meta_dir, *key.split("/")) + ".json"
+        return f"{self._meta_dir}/{key}.json"  # keys are checked: no empty, "." or ".." segment
 
     def _error(self, key: str | None, reason: str, kind: type[StorageError] = StorageError) -> StorageError:
         return self._tree.error(key, reason, kind)
@@ -175,21 +176,21 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._os_error(key, exc) from exc
 
-    def _info(self, key: str, st: os.stat_result, *, details: bool) -> ObjectInfo:
-        """The object's info, from its sidecar when that describes exactly the file behind `st`."""
+    def _info(self, key: str, st: os.stat_result, *, details: bool, sidecars: bool = True) -> ObjectInfo:
+        """The object's info, from its sidecar when that describes exactly the file behind `st`
+        (none is looked for when the caller knows `.ocrbatch/meta/` does not exist: not `sidecars`)."""
         sidecar = None
-        with suppress(OSError):
-            fd = os.open(self._meta_path(key), READ_FLAGS)
-            with os.fdopen(fd, "rb") as file:
-                sidecar = Sidecar.from_json(file.read())
+        if sidecars:
+            with suppress(OSError):
+                sidecar = Sidecar.from_json(_read_small(self._meta_path(key)))
         if sidecar is not None and not sidecar.describes(st):
             sidecar = None
-        etag = sidecar.etag if sidecar else stat_etag(st)
-        info = ObjectInfo(key=key, size=st.st_size, etag=etag, last_modified=file_mtime(st))
-        if not details or sidecar is None:
-            return info
+        if sidecar is None:
+            return ObjectInfo(key=key, size=st.st_size, etag=stat_etag(st), last_modified=file_mtime(st))
+        if not details:
+            return ObjectInfo(key=key, size=st.st_size, etag=sidecar.etag, last_modified=file_mtime(st))
         return ObjectInfo(
-            key, st.st_size, etag, info.last_modified, dict(sidecar.metadata), sidecar.content_type
+            key, st.st_size, sidecar.etag, file_mtime(st), dict(sidecar.metadata), sidecar.content_type
         )
 
     def _current_etag(self, key: str) -> str | None:
@@ -201,7 +202,9 @@ class LocalStorage(Storage):
         info = self._listed(key, st)
         return info.etag if info is not None else None
 
-    def _listed(self, key: str, st: os.stat_result, *, details: bool = False) -> ObjectInfo | None:
+    def _listed(
+        self, key: str, st: os.stat_result, *, details: bool = False, sidecars: bool = True
+    ) -> ObjectInfo | None:
         """What a listing shows for `key`, whose `lstat` is `st`: a file as itself, a followed link
         as its target, a refused link by its own stat (reading it says why), else nothing (a
         special file, a link to one or to nothing)."""
@@ -218,7 +221,7 @@ class LocalStorage(Storage):
                 if exc.errno == errno.ELOOP:
                     return None  # a loop of links leads to no file
                 raise
-        return self._info(key, st, details=details) if stat.S_ISREG(st.st_mode) else None
+        return self._info(key, st, details=details, sidecars=sidecars) if stat.S_ISREG(st.st_mode) else None
 
     # ---- listing ----
 
@@ -231,10 +234,17 @@ class LocalStorage(Storage):
         metadata of their sidecars (`listed_metadata`)."""
         if root_error := self._root_error():
             raise root_error
-        for key, st in walk_files(
-            self._root, prefix, start_after, hidden=PRIVATE_DIR, run_entries=self._sort_run_entries
+        # A directory ocrbatch never wrote to (the inputs, as a rule) has no sidecars to look for;
+        # checked again every page, in case a write makes them meanwhile.
+        sidecars = os.path.isdir(self._meta_dir)
+        for count, (key, st) in enumerate(
+            walk_files(
+                self._root, prefix, start_after, hidden=PRIVATE_DIR, run_entries=self._sort_run_entries
+            )
         ):
-            if (info := self._listed(key, st, details=True)) is not None:
+            if not sidecars and count % DEFAULT_PAGE_SIZE == 0:
+                sidecars = os.path.isdir(self._meta_dir)
+            if (info := self._listed(key, st, details=True, sidecars=sidecars)) is not None:
                 yield info
 
     # ---- read, head ----
@@ -418,3 +428,15 @@ class LocalStorage(Storage):
                         return  # not empty (or gone): its parents are not empty either
         except (FileNotFoundError, NotADirectoryError):
             return  # no such directory: nothing to remove
+
+
+def _read_small(path: str) -> bytes:
+    """The bytes of a small file at `path` (a sidecar), not following a final symbolic link."""
+    fd = os.open(path, READ_FLAGS)
+    try:
+        chunks = [os.read(fd, SIDECAR_READ_BYTES)]
+        while len(chunks[-1]) == SIDECAR_READ_BYTES:
+            chunks.append(os.read(fd, SIDECAR_READ_BYTES))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
