@@ -18,6 +18,7 @@ from fixtures.worker import MakeSetup, create_batch, keys, open_worker, write_co
 
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ALONE, CLAIM_PREFIX, ItemClaims, claim_key
+from ocrbatch.coordination.memory import MemoryCoordination
 
 
 async def _documents(coordination: Coordination, prefix: str) -> list[str]:
@@ -55,6 +56,18 @@ async def test_a_worker_alone_claims_in_memory_and_the_others_leave_its_items(
     assert not await other.check_alone_elsewhere()
     assert await other.take("b1", "scans/b.png")
     assert await _documents(coordination, f"{CLAIM_PREFIX}b1/") == [claim_key("b1", "scans/b.png")]
+
+
+async def test_a_single_writer_s_claims_in_memory_are_alone_already() -> None:
+    """Claims in memory (a single writer's, on a store without conditional writes) are alone by
+    construction: `work_alone` says so without any lease."""
+    memory = MemoryCoordination()
+    claims = ItemClaims(memory, ttl_s=60)
+    await claims.register()
+    assert await claims.work_alone()
+    assert await _documents(memory, f"{CLAIM_PREFIX}{ALONE}/") == []
+    assert await claims.take("b1", "a.png")
+    assert not await claims.take("b1", "a.png")
 
 
 async def test_a_worker_beside_a_registered_one_does_not_work_alone(coordination: Coordination) -> None:

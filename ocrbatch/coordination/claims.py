@@ -130,9 +130,13 @@ class ItemClaims:
         """Take the `_alone` lease and keep item claims in memory, unless another worker is
         registered (or holds the lease); True when this worker is now alone. Call it once, after
         `register`, before any item is claimed, and only where nothing else of this process works
-        beside the pass (`run --once`). Only on the control storage's documents: with Redis, item
-        claims cost no storage request, and replicas started together should share the work."""
+        beside the pass (`run --once`). On the control storage's documents, and in memory (a single
+        writer's claims, already there); with Redis, item claims cost no storage request, and
+        replicas started together should share the work."""
         if self.alone:
+            return True
+        if self._coordination.backend == "memory":  # a single writer's: no other worker can exist
+            self.alone = True
             return True
         if self._coordination.backend != "storage":
             return False
