@@ -3,6 +3,8 @@
 - throughput: every input through the emulator (cap 5, latency 300 +/- 100 ms) with ~50 ms added
   to each storage request (reads, heads, listing pages, writes and deletes); the cap configured
   right or 3x too high;
+- S3 throughput: the same on S3 (moto) behind a proxy that delays every request 50 ms, with and
+  without 10 % of the calls answered 0500/0501, ocrbatch beside the baseline on the same bucket;
 - high throughput: a fast service (cap 32, 50 +/- 10 ms) on local directories, ocrbatch beside
   the minimal asyncio loop (`minimal_loop.py`), the ceiling a worker could reach;
 - memory: a pass over 1k and 100k inputs that are all done (local directories), peak RSS.
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from bench.common import (
     write_inputs,
 )
 from bench.datasets import make_done_dataset
+from bench.ncp_world import open_s3_world
 
 EMULATOR_CAP = 5
 LATENCY_MS = 300.0
@@ -95,8 +98,9 @@ def _figures(measured: Mapping[str, Any], stats: Mapping[str, Any] | None) -> Fi
 
 
 def worker_args(
-    config: Path, inputs: Path, results: Path, *, delay_ms: float, log: Path, out: Path
+    config: Path, inputs: Path | str, results: Path | str, *, delay_ms: float, log: Path, out: Path
 ) -> list[str]:
+    """`bench.worker_proc` on the batch `inputs` -> `results` (directories or s3:// locations)."""
     return [
         PYTHON,
         "-m",
@@ -185,6 +189,65 @@ async def throughput(work: Path, *, items: int, worker_cap: int) -> tuple[Figure
     return ours, theirs
 
 
+async def s3_throughput(work: Path, *, items: int, error_rate: float = 0.0) -> tuple[Figures, Figures]:
+    """ocrbatch and the baseline on S3: `items` inputs uploaded to moto, reached by both through a
+    proxy that delays each request `STORAGE_DELAY_MS`; `error_rate` of the calls answered
+    0500/0501 (retried by both)."""
+    local_inputs = work / "in"
+    keys = await asyncio.to_thread(write_inputs, local_inputs, items)
+    extra = ("--error-rate", str(error_rate)) if error_rate else ()
+
+    def emulator(log: Path) -> AbstractAsyncContextManager[str]:
+        return emulator_process(
+            log, max_concurrent_calls=EMULATOR_CAP, latency_ms=LATENCY_MS, jitter_ms=JITTER_MS, extra=extra
+        )
+
+    # moto keeps its buckets in this process, from one world to the next: a bucket of this run's own.
+    bucket = f"ocrbatch-throughput-{int(error_rate * 100)}"
+    async with open_s3_world(work / "s3", profile="aws", bucket=bucket) as world:
+        async with AsyncExitStack() as stack:
+            client = await world.direct_client(stack)
+            for key in keys:  # straight to moto: the uploads are not what is measured
+                body = await asyncio.to_thread((local_inputs / key).read_bytes)
+                await client.put_object(Bucket=world.bucket, Key=f"in/{key}", Body=body)
+        world.proxy.delay_s = STORAGE_DELAY_MS / 1000
+        async with emulator(work / "emulator-ocrbatch.log") as url:
+            config = write_config(
+                work / "ocrbatch.toml",
+                {
+                    "storage": world.storage_section(),
+                    "domains.receipts": general_domain(url, EMULATOR_CAP),
+                    "logging": {"format": "json", "level": "info"},
+                },
+            )
+            args = worker_args(
+                config,
+                world.location("in"),
+                world.location("out"),
+                delay_ms=0,  # the proxy delays each request
+                log=work / "worker.log",
+                out=work / "ocrbatch.json",
+            )
+            measured = await run_measured(args, work / "ocrbatch.json", work / "worker-stderr.log")
+            ours = _figures(measured, await get_json(url + "/_emulator/stats"))
+        async with emulator(work / "emulator-baseline.log") as url:
+            args = [
+                PYTHON,
+                "-m",
+                "bench.baseline",
+                "--s3-endpoint",
+                world.proxy_url,
+                "--bucket",
+                world.bucket,
+            ]
+            args += ["--input", "in", "--output", "baseline-out", "--url", url + "/general"]
+            args += ["--workers", str(EMULATOR_CAP), "--out", str(work / "baseline.json")]
+            env = {"OCR_SECRET": OCR_SECRET}
+            measured = await run_measured(args, work / "baseline.json", work / "baseline.log", env=env)
+            theirs = _figures(measured, await get_json(url + "/_emulator/stats"))
+    return ours, theirs
+
+
 async def high_throughput(work: Path, *, items: int) -> tuple[Figures, Figures]:
     """ocrbatch and the minimal loop (each against a fresh fast emulator) on `items` inputs."""
     inputs = work / "in"
@@ -257,3 +320,25 @@ async def _memory(
     env = {"OCR_SECRET": OCR_SECRET}
     theirs = _figures(await run_measured(args, work / "baseline.json", work / "baseline.log", env=env), None)
     return ours, theirs
+
+
+async def startup(work: Path, *, runs: int) -> list[float]:
+    """Wall seconds of `ocrbatch run --once` on an empty batch of local directories, `runs` times
+    (the process from its start to its exit: imports, settings, the probe, the pass)."""
+    await asyncio.to_thread((work / "in").mkdir, parents=True, exist_ok=True)
+    config = _config(work, "http://127.0.0.1:9", EMULATOR_CAP)  # nothing pending: no call is made
+    create = [PYTHON, "-m", "ocrbatch", "--config", str(config), "batch", "create", "--name", "empty"]
+    create += ["--domain", "receipts", "--input", str(work / "in"), "--result", str(work / "out")]
+    with (work / "startup.log").open("ab") as log:
+        async with child_process(create, stdout=log, stderr=log) as process:
+            if await asyncio.wait_for(process.wait(), CHILD_TIMEOUT_S) != 0:
+                raise RuntimeError(f"batch create failed; see {work / 'startup.log'}")
+        walls = []
+        for _ in range(runs):
+            started_s = time.monotonic()
+            args = [PYTHON, "-m", "ocrbatch", "--config", str(config), "run", "--once"]
+            async with child_process(args, stdout=log, stderr=log) as process:
+                if await asyncio.wait_for(process.wait(), CHILD_TIMEOUT_S) != 0:
+                    raise RuntimeError(f"run --once failed; see {work / 'startup.log'}")
+            walls.append(time.monotonic() - started_s)
+    return walls
