@@ -1,8 +1,8 @@
 """`make bench`: ocrbatch against the emulator, beside a plain baseline script, as one table.
 
     python -m bench.run                      # every row (a few minutes)
-    python -m bench.run --only utilisation   # one group: utilisation, s3, overcap, highcap,
-                                             # startup, replicas, memory, events
+    python -m bench.run --only utilisation   # one group: utilisation, s3, s3walk, overcap,
+                                             # highcap, startup, replicas, memory, events
 
 Each row names the command that reproduces it. Figures are timings on a shared machine: other
 processes running at the same time make them noisier.
@@ -28,7 +28,7 @@ from bench.common import percentile
 from bench.events_bench import upload_latencies
 from bench.scenarios import EMULATOR_CAP, JITTER_MS, LATENCY_MS, STORAGE_DELAY_MS, Figures
 
-GROUPS = ("utilisation", "s3", "overcap", "highcap", "startup", "replicas", "memory", "events")
+GROUPS = ("utilisation", "s3", "s3walk", "overcap", "highcap", "startup", "replicas", "memory", "events")
 IDEAL_PER_S = EMULATOR_CAP / (LATENCY_MS / 1000)
 TARGET_UTILISATION = 0.98
 TARGET_S3_SPEEDUP = 1.35  # ocrbatch's items/s against the baseline's, on S3
@@ -61,6 +61,7 @@ class Options:
     items: int
     uploads: int
     work: Path
+    walk_items: int = 10_000
 
 
 def _command(group: str) -> str:
@@ -168,6 +169,23 @@ async def s3(options: Options) -> list[Row]:
             "-",
             group,
         ),
+    ]
+
+
+async def s3_walk(options: Options) -> list[Row]:
+    figures = await scenarios.s3_walk(options.work / "s3-walk", options.walk_items)
+    requests = figures.requests
+    heads = sum(count for kind, count in requests.items() if kind.endswith(" head"))
+    pages = sum(count for kind, count in requests.items() if kind.endswith(" list"))
+    return [
+        Row(
+            f"S3, pass over {options.walk_items:,} done objects: wall s / CPU s; list pages; HEADs",
+            f"{_cost(figures)}; {pages}; {heads}",
+            "n/a",
+            "HEADs 0 (results newer than their inputs)",
+            "s3walk",
+            heads == 0,
+        )
     ]
 
 
@@ -388,6 +406,7 @@ async def events(options: Options) -> list[Row]:
 RUNNERS: dict[str, Callable[[Options], Awaitable[list[Row]]]] = {
     "utilisation": utilisation,
     "s3": s3,
+    "s3walk": s3_walk,
     "startup": startup,
     "overcap": overcap,
     "highcap": highcap,
@@ -436,6 +455,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=GROUPS, help="run only this group (repeatable)")
     parser.add_argument("--items", type=int, default=600, help="inputs per throughput run (default 600)")
     parser.add_argument("--uploads", type=int, default=40, help="uploads in the event-mode run (default 40)")
+    parser.add_argument(
+        "--walk-items", type=int, default=10_000, help="done objects in the S3 walk (default 10,000)"
+    )
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temporary directory)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
@@ -444,7 +466,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ocrbatch-bench-") as tmp:
         work = args.workdir or Path(tmp)
         try:
-            rows = asyncio.run(_main(groups, Options(items=args.items, uploads=args.uploads, work=work)))
+            rows = asyncio.run(
+                _main(
+                    groups,
+                    Options(items=args.items, uploads=args.uploads, work=work, walk_items=args.walk_items),
+                )
+            )
         except asyncio.CancelledError:  # SIGTERM: the child processes are stopped by now
             print("bench: stopped by SIGTERM", file=sys.stderr)
             sys.exit(EXIT_TERMINATED)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ from bench.common import (
     PYTHON,
     child_process,
     emulator_process,
+    flat_key,
     general_domain,
     get_json,
+    png,
     write_config,
     write_inputs,
 )
-from bench.datasets import make_done_dataset
+from bench.datasets import RESULT_BODY, make_done_dataset
 from bench.ncp_world import open_s3_world
 
 EMULATOR_CAP = 5
@@ -61,6 +64,7 @@ class Figures:
     utilisation: float | None = None
     answers_0025: int = 0
     calls: int = 0
+    requests: Mapping[str, int] = field(default_factory=dict)  # storage requests by location and kind
 
     @property
     def items_per_s(self) -> float:
@@ -342,3 +346,49 @@ async def startup(work: Path, *, runs: int) -> list[float]:
                     raise RuntimeError(f"run --once failed; see {work / 'startup.log'}")
             walls.append(time.monotonic() - started_s)
     return walls
+
+
+async def s3_walk(work: Path, count: int) -> Figures:
+    """A pass of ocrbatch over `count` done inputs on S3 (moto behind the proxy, no added delay):
+    each input has a result written after it, so discovery needs the listing pages only. The
+    figures carry the storage requests the pass made (`requests`)."""
+    bucket = "ocrbatch-walk"
+    async with open_s3_world(work / "s3", profile="aws", bucket=bucket) as world:
+        async with AsyncExitStack() as stack:
+            client = await world.direct_client(stack)
+            gate = asyncio.Semaphore(32)
+            blob = png(64, 48)
+
+            async def put(key: str, body: bytes, metadata: dict[str, str]) -> str:
+                async with gate:
+                    answer = await client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
+                return str(answer["ETag"])
+
+            keys = [flat_key(index) for index in range(count)]
+            etags = await asyncio.gather(*(put(f"in/{key}", blob, {}) for key in keys))
+            await asyncio.gather(
+                *(
+                    put(f"out/{key}.json", RESULT_BODY, {"source-etag": etag, "source-key": key})
+                    for key, etag in zip(keys, etags, strict=True)
+                )
+            )
+        config = write_config(
+            work / "ocrbatch.toml",
+            {
+                "storage": world.storage_section(),
+                "domains.receipts": general_domain("http://127.0.0.1:9", EMULATOR_CAP),
+                "logging": {"format": "json", "level": "info"},
+            },
+        )
+        args = worker_args(
+            config,
+            world.location("in"),
+            world.location("out"),
+            delay_ms=0,
+            log=work / "worker.log",
+            out=work / "walk.json",
+        )
+        measured = await run_measured(args, work / "walk.json", work / "worker-stderr.log")
+    if measured["done_before"] != count:
+        raise RuntimeError(f"the walk found {measured['done_before']} of {count} inputs done; see {work}")
+    return dataclasses.replace(_figures(measured, None), requests=dict(measured["storage_requests"]))
