@@ -14,11 +14,14 @@ from pathlib import Path
 from fixtures.clock import FakeClock
 from fixtures.process import start_ocrbatch
 from fixtures.samples import png
+from fixtures.waits import within
 from fixtures.worker import MakeSetup, create_batch, keys, open_worker, write_config
 
 from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.claims import ALONE, CLAIM_PREFIX, ItemClaims, claim_key
 from ocrbatch.coordination.memory import MemoryCoordination
+
+INPUTS_SHARED = 160  # at 2 calls of 200 ms at once, a lone run takes 16 s: time for a second to join
 
 
 async def _documents(coordination: Coordination, prefix: str) -> list[str]:
@@ -168,3 +171,78 @@ async def test_run_once_works_alone_and_leaves_no_lease(make_worker_setup: MakeS
     async with open_worker(settings) as (_, store):
         left = await _documents(store.coordination, CLAIM_PREFIX)
     assert left == [], json.dumps(left)
+
+
+async def _no_wait(delay_s: float) -> None:
+    """An injected sleep that waits for nothing: each loop turn runs at once."""
+    await asyncio.sleep(0)
+
+
+async def test_a_lone_worker_shares_once_another_registers(coordination: Coordination) -> None:
+    """A lone worker holding item claims in memory sees a newcomer register: it copies its held
+    claims to the shared documents, gives the `_alone` lease back and claims in storage from then
+    on; the newcomer, told to wait until shared, then takes part and cannot take the copied claims."""
+    if coordination.backend != "storage":
+        return
+    lone = ItemClaims(coordination, ttl_s=60, sleep=_no_wait)
+    await lone.register()
+    assert await lone.work_alone()
+    assert await lone.take("b1", "held.png")
+    assert await _documents(coordination, f"{CLAIM_PREFIX}b1/") == []
+
+    newcomer = ItemClaims(coordination, ttl_s=60, sleep=_no_wait)
+    await newcomer.register()
+    assert not await newcomer.work_alone()
+    waiting = asyncio.create_task(newcomer.wait_until_shared(asyncio.Event(), timeout_s=60))
+    await within(lone.share_when_joined(), 10, "the lone worker did not share")
+    assert await within(waiting, 10, "the newcomer did not see the sharing")
+
+    assert not lone.alone
+    assert await _documents(coordination, f"{CLAIM_PREFIX}{ALONE}/") == []
+    assert await _documents(coordination, f"{CLAIM_PREFIX}b1/") == [claim_key("b1", "held.png")]
+    assert not await newcomer.take("b1", "held.png")  # the copied claim is the lone worker's
+    assert await newcomer.take("b1", "other.png")
+    assert await lone.take("b1", "third.png")  # in the shared documents now
+    await lone.release("b1", "held.png")
+    assert await newcomer.take("b1", "held.png")
+    assert len(await _documents(coordination, f"{CLAIM_PREFIX}b1/")) == 3
+
+
+async def test_run_once_started_beside_a_lone_one_waits_and_takes_part(
+    make_worker_setup: MakeSetup, tmp_path: Path
+) -> None:
+    """Two `ocrbatch run --once` on one batch (a service of 2 calls at once, 200 ms each), the
+    second started while the first works alone: the first shares, the second waits for that and
+    then settles inputs too; each input ends once (a result or a failure record) and none is
+    recognised twice."""
+    setup = await make_worker_setup(max_concurrent_calls=2, faults={"latency_ms": 200, "seed": 5})
+    settings = setup.settings()
+    for index in range(INPUTS_SHARED):
+        await setup.inputs.write(f"scan-{index:03}.png", png(90 + index, 50))
+    await create_batch(setup, settings)
+    config = write_config(setup, tmp_path / "ocrbatch.toml")
+    first = await start_ocrbatch(config, "run", "--once")
+    await first.wait_for_log("claims.working_alone")
+    await within(
+        setup.emulator.wait_until(lambda: len(setup.emulator.recognitions) >= 4), 60, "no call was made"
+    )
+    second = await start_ocrbatch(config, "run", "--once")
+    assert await first.wait(timeout_s=120) == 0, first.explain("the first run failed")
+    assert await second.wait(timeout_s=120) == 0, second.explain("the second run failed")
+    assert first.events("claims.sharing")
+    # Without Redis each run keeps its own cap of 2, so together they may draw 0025s and a few
+    # items end as retryable failure records, which the other run may then retry: every input
+    # ends as exactly one of the two.
+    ended = [len(process.events("item.done")) for process in (first, second)]
+    assert sum(ended) >= INPUTS_SHARED
+    assert ended[1] > 0, second.explain("the second run settled nothing")
+    stats = setup.emulator.stats()
+    assert stats["recognised_more_than_once"] == {}
+    stored = await keys(setup.results)
+    results = {key.removesuffix(".json") for key in stored if key.startswith("scan-")}
+    failures = {
+        key.removeprefix("_failed/").removesuffix(".json") for key in stored if key.startswith("_failed/")
+    }
+    assert len(results | failures) == INPUTS_SHARED
+    assert not results & failures
+    assert results == set(stats["recognitions"])

@@ -14,11 +14,17 @@ item); seeing one, it gives the lease back. Every other worker registers first a
 lease (`check_alone_elsewhere`, at start and at each pass): while a live worker holds it, every
 item claim is refused, so its items are left to the lone worker, "claimed elsewhere". With both
 orders fixed, one of the two always sees the other, so two workers never process unclaimed.
+
+The lone worker keeps looking for newcomers (`share_when_joined`, every `ALONE_CHECK_S`). Once one
+registers, it claims its items from then on in the shared documents, moves the claims it holds
+there too, and only then gives the `_alone` lease back; the newcomer (`wait_until_shared`) then
+takes part, and its claims and checks see whatever the lone worker did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -32,12 +38,13 @@ from ocrbatch.coordination.base import Coordination
 from ocrbatch.coordination.leases import Leases, new_owner
 from ocrbatch.coordination.memory import MemoryCoordination
 from ocrbatch.errors import StorageError
-from ocrbatch.types import Sleep
+from ocrbatch.types import Sleep, sleep_unless
 
 log = structlog.get_logger("ocrbatch.claims")
 CLAIM_PREFIX = "claims/"
 WORKERS = "_workers"  # the pseudo-batch under which each running worker claims its own owner id
 ALONE = "_alone"  # the pseudo-batch of the one lease a worker holds while it works alone
+ALONE_CHECK_S = 2.0  # how often a lone worker looks for newcomers, and a newcomer for the lease
 # This process's identity in claims: a restart that gets the same pid (pid 1 in a container) differs.
 _PROCESS = new_owner()
 
@@ -101,6 +108,7 @@ class ItemClaims:
         self._held: dict[str, str] = {}  # claim key -> etag
         self.lost = 0  # claims that expired before renewal and were taken over
         self.alone = False  # this worker holds the `_alone` lease: its item claims are in memory
+        self._moving: set[str] = set()  # claims being copied to the shared documents (`_share`)
         self.alone_elsewhere = False  # another live worker holds it: no item claim is taken
 
     @property
@@ -174,6 +182,55 @@ class ItemClaims:
         self.alone_elsewhere = elsewhere
         return elsewhere
 
+    async def share_when_joined(self, *, interval_s: float = ALONE_CHECK_S) -> None:
+        """While alone, look for another registered worker every `interval_s`; once one appears,
+        share: item claims go to the shared documents from now on, the ones held move there, and
+        the `_alone` lease is given back. Returns then (or when not alone); cancel to stop."""
+        while self.alone:
+            await self._sleep(interval_s)
+            try:
+                joined = await self._others_registered()
+            except StorageError as exc:  # looked for again next time
+                log.warning("claims.newcomers_unknown", error=str(exc))
+                continue
+            if joined:
+                await self._share()
+
+    async def _share(self) -> None:
+        """Stop working alone: new claims are shared at once, then each held one is copied to the
+        shared documents (none of which another worker can hold while the `_alone` lease is held),
+        then the lease goes. A claim released meanwhile has its copy released too."""
+        in_memory = {key: etag for key, etag in self._held.items() if etag and not _always_shared(key)}
+        self._moving = set(in_memory)  # not renewed meanwhile: their etags are not the shared ones yet
+        self._item_leases, self.alone = self._leases, False
+        for lease_key, memory_etag in in_memory.items():
+            try:
+                shared = await self._leases.take(lease_key, self.ttl_s)
+            except StorageError as exc:  # the item finishes unshared; its result is checked by others
+                log.warning("claims.not_shared", claim=lease_key, error=str(exc))
+                continue
+            finally:
+                self._moving.discard(lease_key)
+            if shared is None:
+                log.error("claims.not_shared", claim=lease_key, reason="held by another worker")
+            elif self._held.get(lease_key) == memory_etag:
+                self._held[lease_key] = shared
+            else:  # settled while being copied
+                with contextlib.suppress(StorageError):
+                    await self._leases.release(lease_key, shared)
+        await self.release(ALONE, ALONE)
+        log.info("claims.sharing", owner=self.owner, moved=len(in_memory))
+
+    async def wait_until_shared(self, stopping: asyncio.Event, *, timeout_s: float) -> bool:
+        """While another worker works alone, wait (up to `timeout_s`, or until `stopping`) for it
+        to share, which it does once it sees this worker registered; True when it did."""
+        deadline_s = self._clock() + timeout_s
+        while await self.check_alone_elsewhere():
+            if stopping.is_set() or self._clock() >= deadline_s:
+                return False
+            await sleep_unless(stopping, self._sleep, ALONE_CHECK_S)
+        return True
+
     async def _others_registered(self) -> bool:
         own = claim_key(WORKERS, self.owner)
         async for key in self._coordination.keys(f"{CLAIM_PREFIX}{WORKERS}/"):
@@ -225,7 +282,7 @@ class ItemClaims:
     async def renew_all(self) -> None:
         """Extend every claim held; one that was taken over meanwhile is counted as lost."""
         for lease_key, etag in list(self._held.items()):
-            if not etag:
+            if not etag or lease_key in self._moving:
                 continue
             leases = self._leases_of(lease_key)
             try:

@@ -146,8 +146,11 @@ class _Service:
             claims_at = coordination
         self._claims = ItemClaims(claims_at, ttl_s=settings.worker.claim_ttl_s)
         await self._claims.register()
-        if self._once:  # nothing but the pass runs: alone, its claims need no storage
-            await self._claims.work_alone()
+        if self._once and not await self._claims.work_alone():  # alone: no claim in storage
+            # Another `run --once` works alone: it shares once it sees this worker registered.
+            await self._claims.wait_until_shared(
+                self._stop_requested, timeout_s=settings.worker.claim_ttl_s / 2
+            )
         self._worker = Worker(
             settings,
             store=store,
@@ -217,6 +220,8 @@ class _Service:
         if self._claims is None or self._worker is None:
             return
         renewals = [self._claims.keep_alive(), self._worker.keep_alive()]
+        if self._claims.alone:
+            renewals.append(self._claims.share_when_joined())
         if self._single_writer is not None:
             renewals.append(self._single_writer.keep_alive())
         await asyncio.gather(*renewals)
