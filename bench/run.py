@@ -68,6 +68,12 @@ def _command(group: str) -> str:
     return f"`.venv/bin/python -m bench.run --only {group}`"
 
 
+def _failed_row(measure: str, ours: Figures, theirs: Figures, items: int, group: str) -> Row:
+    """Items without a result, of `items`: none, with every one succeeded, is the target."""
+    met = ours.failed == 0 and ours.succeeded == items
+    return Row(measure, f"{ours.failed} of {items}", f"{theirs.failed} of {items}", "0", group, met)
+
+
 def _util(figures: Figures) -> str:
     return "n/a" if figures.utilisation is None else f"{figures.utilisation:.3f}"
 
@@ -97,14 +103,7 @@ async def utilisation(options: Options) -> list[Row]:
             group,
             ours.answers_0025 == 0,
         ),
-        Row(
-            "items failed, cap right",
-            f"{ours.failed} of {options.items}",
-            f"{theirs.failed} of {options.items}",
-            "0",
-            group,
-            ours.failed == 0 and ours.succeeded == options.items,
-        ),
+        _failed_row("items failed, cap right", ours, theirs, options.items, group),
         Row(
             "CPU ms per item (the whole process, all threads)",
             f"{ours.cpu_ms_per_item:.1f}",
@@ -138,14 +137,7 @@ async def s3(options: Options) -> list[Row]:
             clean >= TARGET_S3_SPEEDUP,
         ),
         Row("S3: slot utilisation", _util(ours), _util(theirs), ">= 0.98", group, _met_util(ours)),
-        Row(
-            "S3: items failed",
-            f"{ours.failed} of {options.items}",
-            f"{theirs.failed} of {options.items}",
-            "0",
-            group,
-            ours.failed == 0 and ours.succeeded == options.items,
-        ),
+        _failed_row("S3: items failed", ours, theirs, options.items, group),
         Row(
             f"S3, {S3_ERROR_RATE:.0%} of calls 0500/0501: items/s (speed-up)",
             f"{_rate(ours_f)} ({faulty:.2f}x)",
@@ -154,13 +146,8 @@ async def s3(options: Options) -> list[Row]:
             group,
             faulty >= TARGET_S3_SPEEDUP_FAULTS,
         ),
-        Row(
-            f"S3, {S3_ERROR_RATE:.0%} 0500/0501: items failed",
-            f"{ours_f.failed} of {options.items}",
-            f"{theirs_f.failed} of {options.items}",
-            "0",
-            group,
-            ours_f.failed == 0 and ours_f.succeeded == options.items,
+        _failed_row(
+            f"S3, {S3_ERROR_RATE:.0%} 0500/0501: items failed", ours_f, theirs_f, options.items, group
         ),
         Row(
             "S3: CPU ms per item",
@@ -206,14 +193,7 @@ async def overcap(options: Options) -> list[Row]:
         ),
         Row("items/s, cap 3x too high", _rate(ours), _rate(theirs), "-", group),
         Row("slot utilisation, cap 3x too high", _util(ours), _util(theirs), "-", group),
-        Row(
-            "items failed, cap 3x too high",
-            f"{ours.failed} of {options.items}",
-            f"{theirs.failed} of {options.items}",
-            "0",
-            group,
-            ours.failed == 0 and ours.succeeded == options.items,
-        ),
+        _failed_row("items failed, cap 3x too high", ours, theirs, options.items, group),
     ]
 
 
@@ -242,14 +222,7 @@ async def highcap(options: Options) -> list[Row]:
             group,
             cpu_ratio <= TARGET_CPU_OF_LOOP,
         ),
-        Row(
-            "items failed, cap 32",
-            f"{ours.failed} of {HIGHCAP_ITEMS}",
-            f"{loop.failed} of {HIGHCAP_ITEMS}",
-            "0",
-            group,
-            ours.failed == 0 and ours.succeeded == HIGHCAP_ITEMS,
-        ),
+        _failed_row("items failed, cap 32", ours, loop, HIGHCAP_ITEMS, group),
     ]
 
 

@@ -9,8 +9,8 @@ their process is gone (a restarted worker, or a restarted container, where it wa
 
 A worker that knows it is alone needs no shared claims: `run --once` asks `work_alone`, which
 takes the `_alone` lease first and then looks for any other registered worker. Seeing none, it
-keeps its item claims in memory for the rest of the process (about four storage requests fewer per
-item); seeing one, it gives the lease back. Every other worker registers first and then checks that
+keeps its item claims in memory (about four storage requests fewer per item) until it shares;
+seeing one, it gives the lease back. Every other worker registers first and then checks that
 lease (`check_alone_elsewhere`, at start and at each pass): while a live worker holds it, every
 item claim is refused, so its items are left to the lone worker, "claimed elsewhere". With both
 orders fixed, one of the two always sees the other, so two workers never process unclaimed.
@@ -178,7 +178,7 @@ class ItemClaims:
             log.warning("claims.alone_lease_unknown", error=str(exc))
             elsewhere = True
         if elsewhere and not self.alone_elsewhere:
-            log.warning("claims.another_worker_alone", reason="its items are left to it until it exits")
+            log.warning("claims.another_worker_alone", reason="its items are left to it until it shares")
         self.alone_elsewhere = elsewhere
         return elsewhere
 
