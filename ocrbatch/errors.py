@@ -85,3 +85,8 @@ class BatchRuleViolation(OcrBatchError):
     def __init__(self, violations: list[tuple[str, str]]) -> None:
         self.violations = violations
         super().__init__("; ".join(f"{field}: {rule}" for field, rule in violations))
+
+
+class ExportRefused(BatchRuleViolation):
+    """An export asked of a batch cannot be made as asked (a format or option the batch's results
+    do not allow); each violation names the option and why."""

@@ -18,6 +18,7 @@ from ocrbatch.clova.contract import OcrImage
 from ocrbatch.clova.documents import UnreadableDocument
 from ocrbatch.emulator.results import (
     DEFAULT_FIELD_NAMES,
+    INVOICE_FIELD_NAMES,
     Template,
     default_template,
     general_images,
@@ -302,5 +303,7 @@ def test_no_candidate_template_is_a_failure_like_the_seed_example() -> None:
 
 
 def test_default_template() -> None:
-    """An id without configured fields deploys "Template <id>" with the default field names."""
-    assert default_template(42) == Template(id=42, name="Template 42", field_names=DEFAULT_FIELD_NAMES)
+    """An id without configured fields deploys "Template <id>": a business registration
+    certificate's fields for an odd id, an invoice's for an even one."""
+    assert default_template(41) == Template(id=41, name="Template 41", field_names=DEFAULT_FIELD_NAMES)
+    assert default_template(42) == Template(id=42, name="Template 42", field_names=INVOICE_FIELD_NAMES)

@@ -39,7 +39,7 @@ def estimate_command(state: CliState, ref: str, call_latency_s: float, as_json: 
     settings = state.settings
 
     async def go() -> dict[str, Any]:
-        async with _operations(settings) as operations:
+        async with batch_operations(settings) as operations:
             try:
                 return await operations.estimate(ref, call_latency_s=call_latency_s)
             except BatchRuleViolation as exc:
@@ -75,7 +75,7 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
     settings = state.settings
 
     async def go() -> tuple[str, list[str]]:
-        async with _operations(settings) as operations:
+        async with batch_operations(settings) as operations:
             batch, items = await operations.retry_failed(ref)
             return batch.name, items
 
@@ -87,7 +87,8 @@ def retry_failed_command(state: CliState, ref: str, as_json: bool) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _operations(settings: Settings) -> AsyncIterator[BatchOperations]:
+async def batch_operations(settings: Settings) -> AsyncIterator[BatchOperations]:
+    """The operations on batches' work, over the settings' storages, for one command."""
     async with StorageFactory(settings.storage) as storages:
         yield BatchOperations(settings, await batch_store_in(settings, storages), storages)
 

@@ -36,6 +36,7 @@ COMMANDS = {
     "status": "ocrbatch.cli.operations:status_command",
     "estimate": "ocrbatch.cli.operations:estimate_command",
     "retry-failed": "ocrbatch.cli.operations:retry_failed_command",
+    "export": "ocrbatch.cli.export:export_command",
     "emulator": "ocrbatch.cli.servers:emulator_command",
     "engine": "ocrbatch.cli.servers:engine_command",
     "demo": "ocrbatch.cli.demo:demo_command",

@@ -35,6 +35,8 @@ DEFAULT_FIELD_NAMES: tuple[str, ...] = (
     "Business start date",
     "Address",
 )
+# Even ids deploy an invoice instead, so two templates of a batch have different fields (one shared).
+INVOICE_FIELD_NAMES: tuple[str, ...] = ("Invoice number", "Issue date", "Company name", "Total")
 NOT_FOUND_MESSAGE = "NOT_FOUND: not found matched template"
 
 
@@ -77,8 +79,10 @@ class Template:
 
 
 def default_template(template_id: int) -> Template:
-    """The template the emulator deploys under an id when the configuration names no fields."""
-    return Template(id=template_id, name=f"Template {template_id}", field_names=DEFAULT_FIELD_NAMES)
+    """The template the emulator deploys under an id when the configuration names no fields: a
+    business registration certificate's fields for an odd id, an invoice's for an even one."""
+    fields = DEFAULT_FIELD_NAMES if template_id % 2 else INVOICE_FIELD_NAMES
+    return Template(id=template_id, name=f"Template {template_id}", field_names=fields)
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.contract import MAX_IMAGE_BYTES
 from ocrbatch.errors import BatchRuleViolation, ObjectNotFound, StorageError
 from ocrbatch.settings import Settings
-from ocrbatch.storage.base import Storage, check_key, closing
+from ocrbatch.storage.base import ObjectInfo, Storage, check_key, closing
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.types import DomainKind
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, Outbox
 from ocrbatch.worker.discovery import image_format
 from ocrbatch.worker.estimate import estimate_batch
@@ -78,7 +79,7 @@ class BatchOperations:
     ) -> None:
         self._settings = settings
         self.store = store
-        self._storages = storages
+        self.storages = storages
         self._live = live
         self._nudge = nudge
         self._outbox_counters = outbox_counters
@@ -87,13 +88,21 @@ class BatchOperations:
         """The batch `ref` names (id or name), read now; a `Batch` the caller just read is used as is."""
         return ref if isinstance(ref, Batch) else (await self.store.get(ref)).batch
 
+    def domain_kind(self, batch: Batch) -> DomainKind:
+        """General or Template: the batch's domain's, or (a domain no longer configured) Template
+        when the batch names templates."""
+        domain = self._settings.domains.get(batch.domain)
+        if domain is not None:
+            return domain.kind
+        return "template" if batch.template_ids else "general"
+
     async def progress(self, ref: BatchRef) -> BatchProgress:
         """The batch's status with the figures of the pass working on it, else of `_report.json`."""
         batch = await self.batch(ref)
         live = self._live.live_report(batch.id) if self._live is not None else None
         if live is not None:
             return BatchProgress(batch, live, live=True)
-        return BatchProgress(batch, await read_report(self._storages, batch), live=False)
+        return BatchProgress(batch, await read_report(self.storages, batch), live=False)
 
     async def estimate(self, ref: BatchRef, *, call_latency_s: float = 1.0) -> dict[str, Any]:
         """The dry run's figures: what a run would send, cost and take; nothing is sent."""
@@ -106,8 +115,8 @@ class BatchOperations:
         estimate = await estimate_batch(
             batch,
             domain,
-            inputs=await self._storages.open(batch.input_location),
-            results=await self._storages.open(batch.result_location, create=True),
+            inputs=await self.storages.open(batch.input_location),
+            results=await self.storages.open(batch.result_location, create=True),
             call_latency_s=call_latency_s,
         )
         return {"batch": batch.name, **estimate.to_json()}
@@ -117,11 +126,11 @@ class BatchOperations:
         next pass sends those items again; a pass is started at once inside `serve`. Returns the
         batch and the input keys whose records were removed."""
         batch = await self.batch(ref)
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         retried = []
         if keys is None:
             async for info in results.list(FAILED_PREFIX):
-                retried.append(await self._source_of(results, info.key) or info.key)
+                retried.append(await self.source_of(results, info.key) or info.key)
                 await results.delete(info.key)
         else:
             for key in keys:
@@ -143,7 +152,7 @@ class BatchOperations:
         """A page of the batch's failure records in key order; with `reason`, only those whose
         code or message contains it (case-insensitive)."""
         batch = await self.batch(ref)
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         limit = max(1, min(limit, MAX_PAGE_ITEMS))
         wanted = (reason or "").strip().casefold()
         found: list[FailureRecord] = []
@@ -154,7 +163,7 @@ class BatchOperations:
                     return Page(found, last, scanned_all=len(found) == limit)
                 scanned += 1
                 last = info.key
-                record = await self._failure_at(results, info.key)
+                record = await self.failure_at(results, info.key)
                 if record is None:
                     continue
                 if wanted and wanted not in f"{record.code or ''} {record.message}".casefold():
@@ -166,9 +175,9 @@ class BatchOperations:
         """The failure record of input `key`; `ObjectNotFound` when it has none."""
         batch = await self.batch(ref)
         _check_key(key)
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         with _refused_key():
-            record = await self._failure_at(results, failure_record_key(key, location=batch.result_location))
+            record = await self.failure_at(results, failure_record_key(key, location=batch.result_location))
         if record is None:
             raise ObjectNotFound(f"{key!r} has no failure record", location=batch.result_path)
         return record
@@ -176,7 +185,7 @@ class BatchOperations:
     async def results(self, ref: BatchRef, *, after: str | None = None, limit: int = 50) -> Page[ResultEntry]:
         """A page of the batch's results (not its own objects) in key order."""
         batch = await self.batch(ref)
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         limit = max(1, min(limit, MAX_PAGE_ITEMS))
         suffix = RESULT_SUFFIX[batch.file_format]
         found: list[ResultEntry] = []
@@ -187,14 +196,21 @@ class BatchOperations:
                     return Page(found, last, scanned_all=len(found) == limit)
                 scanned += 1
                 last = info.key
-                fallback = info.key.startswith(FALLBACK_PREFIX)
-                if not info.key.endswith(suffix) or (is_own_object(info.key) and not fallback):
-                    continue
-                natural = None if fallback else info.key.removesuffix(suffix)
-                key = natural or await self._source_of(results, info.key)
-                if key is not None:  # a fallback name whose metadata cannot be read is left out
-                    found.append(ResultEntry(key, info.key, info.size, info.last_modified.isoformat()))
+                entry = await self.result_entry(results, info, suffix=suffix)
+                if entry is not None:
+                    found.append(entry)
         return Page(found, None)
+
+    async def result_entry(self, results: Storage, info: ObjectInfo, *, suffix: str) -> ResultEntry | None:
+        """The result `info` lists in a result location, as its input's entry; None for any other
+        object there (ocrbatch's own, or another suffix's), and for a fallback-named result whose
+        metadata cannot be read."""
+        fallback = info.key.startswith(FALLBACK_PREFIX)
+        if not info.key.endswith(suffix) or (is_own_object(info.key) and not fallback):
+            return None
+        natural = None if fallback else info.key.removesuffix(suffix)
+        key = natural or await self.source_of(results, info.key)
+        return None if key is None else ResultEntry(key, info.key, info.size, info.last_modified.isoformat())
 
     async def result(self, ref: BatchRef, key: str) -> ResultDocument:
         """Input `key`'s JSON result; `NotViewable` when the batch writes Excel or it has none."""
@@ -202,7 +218,7 @@ class BatchOperations:
         _check_key(key)
         if batch.file_format != "json":
             raise NotViewable(f"batch {batch.name!r} writes {batch.file_format} results, not JSON")
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         where = result_key(key, RESULT_SUFFIX["json"], location=batch.result_location)
         try:
             with _refused_key():
@@ -221,7 +237,7 @@ class BatchOperations:
         """Input `key`'s result file, for download: its name, bytes and content type."""
         batch = await self.batch(ref)
         _check_key(key)
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         suffix = RESULT_SUFFIX[batch.file_format]
         where = result_key(key, suffix, location=batch.result_location)
         try:
@@ -244,7 +260,7 @@ class BatchOperations:
         _check_key(key)
         if image_format(key) is None:
             raise NotViewable(f"{key!r} is not a document this batch reads")
-        inputs = await self._storages.open(batch.input_location)
+        inputs = await self.storages.open(batch.input_location)
         try:
             with _refused_key():
                 info = await inputs.head(key)
@@ -257,7 +273,7 @@ class BatchOperations:
     async def outbox(self, ref: BatchRef, *, limit: int = 50) -> OutboxView:
         """The chunks waiting for the batch's webhook and its dead letters (with their reasons)."""
         batch = await self.batch(ref)
-        results = await self._results(batch)
+        results = await self.result_storage(batch)
         waiting = [key for key in await _first(results, "_outbox/", limit * 4) if Outbox.is_chunk(key)]
         dead = []
         for key in await _first(results, DEAD_PREFIX, limit):
@@ -269,10 +285,11 @@ class BatchOperations:
         counters = self._outbox_counters() if self._outbox_counters is not None else {}
         return OutboxView(waiting[:limit], dead, counters)
 
-    async def _results(self, batch: Batch) -> Storage:
-        return await self._storages.open(batch.result_location, create=True)
+    async def result_storage(self, batch: Batch) -> Storage:
+        """The batch's result location, opened (created when missing)."""
+        return await self.storages.open(batch.result_location, create=True)
 
-    async def _source_of(self, results: Storage, object_key: str) -> str | None:
+    async def source_of(self, results: Storage, object_key: str) -> str | None:
         """The input a failure record (or a fallback-named result) was made for."""
         source = failed_input_key(object_key)
         if source is None:  # a fallback name: its input is in its metadata
@@ -280,7 +297,7 @@ class BatchOperations:
                 source = decode_source_key((await results.head(object_key)).metadata.get(SOURCE_KEY))
         return source
 
-    async def _failure_at(self, results: Storage, record_key: str) -> FailureRecord | None:
+    async def failure_at(self, results: Storage, record_key: str) -> FailureRecord | None:
         """The record at `record_key`; None when it is gone; an unreadable one says so."""
         try:
             data = (await results.read(record_key)).data
@@ -291,10 +308,10 @@ class BatchOperations:
             if not isinstance(record, dict):
                 raise ValueError("not an object")
         except ValueError:
-            key = await self._source_of(results, record_key) or record_key
+            key = await self.source_of(results, record_key) or record_key
             return FailureRecord(key, record_key, None, "the failure record is not valid JSON", *(None,) * 4)
         named = record.get("key")
-        key = named if isinstance(named, str) else await self._source_of(results, record_key) or record_key
+        key = named if isinstance(named, str) else await self.source_of(results, record_key) or record_key
         return FailureRecord(
             key=key,
             record_key=record_key,

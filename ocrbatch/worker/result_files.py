@@ -45,6 +45,7 @@ from ocrbatch.clova.contract import (
     OcrImage,
     OcrResponse,
     Table,
+    Title,
 )
 from ocrbatch.clova.parts import pdf_parts
 from ocrbatch.types import DomainKind
@@ -125,7 +126,7 @@ def render_xlsx(response: OcrResponse, *, kind: DomainKind) -> bytes:
     workbook.set_properties({"created": WORKBOOK_DATE})
     styles = _Styles(workbook)
     if kind == "general":
-        _write_list(workbook, styles, "Text", TEXT_HEADER, _text_rows(response.images), wrap_column=2)
+        _write_list(workbook, styles, "Text", TEXT_HEADER, text_line_rows(response.images), wrap_column=2)
     else:
         _write_list(workbook, styles, "Fields", FIELDS_HEADER, _field_rows(response.images), wrap_column=3)
     pages = _write_list(workbook, styles, "Pages", PAGES_HEADER, _page_rows(response.images), wrap_column=3)
@@ -180,16 +181,16 @@ def _write_cell(sheet: Any, row: int, column: int, value: Cell, style: Any = Non
         sheet.write_number(row, column, value, style)
 
 
-def _text_rows(images: list[OcrImage]) -> Iterable[tuple[Cell, ...]]:
+def text_line_rows(images: list[OcrImage]) -> Iterable[tuple[Cell, ...]]:
     for page, image in enumerate(images, start=1):
-        for line_number, words in enumerate(_lines(image.fields or []), start=1):
+        for line_number, words in enumerate(word_lines(image.fields or []), start=1):
             text = " ".join(word.infer_text for word in words if word.infer_text)
             confidences = [word.infer_confidence for word in words if word.infer_confidence is not None]
-            box = _union(word.bounding_poly for word in words)
-            yield (page, line_number, text, min(confidences, default=None), *_box_cells(box))
+            box = union_box(word.bounding_poly for word in words)
+            yield (page, line_number, text, min(confidences, default=None), *box_cells(box))
 
 
-def _lines(fields: list[OcrField]) -> Iterable[list[OcrField]]:
+def word_lines(fields: list[OcrField]) -> Iterable[list[OcrField]]:
     """The words grouped into lines: a line ends at a word with `lineBreak` true or at the end."""
     line: list[OcrField] = []
     for field in fields:
@@ -206,12 +207,12 @@ def _field_rows(images: list[OcrImage]) -> Iterable[tuple[Cell, ...]]:
         template = _template_label(image)
         if image.title is not None:
             title = image.title
-            box = _union([title.bounding_poly]) or _union(sub.bounding_poly for sub in title.sub_fields or [])
-            yield (page, template, TITLE_FIELD, title.infer_text, title.infer_confidence, *_box_cells(box))
+            box = field_box(title)
+            yield (page, template, TITLE_FIELD, title.infer_text, title.infer_confidence, *box_cells(box))
         for field in image.fields or []:
-            box = _union([field.bounding_poly]) or _union(sub.bounding_poly for sub in field.sub_fields or [])
+            box = field_box(field)
             name = field.name or ""
-            yield (page, template, name, field.infer_text, field.infer_confidence, *_box_cells(box))
+            yield (page, template, name, field.infer_text, field.infer_confidence, *box_cells(box))
 
 
 def _template_label(image: OcrImage) -> str | None:
@@ -228,7 +229,7 @@ def _page_rows(images: list[OcrImage]) -> Iterable[tuple[Cell, ...]]:
         yield (page, image.name, image.infer_result, image.message, width, height)
 
 
-def _union(polys: Iterable[BoundingPoly | None]) -> Box | None:
+def union_box(polys: Iterable[BoundingPoly | None]) -> Box | None:
     """The smallest upright box holding every vertex of the polygons; None when there are none."""
     xs: list[float] = []
     ys: list[float] = []
@@ -241,7 +242,13 @@ def _union(polys: Iterable[BoundingPoly | None]) -> Box | None:
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _box_cells(box: Box | None) -> tuple[Cell, Cell, Cell, Cell]:
+def field_box(field: OcrField | Title) -> Box | None:
+    """A field's box: its polygon's, else the union of its sub-fields' (Template fields may have only
+    those)."""
+    return union_box([field.bounding_poly]) or union_box(sub.bounding_poly for sub in field.sub_fields or [])
+
+
+def box_cells(box: Box | None) -> tuple[Cell, Cell, Cell, Cell]:
     return box if box is not None else (None, None, None, None)
 
 
