@@ -7,11 +7,11 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import openpyxl
 import pytest
 from fixtures.cli import Cli
+from fixtures.exports import general_page, template_page, write_failure, write_result
 
 FORMS = ("batch", "create", "--name", "forms", "--domain", "forms", "--input", "in/f", "--result", "out/f")
 RECEIPTS = (
@@ -26,53 +26,6 @@ RECEIPTS = (
     "--result",
     "out/r",
 )
-
-
-def _poly(left: float, top: float, right: float, bottom: float) -> dict[str, Any]:
-    corners = [(left, top), (right, top), (right, bottom), (left, bottom)]
-    return {"vertices": [{"x": x, "y": y} for x, y in corners]}
-
-
-def template_page(
-    template: tuple[int, str] | None, fields: dict[str, tuple[str, float]], **extra: Any
-) -> dict[str, Any]:
-    image: dict[str, Any] = {"name": "doc", "inferResult": "SUCCESS", "message": "SUCCESS", **extra}
-    if template is not None:
-        image["matchedTemplate"] = {"id": template[0], "name": template[1]}
-    image["fields"] = [
-        {"name": name, "inferText": text, "inferConfidence": confidence, "boundingPoly": _poly(0, 0, 10, 10)}
-        for name, (text, confidence) in fields.items()
-    ]
-    return image
-
-
-def general_page(lines: list[list[tuple[str, float]]]) -> dict[str, Any]:
-    fields = []
-    for line in lines:
-        for index, (text, confidence) in enumerate(line):
-            fields.append(
-                {
-                    "inferText": text,
-                    "inferConfidence": confidence,
-                    "lineBreak": index == len(line) - 1,
-                    "boundingPoly": _poly(10 * index, 0, 10 * index + 8, 12),
-                }
-            )
-    return {"name": "doc", "inferResult": "SUCCESS", "message": "SUCCESS", "fields": fields}
-
-
-def write_result(root: Path, key: str, *pages: dict[str, Any]) -> None:
-    path = root / (key + ".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    response = {"version": "V2", "requestId": "r", "timestamp": 1, "images": list(pages)}
-    path.write_text(json.dumps(response, ensure_ascii=False), encoding="utf-8")
-
-
-def write_failure(root: Path, key: str, code: str | None, message: str) -> None:
-    path = root / "_failed" / (key + ".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"key": key, "code": code, "message": message, "attempts": 1, "retryable": False}
-    path.write_text(json.dumps(record), encoding="utf-8")
 
 
 def read_csv(path: Path) -> list[list[str]]:

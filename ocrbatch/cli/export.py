@@ -21,7 +21,7 @@ import click
 from ocrbatch.cli.operations import batch_operations
 from ocrbatch.cli.state import CliState
 from ocrbatch.exports.export import BatchExport, ExportOptions, open_export
-from ocrbatch.exports.formats import CONTENT_TYPES, FORMATS, ExportFormat
+from ocrbatch.exports.formats import CONTENT_TYPES, FORMAT_NAMED, FORMATS, ExportFormat
 from ocrbatch.locations import Location
 from ocrbatch.worker.operations import BatchOperations
 
@@ -69,8 +69,7 @@ def export_command(
         raise click.UsageError("give -o FILE or --to LOCATION, not both")
     to_stdout = output is None or str(output) == "-"
     suffix = output.suffix.lstrip(".").lower() if output is not None and not to_stdout else ""
-    by_suffix: dict[str, ExportFormat] = {known: known for known in FORMATS}
-    chosen = export_format if export_format is not None else by_suffix.get(suffix, "csv")
+    chosen = export_format if export_format is not None else FORMAT_NAMED.get(suffix, "csv")
     if chosen == "xlsx" and to_stdout and to_location is None and sys.stdout.isatty():
         raise click.UsageError("xlsx is a binary file: give -o FILE or --to LOCATION")
     destination = Location.parse(to_location) if to_location is not None else None

@@ -27,6 +27,7 @@ from ocrbatch.exports.rows import Cell
 
 ExportFormat = Literal["csv", "xlsx", "jsonl"]
 FORMATS: tuple[ExportFormat, ...] = ("csv", "xlsx", "jsonl")
+FORMAT_NAMED: dict[str, ExportFormat] = {name: name for name in FORMATS}
 CONTENT_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",

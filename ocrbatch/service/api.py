@@ -34,9 +34,11 @@ from ocrbatch.errors import (
     BatchConflict,
     BatchNotFound,
     BatchRuleViolation,
+    ExportRefused,
     ObjectNotFound,
     StorageError,
 )
+from ocrbatch.exports.http import stream_export
 from ocrbatch.service.access import (
     CONSOLE_PREFIX,
     EVENTS_PATH,
@@ -133,6 +135,7 @@ def create_app(
         app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/failures", work.failures)
         app.router.add_post(f"{API_PREFIX}/batches/{{ref}}/retry-failed", work.retry_failed)
         app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/outbox", work.outbox)
+        app.router.add_get(f"{API_PREFIX}/batches/{{ref}}/export", work.export)
     if console is not None:
         app.add_subapp(CONSOLE_PREFIX, console)
     return app
@@ -146,6 +149,7 @@ _ERROR_STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (BatchNotFound, 404, "not_found"),
     (ObjectNotFound, 404, "not_found"),
     (BrokenBatchDocument, 409, "broken_batch"),
+    (ExportRefused, 422, "invalid_export"),
     (BatchRuleViolation, 422, "invalid_batch"),
     (BatchConflict, 409, "conflict"),
     (StorageError, 503, "storage_unavailable"),
@@ -368,6 +372,9 @@ class _WorkHandlers:
 
     async def outbox(self, request: web.Request) -> web.Response:
         return json_response((await self._operations.outbox(request.match_info["ref"])).to_json())
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        return await stream_export(request, self._operations, request.match_info["ref"])
 
 
 # -- helpers ----------------------------------------------------------------------------------
