@@ -13,6 +13,8 @@ in the terminal summary.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import urllib.request
 import uuid
@@ -812,3 +814,31 @@ def test_the_viewer_draws_a_box_per_field_and_links_them(console: Console, finis
     assert len(console.find_all("ol.fields > li.field")) == len(fields)
     assert len(console.find_all("polygon.box")) == usable_polygons(fields)
     assert world.url in console.driver.current_url
+
+
+def test_the_batch_page_downloads_the_export(
+    console: Console, finished: FinishedBatches, tmp_path: Path
+) -> None:
+    """[Download] on the batch page saves the batch's table: the chosen format, the failed
+    items when ticked, a row per document in key order."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    console.driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    console.login()
+    console.open(f"/console/batches/{finished.general_id}", "batch")
+    assert not console.find_all("#export-confidence")  # a Template batch's option
+    Select(console.find("#export-format")).select_by_value("csv")
+    console.find("#export-failed").click()
+    console.find("#export-download").click()
+
+    saved = downloads / "done-general.csv"
+    console.wait(lambda _: saved.exists() and not list(downloads.glob("*.crdownload")), "no export was saved")
+    rows = list(csv.reader(io.StringIO(saved.read_text(encoding="utf-8-sig"))))
+    assert [row[:3] for row in rows] == [
+        ["source_key", "result_key", "status"],
+        ["broken.jpg", "_failed/broken.jpg.json", "failed"],
+        ["letter.png", "letter.png.json", "succeeded"],
+        ["receipt.png", "receipt.png.json", "succeeded"],
+    ]

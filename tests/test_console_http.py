@@ -19,6 +19,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from fixtures.api import DOMAINS, TOKEN
 from fixtures.clock import FakeClock
+from fixtures.exports import general_page, write_result
 from fixtures.result_files import DATA
 from fixtures.samples import png
 from fixtures.sealing import SEALER
@@ -532,3 +533,28 @@ async def test_hostile_keys_are_refused_and_long_names_are_listed(console: Conso
         for route in ("image", "result", "failure", "download"):
             refused, page = await console.get(f"/console/batches/{batch.id}/{route}", params={"key": key})
             assert refused.status == 404, (route, key, page[:200])
+
+
+async def test_batch_page_downloads_the_export(console: Console) -> None:
+    """The batch page offers the export (formats, General's per-line switch, failed items); its
+    form downloads the table the CLI makes; an option the batch does not allow is a 422 page."""
+    await console.login()
+    batch = await created(console, "receipts")
+    write_result(console.data / "receipts" / "out", "a.png", general_page([[("안녕", 0.9)]]))
+
+    _, page = await console.get(f"/console/batches/{batch.id}")
+    assert f'action="/console/batches/{batch.id}/export"' in page
+    assert '<option value="xlsx">xlsx</option>' in page
+    assert 'name="lines"' in page
+    assert 'name="confidence"' not in page  # per-field confidence is a Template batch's
+
+    download = await console.client.get(f"/console/batches/{batch.id}/export?format=csv&lines=true")
+    assert download.status == 200
+    assert download.headers["Content-Disposition"].endswith("filename*=UTF-8''receipts.csv")
+    lines = (await download.read()).decode("utf-8").splitlines()
+    assert lines[0] == "\ufeffsource_key,result_key,status,page,line,text,confidence,left,top,right,bottom"
+    assert lines[1].startswith("a.png,a.png.json,succeeded,1,1,안녕,0.9,")
+
+    refused, page = await console.get(f"/console/batches/{batch.id}/export?confidence=true")
+    assert refused.status == 422
+    assert "confidence columns per field are for Template batches" in page

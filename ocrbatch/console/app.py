@@ -33,7 +33,7 @@ from ocrbatch.console.context import CONTEXT, RequestContext, context_of
 from ocrbatch.console.i18n import LANG_COOKIE, choose_lang, translator
 from ocrbatch.console.pages import add_routes
 from ocrbatch.console.sessions import SESSION_COOKIE, Sessions
-from ocrbatch.errors import BatchNotFound, ObjectNotFound, StorageError
+from ocrbatch.errors import BatchNotFound, ExportRefused, ObjectNotFound, StorageError
 from ocrbatch.settings import DomainSettings
 from ocrbatch.worker.operations import BatchOperations
 from ocrbatch.worker.views import NotViewable
@@ -111,6 +111,7 @@ _ERROR_STATUS: Final[tuple[tuple[type[Exception], int], ...]] = (
     (ObjectNotFound, 404),
     (NotViewable, 404),
     (BrokenBatchDocument, 409),
+    (ExportRefused, 422),
     (StorageError, 503),
 )
 

@@ -24,6 +24,7 @@ from ocrbatch.console.context import (
 )
 from ocrbatch.console.forms import FILE_FORMATS, LANGUAGES, BatchForm, batch_input, domain_info
 from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation
+from ocrbatch.exports.formats import FORMATS
 from ocrbatch.settings import DomainSettings
 from ocrbatch.worker.operations import BatchOperations
 
@@ -179,6 +180,8 @@ class BatchPages:
                 "p": progress,
                 "outbox": outbox,
                 "info": domain_info(progress.batch, self._domains.get(progress.batch.domain)),
+                "kind": self._operations.domain_kind(progress.batch),
+                "export_formats": FORMATS,
                 "msg": flash(request, "msg", FLASH_MESSAGES),
                 "retried": count_query(request, "retried"),
             },

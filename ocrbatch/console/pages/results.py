@@ -19,6 +19,7 @@ from ocrbatch.console.context import (
     required_key,
 )
 from ocrbatch.console.viewer import ImageUnavailable, PageNotFound, page_image, page_view
+from ocrbatch.exports.http import stream_export
 from ocrbatch.worker.operations import BatchOperations
 
 PAGE_ITEMS: Final = 50
@@ -40,6 +41,7 @@ class ResultPages:
         router.add_get(f"{BATCH_PATH}/result", self.result)
         router.add_get(f"{BATCH_PATH}/image", self.image)
         router.add_get(f"{BATCH_PATH}/download", self.download)
+        router.add_get(f"{BATCH_PATH}/export", self.export)
 
     async def failures(self, request: web.Request) -> web.StreamResponse:
         batch_id = request.match_info["id"]
@@ -139,6 +141,10 @@ class ResultPages:
             content_type=image.content_type,
             headers={"Cache-Control": "private, max-age=300"},
         )
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        """The batch page's [Download]: the whole batch as one table, streamed as the API does."""
+        return await stream_export(request, self._operations, request.match_info["id"])
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         name, data, content_type = await self._operations.result_file(
