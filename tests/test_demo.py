@@ -3,6 +3,7 @@ its samples, delivers signed webhooks, and can be rerun in its directory."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import click
 import openpyxl
+import pypdf
 import pytest
 from fixtures.engine import character_error_rate, require_tesseract_and_fonts
 
@@ -60,7 +62,8 @@ def assert_no_secret_left(workdir: Path, output: str) -> None:
 @pytest.mark.timeout(300)
 def test_demo_runs_end_to_end_on_the_local_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every step gets its expected exit code; the results hold the rendered text in all four
-    languages (JSON and Excel); the 12-page PDF and the long receipt are read whole; the corrupt
+    languages (JSON, Excel and a searchable PDF); the Korean batch's export has its lines; the
+    12-page PDF and the long receipt are read whole; the corrupt
     file has a failure record; every finished item reaches the webhook, signed; the second run
     makes no call; it ends by logging in to the console and opening its pages; and the demo
     runs again in the same directory (there on the emulator)."""
@@ -98,6 +101,19 @@ def test_demo_runs_end_to_end_on_the_local_engine(tmp_path: Path, capsys: pytest
     ):
         (page,) = _read(results / f"{result}.json")["images"]
         assert character_error_rate("".join(SAMPLE_TEXT[lang]), _page_text(page)) <= MAX_CER, lang
+    (fapiao,) = pypdf.PdfReader(results / "zh-TW" / "fapiao.png.pdf").pages  # the searchable PDF
+    pdf_text = "".join(fapiao.extract_text().split())
+    assert character_error_rate("".join(SAMPLE_TEXT["zh-TW"]), pdf_text) <= MAX_CER
+    with (results / "영수증-2026.csv").open(encoding="utf-8-sig", newline="") as exported:
+        rows = list(csv.DictReader(exported))  # the export step: a row per line, failures too
+    assert {row["source_key"] for row in rows} == {
+        "broken.jpg", "contract-12-pages.pdf", "invoice-en.jpg", "invoice-ko.png",
+        "long-receipt.png", "price-table.png",
+    }  # fmt: skip
+    assert {row["page"] for row in rows if row["source_key"] == "contract-12-pages.pdf"} == {
+        str(page) for page in range(1, 13)
+    }
+    assert next(row for row in rows if row["source_key"] == "broken.jpg")["status"] == "failed"
     sheet = openpyxl.load_workbook(results / "ja" / "seikyusho.png.xlsx")["Text"]
     excel_text = "".join(str(row[2]) for row in sheet.iter_rows(min_row=2, values_only=True) if row[2])
     assert character_error_rate("".join(SAMPLE_TEXT["ja"]), excel_text) <= MAX_CER

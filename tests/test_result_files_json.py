@@ -8,19 +8,24 @@ import pytest
 from fixtures.result_files import example_response, general_parts
 from fixtures.samples import pdf
 
+from ocrbatch.batches.layout import COMPANION_SUFFIX, DOWNLOAD_SUFFIX, RESULT_SUFFIX
 from ocrbatch.clova.contract import OcrResponse
-from ocrbatch.worker.result_files import CONTENT_TYPES, RESULT_SUFFIX, merge_responses, render_json
+from ocrbatch.worker.result_files import CONTENT_TYPES, merge_responses, render_json
 
 # -- names ---------------------------------------------------------------------------------------
 
 
 def test_result_suffixes_and_content_types_match() -> None:
-    """Each file format has a suffix, and each suffix the content type its object is stored with."""
-    assert RESULT_SUFFIX == {"json": ".json", "xls": ".xlsx"}
+    """Each file format has a suffix, and each suffix the content type its object is stored with;
+    a pdf batch's result is its JSON, with the PDF beside it and given on download."""
+    assert RESULT_SUFFIX == {"json": ".json", "xls": ".xlsx", "pdf": ".json"}
+    assert COMPANION_SUFFIX == {"pdf": ".pdf"}
+    assert DOWNLOAD_SUFFIX == {"json": ".json", "xls": ".xlsx", "pdf": ".pdf"}
     assert CONTENT_TYPES[RESULT_SUFFIX["json"]] == "application/json"
     assert CONTENT_TYPES[RESULT_SUFFIX["xls"]] == (
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     )
+    assert CONTENT_TYPES[COMPANION_SUFFIX["pdf"]] == "application/pdf"
 
 
 # -- JSON ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What ocrbatch writes in a batch's result location, and where: every key is built, and read
 back, here.
 
-For input key K: its result is `K` + the file format's suffix, its failure record
+For input key K: its result is `K` + the file format's suffix (a pdf batch's `K.pdf` beside its
+`K.json`), its failure record
 `_failed/K.json` (K's natural names). `_report.json` holds the batch's figures, `_outbox/` its
 webhook outbox (whose inner layout is `webhooks.outbox`'s). An input whose own result or record
 would land on these names, or under `_keys/`, is reserved: it is skipped, never processed.
@@ -42,8 +43,13 @@ FALLBACK_PREFIX: Final = "_keys/"
 FAILED_FALLBACK_PREFIX: Final = FAILED_PREFIX + FALLBACK_PREFIX
 # The subtrees of ocrbatch's own objects, beside the results.
 OWN_PREFIXES: Final = (FAILED_PREFIX, OUTBOX_PREFIX, FALLBACK_PREFIX)
-# A batch's `file_format` -> the suffix of its results.
-RESULT_SUFFIX: Final[dict[str, str]] = {"json": ".json", "xls": ".xlsx"}
+# A batch's `file_format` -> the suffix of its results: the object whose metadata says which
+# version of the input it was made from, and whose presence marks the input done.
+RESULT_SUFFIX: Final[dict[str, str]] = {"json": ".json", "xls": ".xlsx", "pdf": ".json"}
+# What a format writes beside its result, first (a pdf batch's searchable PDF: the JSON kept
+# beside it is written last, so a result always has its PDF), and what a download gives.
+COMPANION_SUFFIX: Final[dict[str, str]] = {"pdf": ".pdf"}
+DOWNLOAD_SUFFIX: Final[dict[str, str]] = {"json": ".json", "xls": ".xlsx", "pdf": ".pdf"}
 SOURCE_KEY: Final = "source-key"  # the metadata naming the input an object was made for
 
 NAME_MAX_BYTES: Final = 255  # one path component on local filesystems (ext4, XFS, APFS, …)
@@ -58,7 +64,7 @@ HASH_HEX_DIGITS: Final = 32
 # `{prefix}.ocrbatch/meta/{key}.json`.
 _SIDECAR_SUFFIX: Final = ".json"
 _S3_SIDECAR_BYTES: Final = len(SIDECAR_PREFIX.encode()) + len(_SIDECAR_SUFFIX)
-_LONGEST_RESULT_SUFFIX: Final = max(RESULT_SUFFIX.values(), key=len)
+_LONGEST_RESULT_SUFFIX: Final = max(DOWNLOAD_SUFFIX.values(), key=len)
 _CONTROL_CHARS: Final = re.compile("[\x00-\x1f\x7f]")
 # Keys this short have no segment near NAME_MAX_BYTES, whatever suffix and sidecar follow.
 _PLAIN_KEY_CHARS: Final = NAME_MAX_BYTES - len(_LONGEST_RESULT_SUFFIX) - len(_SIDECAR_SUFFIX) - 16

@@ -34,7 +34,7 @@ from ocrbatch.settings import DomainSettings, check_http_url, read_secret_files
 from ocrbatch.types import Language
 
 BatchStatus = Literal["available", "running", "paused", "error"]
-FileFormat = Literal["json", "xls"]
+FileFormat = Literal["json", "xls", "pdf"]
 NAME_MAX_CHARS = 50
 
 # The console allows Korean, English letters, Chinese, Japanese, digits and the special

@@ -41,7 +41,11 @@ def _spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--template-id", "template_ids", type=int, multiple=True, help="Template domains; repeatable."
         ),
-        click.option("--file-format", type=click.Choice(["json", "xls"]), help="Result file format."),
+        click.option(
+            "--file-format",
+            type=click.Choice(["json", "xls", "pdf"]),
+            help="Result file format: json, xls (an Excel workbook) or pdf (a searchable PDF and its JSON).",
+        ),
         click.option("--input", "input_path", help="s3://bucket/prefix or a local directory."),
         click.option("--result", "result_path", help="s3://bucket/prefix or a local directory."),
         click.option("--webhook-url", help="http(s) URL that receives results in chunks."),

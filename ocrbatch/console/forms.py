@@ -17,7 +17,7 @@ from ocrbatch.batches.spec import Batch
 from ocrbatch.settings import DomainSettings
 
 LANGUAGES = ("ko", "ja", "zh-TW")
-FILE_FORMATS = ("json", "xls")
+FILE_FORMATS = ("json", "xls", "pdf")
 # The form's inputs, by the field names the batch rules use in their violations.
 FIELD_INPUTS: dict[str, str] = {
     "name": "name",

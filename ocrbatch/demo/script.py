@@ -49,7 +49,8 @@ default_language = "{language}"
 
 APPLY_FILE = """\
 # Batches declared for `ocrbatch batch apply` (GitOps style): the Korean one as created above,
-# and one per other language; the Japanese batch writes Excel workbooks.
+# and one per other language; the Japanese batch writes Excel workbooks, the Chinese one
+# searchable PDFs.
 batches:
   - name: 영수증-2026
     domain: ocr-ko
@@ -68,6 +69,7 @@ batches:
   - name: 發票-臺灣
     domain: ocr-zh-tw
     language: zh-TW
+    file_format: pdf
     input_path: inbox/zh-TW
     result_path: results/zh-TW
     webhook: {{url: "{hook}/zh-TW", secret_file: webhook-secret.txt}}
@@ -158,6 +160,11 @@ STEPS: list[tuple[list[str], int, str]] = [
     (["run", "--once"], 0, "the worker: every input becomes a result or a failure record"),
     (["run", "--once"], 0, "again: everything is done, so no API call is made"),
     (["batch", "list"], 0, "the batches after the run"),
+    (
+        ["export", "영수증-2026", "--lines", "--include-failed", "-o", "results/영수증-2026.csv"],
+        0,
+        "one table of the Korean batch: a row per recognised line, failed items with their reason",
+    ),
 ]
 
 

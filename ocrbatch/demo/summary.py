@@ -14,7 +14,7 @@ import click
 from ocrbatch.demo.script import ADMIN_TOKEN
 from ocrbatch.demo.webhooks import WebhookReceiver
 
-_RESULT_SUFFIXES = (".json", ".xlsx")
+_RESULT_KINDS = {".json": "JSON", ".xlsx": "Excel", ".pdf": "searchable PDF"}
 _PREVIEW_CHARS = 70
 
 
@@ -63,10 +63,9 @@ def _batch_summary(workdir: Path, report_path: Path) -> int:
         f"  {report['batch']}: {_count(report['inputs'], 'item')}: {report['succeeded']} succeeded, "
         f"{report['failed']} failed, {report['skipped']} skipped, {report['pending']} pending"
     )
-    for suffix in _RESULT_SUFFIXES:
+    for suffix, kind in _RESULT_KINDS.items():
         results = sorted(path for path in folder.glob(f"*{suffix}") if not path.name.startswith("_"))
         if results:
-            kind = "JSON" if suffix == ".json" else "Excel"
             names = ", ".join(path.name for path in results)
             click.echo(f"    {kind} results in {folder.relative_to(workdir)}/: {names}")
     for failure in sorted((folder / "_failed").glob("**/*.json")):

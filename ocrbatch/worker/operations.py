@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ocrbatch.batches.layout import (
+    DOWNLOAD_SUFFIX,
     FAILED_PREFIX,
     FALLBACK_PREFIX,
     RESULT_SUFFIX,
@@ -38,6 +39,7 @@ from ocrbatch.types import DomainKind
 from ocrbatch.webhooks.outbox import DEAD_PREFIX, Outbox
 from ocrbatch.worker.discovery import image_format
 from ocrbatch.worker.estimate import estimate_batch
+from ocrbatch.worker.result_files import CONTENT_TYPES
 from ocrbatch.worker.views import (
     BatchProgress,
     FailureRecord,
@@ -213,10 +215,11 @@ class BatchOperations:
         return None if key is None else ResultEntry(key, info.key, info.size, info.last_modified.isoformat())
 
     async def result(self, ref: BatchRef, key: str) -> ResultDocument:
-        """Input `key`'s JSON result; `NotViewable` when the batch writes Excel or it has none."""
+        """Input `key`'s JSON result (a pdf batch keeps it beside the PDF); `NotViewable` when the
+        batch writes Excel or it has none."""
         batch = await self.batch(ref)
         _check_key(key)
-        if batch.file_format != "json":
+        if batch.file_format == "xls":
             raise NotViewable(f"batch {batch.name!r} writes {batch.file_format} results, not JSON")
         results = await self.result_storage(batch)
         where = result_key(key, RESULT_SUFFIX["json"], location=batch.result_location)
@@ -234,11 +237,12 @@ class BatchOperations:
         return ResultDocument(key, where, response)
 
     async def result_file(self, ref: BatchRef, key: str) -> tuple[str, bytes, str]:
-        """Input `key`'s result file, for download: its name, bytes and content type."""
+        """Input `key`'s result file, for download (a pdf batch's searchable PDF): its name, bytes
+        and content type."""
         batch = await self.batch(ref)
         _check_key(key)
         results = await self.result_storage(batch)
-        suffix = RESULT_SUFFIX[batch.file_format]
+        suffix = DOWNLOAD_SUFFIX[batch.file_format]
         where = result_key(key, suffix, location=batch.result_location)
         try:
             with _refused_key():
@@ -246,12 +250,7 @@ class BatchOperations:
         except ObjectNotFound:
             raise NotViewable(f"{key!r} has no result yet") from None
         name = key.rsplit("/", 1)[-1] + suffix
-        content_type = (
-            "application/json"
-            if suffix == ".json"
-            else "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-        )
-        return name, stored.data, content_type
+        return name, stored.data, CONTENT_TYPES[suffix]
 
     async def input_bytes(self, ref: BatchRef, key: str) -> bytes:
         """The bytes of one of the batch's documents, for the viewer: only keys of its input

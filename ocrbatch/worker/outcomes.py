@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 
 import structlog
 
-from ocrbatch.batches.layout import failure_record_key, is_fallback_name, result_key, source_key_metadata
+from ocrbatch.batches.layout import (
+    COMPANION_SUFFIX,
+    failure_record_key,
+    is_fallback_name,
+    result_key,
+    source_key_metadata,
+)
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
 from ocrbatch.clova.contract import OcrError, OcrResponse
@@ -58,9 +64,10 @@ class ItemOutcomes:
         self._webhooks = webhooks
 
     async def store_result(
-        self, prepared: PreparedItem, response: OcrResponse, attempts: int
+        self, prepared: PreparedItem, response: OcrResponse, attempts: int, *, companion: bytes | None = None
     ) -> PendingItem | None:
-        """Write the item's result; returns its webhook notice, for `succeeded` or `abandon`."""
+        """Write the item's result (after `companion`, a pdf batch's searchable PDF, when there is
+        one); returns its webhook notice, for `succeeded` or `abandon`."""
         item = prepared.item
         notice = await self._notice(
             item.key,
@@ -71,7 +78,7 @@ class ItemOutcomes:
             response=response,
         )
         try:
-            await asyncio.shield(self._write_result(prepared, response, attempts, notice))
+            await asyncio.shield(self._write_result(prepared, response, attempts, notice, companion))
         except BaseException:
             await self.abandon(notice)
             raise
@@ -150,7 +157,12 @@ class ItemOutcomes:
         )
 
     async def _write_result(
-        self, prepared: PreparedItem, response: OcrResponse, attempts: int, notice: PendingItem | None
+        self,
+        prepared: PreparedItem,
+        response: OcrResponse,
+        attempts: int,
+        notice: PendingItem | None,
+        companion: bytes | None,
     ) -> None:
         item = prepared.item
         body = (
@@ -167,6 +179,15 @@ class ItemOutcomes:
             "attempts": str(attempts),
             **announced_by(None if notice is None else notice.marker),
         }
+        companion_suffix = COMPANION_SUFFIX.get(self._batch.file_format)
+        if companion is not None and companion_suffix is not None:
+            companion_key = result_key(item.key, companion_suffix, location=self._location)
+            await self._results.write(
+                companion_key,
+                companion,
+                metadata={**metadata, **source_key_metadata(companion_key, item.key)},
+                content_type=CONTENT_TYPES[companion_suffix],
+            )
         await self._results.write(
             key,
             body,

@@ -4,12 +4,14 @@ meanwhile recognised again. Whatever the item raises is left to the batch run's 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from ocrbatch.batches.layout import result_key
+from ocrbatch.batches.layout import COMPANION_SUFFIX, result_key
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch
 from ocrbatch.clova.billing import billable_units
@@ -147,7 +149,10 @@ class ItemRecognition:
     ) -> DiscoveredItem | None:
         """Write the result and announce it; the item again if its input changed meanwhile."""
         item = prepared.item
-        notice = await self._outcomes.store_result(prepared, response, attempts)
+        companion = (
+            await self._searchable_pdf(prepared, response) if self._batch.file_format == "pdf" else None
+        )
+        notice = await self._outcomes.store_result(prepared, response, attempts, companion=companion)
         self._stored()
         self._report.billable_units += billable_units(response.images)  # billed, kept or not
         try:
@@ -167,6 +172,32 @@ class ItemRecognition:
             return None
         return changed
 
+    async def _searchable_pdf(self, prepared: PreparedItem, response: OcrResponse) -> bytes | None:
+        """A pdf batch's searchable PDF of the item: its input read again (the parts sent did not
+        keep it) and rendered with the response's text in a thread. None, logged, when it cannot
+        be made: the input changed or went meanwhile (the change check then handles the item),
+        or it does not render; the response is kept either way, having been paid for."""
+        item = prepared.item
+        try:
+            stored = await self._inputs.read(item.key)
+        except ObjectNotFound:
+            return None
+        if stored.info.etag != prepared.etag:
+            return None
+        renderer = importlib.import_module(
+            "ocrbatch.worker.result_pdf"
+        )  # fpdf2 and fontTools: pdf batches only
+        try:
+            rendered: bytes = await asyncio.to_thread(
+                renderer.render_searchable_pdf, response, stored.data, image_format=prepared.image_format
+            )
+            return rendered
+        except Exception as error:  # a document the service read but the renderer cannot
+            log.error(
+                "item.pdf_not_made", batch_id=self._batch.id, key=item.key, reason=str(error), exc_info=True
+            )
+            return None
+
     async def _changed_since_read(self, prepared: PreparedItem) -> DiscoveredItem | None:
         """The input as it is now if it was replaced while recognised (its result is then removed).
 
@@ -181,7 +212,11 @@ class ItemRecognition:
         if current.etag == prepared.etag:
             return None
         log.info("item.changed_during_recognition", batch_id=self._batch.id, key=item.key)
-        await self._results.delete(result_key(item.key, self._suffix, location=self._results.location))
+        location = self._results.location
+        await self._results.delete(result_key(item.key, self._suffix, location=location))
+        companion = COMPANION_SUFFIX.get(self._batch.file_format)
+        if companion is not None:
+            await self._results.delete(result_key(item.key, companion, location=location))
         return dataclasses.replace(
             item, etag=current.etag, size=current.size, last_modified=current.last_modified
         )

@@ -50,10 +50,10 @@ from ocrbatch.clova.contract import (
 from ocrbatch.clova.parts import pdf_parts
 from ocrbatch.types import DomainKind
 
-RESULT_SUFFIX: dict[str, str] = {"json": ".json", "xls": ".xlsx"}
-CONTENT_TYPES: dict[str, str] = {
+CONTENT_TYPES: dict[str, str] = {  # by result suffix
     ".json": "application/json",
     ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".pdf": "application/pdf",
 }
 SUCCESS = "SUCCESS"
 # XlsxWriter's own zip-entry date, reused for the document properties so the bytes never vary.
