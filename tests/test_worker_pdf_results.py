@@ -81,3 +81,22 @@ async def test_pdf_batch_writes_a_searchable_pdf_beside_each_json(make_worker_se
     async with open_worker(settings) as (worker, _):
         await within(worker.run_pass(), 60, "the second pass did not end")
     assert setup.emulator.stats()["calls"] == calls
+
+
+async def test_template_pdf_batch_places_each_field_value(make_worker_setup: MakeSetup) -> None:
+    """A Template batch may write PDFs too: the title and each field's value are the page's text."""
+    setup = await make_worker_setup()
+    await setup.inputs.write("form.png", png(800, 600))
+    settings = setup.settings()
+    await create_batch(setup, settings, name="forms", domain="forms", template_ids=[101], file_format="pdf")
+    async with open_worker(settings) as (worker, _):
+        outcome = await within(worker.run_pass(), 60, "the pass did not end")
+    assert outcome.errors == {}
+
+    (image,) = OcrResponse.model_validate(await read_json(setup.results, "form.png.json")).images
+    text = (
+        pypdf.PdfReader(io.BytesIO((await setup.results.read("form.png.pdf")).data)).pages[0].extract_text()
+    )
+    assert image.title is not None
+    values = [image.title.infer_text, *(field.infer_text for field in image.fields or [])]
+    assert _in_order([word for value in values for word in value.split()], text), (values, text)
