@@ -139,7 +139,7 @@ def test_duplicate_names_are_refused(first: str, second: str) -> None:
         ({"template_ids": [0]}, "template_ids", "template ids must be positive integers"),
         ({"template_ids": [3, 3]}, "template_ids", "template ids must not repeat"),
         ({"language": "en"}, "language", "Input should be 'ko', 'ja' or 'zh-TW'"),
-        ({"file_format": "csv"}, "file_format", "Input should be 'json' or 'xls'"),
+        ({"file_format": "csv"}, "file_format", "Input should be 'json', 'xls' or 'pdf'"),
         (
             {"input_path": "gs://bucket/x"},
             "input_path",

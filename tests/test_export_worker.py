@@ -68,9 +68,13 @@ async def test_template_batch_of_300_documents_over_two_templates(make_worker_se
     assert cells == [[cell.removeprefix("'") for cell in row] for row in rows]
 
 
+# The child's own peak: VmHWM belongs to the program it runs (ru_maxrss would count the forked
+# test process's size too, which Linux carries across exec).
 RSS_SCRIPT = """
-import atexit, resource, sys
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import atexit, sys
+def peak():
+    with open("/proc/self/status") as status:
+        return next(line.split()[1] for line in status if line.startswith("VmHWM:"))
 atexit.register(lambda: print("maxrss_kb", peak(), file=sys.stderr))
 from ocrbatch.cli.root import main
 main(sys.argv[1:])
