@@ -8,6 +8,7 @@ import asyncio
 import collections
 import csv
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -68,17 +69,16 @@ async def test_template_batch_of_300_documents_over_two_templates(make_worker_se
     assert cells == [[cell.removeprefix("'") for cell in row] for row in rows]
 
 
-# The child's own peak: VmHWM belongs to the program it runs (ru_maxrss would count the forked
-# test process's size too, which Linux carries across exec).
+# The child reports its own peak (bench/measure.py: VmHWM, not ru_maxrss, which would carry the
+# forked test process's size across exec).
 RSS_SCRIPT = """
 import atexit, sys
-def peak():
-    with open("/proc/self/status") as status:
-        return next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-atexit.register(lambda: print("maxrss_kb", peak(), file=sys.stderr))
+from bench.measure import peak_rss_kb
+atexit.register(lambda: print("maxrss_kb", peak_rss_kb(), file=sys.stderr))
 from ocrbatch.cli.root import main
 main(sys.argv[1:])
 """
+REPOSITORY = Path(__file__).resolve().parent.parent
 CONFIG = """
 [storage]
 control_path = "control"
@@ -117,6 +117,7 @@ async def _export_peak_rss_mb(workdir: Path, documents: int) -> float:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", RSS_SCRIPT, *config, "export", "forms", "-o", "forms.xlsx", "--confidence",
         cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
     )  # fmt: skip
     _, err = await within(process.communicate(), 120, f"the export of {documents} results did not end")
     assert process.returncode == 0, err
