@@ -82,6 +82,7 @@ class LocalStorage(Storage):
         self._file_mode = 0o600 if private else 0o666
         self._sort_run_entries = sort_run_entries
         self._swept = False
+        self._private_ready = False  # `.ocrbatch/tmp/` and `meta/` made (`_ensure_private_dirs`)
         self._tree = LocalRoot(location)  # resolved once: the root may be a symlink
         self._root = self._tree.path
         self._meta_dir = os.path.join(self._tree.private_dir, "meta")
@@ -296,6 +297,20 @@ class LocalStorage(Storage):
 
     # ---- write, delete ----
 
+    @contextmanager
+    def _tmp_dirs(self, key: str) -> Iterator[list[int]]:
+        """The descriptors of `.ocrbatch/tmp/`, made first when needed: once per storage, and again
+        when it went (someone removed `.ocrbatch/`), rather than looked for at every write."""
+        if not self._private_ready:
+            self._ensure_private_dirs()
+        with ExitStack() as stack:
+            try:
+                fds = stack.enter_context(self._tree.dirs(key, [PRIVATE_DIR, "tmp"]))
+            except (FileNotFoundError, NotADirectoryError):
+                self._ensure_private_dirs()
+                fds = stack.enter_context(self._tree.dirs(key, [PRIVATE_DIR, "tmp"]))
+            yield fds
+
     def _ensure_private_dirs(self) -> None:
         """Create `.ocrbatch/` and its dirs inside the existing root (never the root itself); the
         first time, remove temp files that writes cut short by a crash left behind."""
@@ -305,6 +320,7 @@ class LocalStorage(Storage):
                     pass
             except (FileNotFoundError, NotADirectoryError):
                 raise self._root_error() or self._error(None, f"cannot create {PRIVATE_DIR}/") from None
+        self._private_ready = True
         if not self._swept:
             self._swept = True
             self._remove_stale_temp_files()
@@ -365,40 +381,38 @@ class LocalStorage(Storage):
     ) -> ObjectInfo:
         *dirs, name = key.split("/")
         temp_names: list[str] = []
-        with self._os_errors(key):
-            self._ensure_private_dirs()
-            with self._tree.dirs(key, [PRIVATE_DIR, "tmp"]) as tmp_fds, ExitStack() as held:
-                tmp_fd = tmp_fds[-1]
-                try:
-                    st = self._temp_file(data, tmp_fd, temp_names)
-                    etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
-                    sidecar = Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
-                    self._temp_file(sidecar.to_json(), tmp_fd, temp_names)
-                    data_temp, meta_temp = temp_names
-                    with self._locked():
-                        self._check_precondition(key, self._current_etag(key), if_match, if_none_match)
-                        # Under the lock: a concurrent delete prunes empty directories under it too.
-                        try:
-                            dir_fd = held.enter_context(self._tree.dirs(key, dirs, create=True))[-1]
-                        except NotADirectoryError:
-                            raise self._error(key, "a file has the name of one of its directories") from None
-                        meta_fd = held.enter_context(
-                            self._tree.dirs(key, [PRIVATE_DIR, "meta", *dirs], create=True)
-                        )[-1]
-                        # Sidecar first: until the data lands it describes no file, so it is ignored.
-                        os.replace(meta_temp, f"{name}.json", src_dir_fd=tmp_fd, dst_dir_fd=meta_fd)
-                        try:  # a rename replaces a link at `name`, never writes through it
-                            os.replace(data_temp, name, src_dir_fd=tmp_fd, dst_dir_fd=dir_fd)
-                        except OSError:
-                            with suppress(OSError):
-                                os.unlink(f"{name}.json", dir_fd=meta_fd)
-                            raise
-                        temp_names.clear()
-                finally:
-                    for temp in temp_names:
+        with self._os_errors(key), self._tmp_dirs(key) as tmp_fds, ExitStack() as held:
+            tmp_fd = tmp_fds[-1]
+            try:
+                st = self._temp_file(data, tmp_fd, temp_names)
+                etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+                sidecar = Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
+                self._temp_file(sidecar.to_json(), tmp_fd, temp_names)
+                data_temp, meta_temp = temp_names
+                with self._locked():
+                    self._check_precondition(key, self._current_etag(key), if_match, if_none_match)
+                    # Under the lock: a concurrent delete prunes empty directories under it too.
+                    try:
+                        dir_fd = held.enter_context(self._tree.dirs(key, dirs, create=True))[-1]
+                    except NotADirectoryError:
+                        raise self._error(key, "a file has the name of one of its directories") from None
+                    meta_fd = held.enter_context(
+                        self._tree.dirs(key, [PRIVATE_DIR, "meta", *dirs], create=True)
+                    )[-1]
+                    # Sidecar first: until the data lands it describes no file, so it is ignored.
+                    os.replace(meta_temp, f"{name}.json", src_dir_fd=tmp_fd, dst_dir_fd=meta_fd)
+                    try:  # a rename replaces a link at `name`, never writes through it
+                        os.replace(data_temp, name, src_dir_fd=tmp_fd, dst_dir_fd=dir_fd)
+                    except OSError:
                         with suppress(OSError):
-                            os.unlink(temp, dir_fd=tmp_fd)
-                _fsync_dir(dir_fd)
+                            os.unlink(f"{name}.json", dir_fd=meta_fd)
+                        raise
+                    temp_names.clear()
+            finally:
+                for temp in temp_names:
+                    with suppress(OSError):
+                        os.unlink(temp, dir_fd=tmp_fd)
+            _fsync_dir(dir_fd)
         return ObjectInfo(key, len(data), etag, file_mtime(st), sidecar.metadata, sidecar.content_type)
 
     def _delete_sync(self, key: str, if_match: str | None) -> None:

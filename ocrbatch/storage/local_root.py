@@ -59,21 +59,31 @@ class LocalRoot:
         fds = [os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)]
         try:
             for depth, name in enumerate(segments):
-                if create:
+                try:
+                    fds.append(self._open_dir(key, segments, depth, fds[-1]))
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    # Made only when missing: most writes go to directories that exist already.
                     with suppress(FileExistsError):
                         os.mkdir(name, dir_fd=fds[-1])
-                try:
-                    fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
-                except OSError as exc:  # Linux answers a link with ENOTDIR, like a file
-                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    if stat.S_ISLNK(os.stat(name, dir_fd=fds[-1], follow_symlinks=False).st_mode):
-                        raise self._dir_link_error(key, segments[: depth + 1]) from None
-                    raise
+                    fds.append(self._open_dir(key, segments, depth, fds[-1]))
             yield fds
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _open_dir(self, key: str | None, segments: Sequence[str], depth: int, parent_fd: int) -> int:
+        """The directory `segments[depth]` in `parent_fd`, opened without following a link."""
+        name = segments[depth]
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:  # Linux answers a link with ENOTDIR, like a file
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            if stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                raise self._dir_link_error(key, segments[: depth + 1]) from None
+            raise
 
     def open_at(self, key: str, segments: Sequence[str]) -> int:
         """Open the file at `segments` under the root for reading, following no link (ELOOP)."""
