@@ -129,10 +129,11 @@ class ItemClaims:
             raise RuntimeError("this worker's owner id is already registered")  # ids are random
 
     async def unregister(self) -> None:
-        """Give up the registration, and the `_alone` lease if held."""
+        """Give up the registration, and the `_alone` lease if held (two documents: at once)."""
+        releases = [self.release(WORKERS, self.owner)]
         if self.alone:
-            await self.release(ALONE, ALONE)
-        await self.release(WORKERS, self.owner)
+            releases.append(self.release(ALONE, ALONE))
+        await asyncio.gather(*releases)
 
     async def work_alone(self) -> bool:
         """Take the `_alone` lease and keep item claims in memory, unless another worker is

@@ -238,8 +238,10 @@ class BatchRun:
             return
         note = self.context.webhooks.status_note(self.batch.id)
         if self.fatal_reason is None and (self.report.pending_found or note):
-            await self.context.set_status(self.batch, "available", note)
-        await self.write_report()
+            # Two objects apart (the batch's document, the report): written at once.
+            await asyncio.gather(self.context.set_status(self.batch, "available", note), self.write_report())
+        else:
+            await self.write_report()
         log.info("batch.pass_done", **self.report.progress(self.context.clock()), failed=self.report.failed)
 
     def pause(self) -> None:
@@ -250,6 +252,17 @@ class BatchRun:
             log.info("batch.pausing", batch_id=self.batch.id, batch=self.batch.name)
 
     async def _discover(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
+        """List the batch and queue its pending items; the status becomes "running" with the first
+        one, written while the listing goes on (its failure fails the run, once listed)."""
+        running: list[asyncio.Future[None]] = []
+        try:
+            await self._queue_discovered(queue, running)
+        finally:
+            await asyncio.gather(*running)
+
+    async def _queue_discovered(
+        self, queue: asyncio.Queue[DiscoveredItem | None], running: list[asyncio.Future[None]]
+    ) -> None:
         report = self.report
         async for item in discover(self._inputs, self._results, result_suffix=self.suffix):
             if self.context.stopping.is_set():
@@ -264,13 +277,15 @@ class BatchRun:
                 report.failed_before += 1
             else:
                 report.pending_found += 1
-                if not self.active:
-                    self.active = True
-                    if not self.paused:
-                        await self.context.set_status(self.batch, "running", None)
+                first = not self.active
+                self.active = True
                 if self.stopped:
                     continue  # counted, left pending
                 await queue.put(item)
+                if first and not self.paused:  # the item tasks go on meanwhile
+                    running.append(
+                        asyncio.ensure_future(self.context.set_status(self.batch, "running", None))
+                    )
 
     async def _announced(self, queue: asyncio.Queue[DiscoveredItem | None], keys: list[str]) -> None:
         """Queue the announced inputs that exist and are documents; their results are checked

@@ -17,6 +17,7 @@ name, where the store took it, still counts).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,10 +215,14 @@ async def discover(
     stats = DiscoveryStats() if stats is None else stats
     result_name, failure_name = _names(results.location, result_suffix)
     async with (
-        closing(inputs.list(page_size=page_size)) as input_listing,
-        closing(results_in_order(results, page_size)) as result_listing,
-        closing(results.list(FAILED_PREFIX, page_size=page_size)) as failure_listing,
+        closing(inputs.list(page_size=page_size)) as opened_inputs,
+        closing(results_in_order(results, page_size)) as opened_results,
+        closing(results.list(FAILED_PREFIX, page_size=page_size)) as opened_failures,
     ):
+        # The three first pages at once: on S3 each is a round trip before the first item.
+        input_listing, result_listing, failure_listing = await _started(
+            (opened_inputs, opened_results, opened_failures)
+        )
         cursors = (
             DerivedCursor(
                 results, result_listing, prefix="", suffix=result_suffix, max_stash=max_stash, stats=stats
@@ -251,6 +256,32 @@ async def discover(
         )
         async for info in input_listing:
             yield await judge.item(info)
+
+
+class _Started:
+    """A listing whose first entry was read already: that entry, then the rest of the listing
+    (closed by whoever opened the listing, as before)."""
+
+    def __init__(self, first: ObjectInfo | None, rest: AsyncIterator[ObjectInfo]) -> None:
+        self._first = first
+        self._rest = rest if first is not None else None
+
+    def __aiter__(self) -> _Started:
+        return self
+
+    async def __anext__(self) -> ObjectInfo:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._rest is None:
+            raise StopAsyncIteration
+        return await anext(self._rest)
+
+
+async def _started(listings: tuple[AsyncIterator[ObjectInfo], ...]) -> tuple[_Started, ...]:
+    """The listings with their first entries read concurrently."""
+    firsts = await asyncio.gather(*(anext(listing, None) for listing in listings))
+    return tuple(_Started(first, listing) for first, listing in zip(firsts, listings, strict=True))
 
 
 async def judge_item(
