@@ -257,8 +257,10 @@ class BatchRun:
         running: list[asyncio.Future[None]] = []
         try:
             await self._queue_discovered(queue, running)
-        finally:
-            await asyncio.gather(*running)
+        except BaseException:
+            await asyncio.gather(*running, return_exceptions=True)  # the listing's error is the one told
+            raise
+        await asyncio.gather(*running)
 
     async def _queue_discovered(
         self, queue: asyncio.Queue[DiscoveredItem | None], running: list[asyncio.Future[None]]
