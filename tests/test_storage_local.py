@@ -4,6 +4,7 @@ there from outside, the private `.ocrbatch/` directory with its sidecars and tem
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,3 +180,16 @@ async def test_local_corrupt_sidecar_is_ignored(local_storage: Storage, local_ro
     assert head.etag != written.etag
     assert head.metadata == {}
     assert [info.etag async for info in local_storage.list()] == [head.etag]
+
+
+async def test_a_removed_private_directory_is_made_again(local_storage: Storage, local_root: Path) -> None:
+    """`.ocrbatch/` is made once per storage, not looked for at every write; removed from outside
+    meanwhile, the next write makes it again and keeps its metadata."""
+    await local_storage.write("a.json", b"{}", metadata={"source-etag": "one"})
+    shutil.rmtree(local_root / ".ocrbatch")
+
+    await local_storage.write("b/c.json", b"{}", metadata={"source-etag": "two"})
+
+    assert (await local_storage.head("b/c.json")).metadata == {"source-etag": "two"}
+    assert (local_root / ".ocrbatch" / "tmp").is_dir()
+    assert await listed_keys(local_storage) == ["a.json", "b/c.json"]
