@@ -34,6 +34,7 @@ NOT_LOADED = (
     "redis",
     "cryptography.fernet",
     "xlsxwriter",
+    "fpdf",
     "jinja2",
     "ocrbatch.console",
     "ocrbatch.service.api",
@@ -45,6 +46,8 @@ NOT_LOADED = (
     "ocrbatch.engine",
     "ocrbatch.demo",
     "ocrbatch.cli.batches",
+    "ocrbatch.worker.result_pdf",
+    "ocrbatch.exports",
 )
 
 
