@@ -7,7 +7,8 @@ file. A sidecar holds what S3 keeps with an object (MD5 etag, metadata, content 
 stat signature of the file it describes, so a file replaced from outside is never paired with
 stale metadata: such files, and files put here by hand, get an etag made of mtime and size.
 Writes go to a temp file renamed into place, so readers never see partial bytes; preconditions
-are checked under an exclusive `flock` on the lock file, which also orders other processes.
+are checked under an exclusive `flock` on the lock file, which also orders other processes
+(`local_private.py` keeps `.ocrbatch/`: its temp files and its lock).
 Blocking work runs in a thread, one call per operation or listing page.
 
 Nothing outside the root is ever read or written. The root is resolved once, when the storage is
@@ -23,12 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import hashlib
 import os
-import secrets
 import stat
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from itertools import islice
@@ -50,20 +48,14 @@ from ocrbatch.storage.base import (
     check_key,
     check_metadata,
 )
+from ocrbatch.storage.local_private import PrivateDir, fsync_dir
 from ocrbatch.storage.local_root import PRIVATE_DIR, READ_FLAGS, LocalRoot
 from ocrbatch.storage.sidecar import Sidecar, file_mtime, stat_etag
 from ocrbatch.storage.walk import SORT_RUN_ENTRIES, walk_files
 
 SIDECAR_READ_BYTES = 16 * 1024  # a sidecar is read in one call, as a rule
-STALE_TEMP_FILE_S = 3600.0  # a temp file this old was left by a write a crash cut short
 # Same default as the S3 backend, so an object written without a type reads back alike.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-def _fsync_dir(fd: int) -> None:
-    """Make a rename into the directory open as `fd` durable, where the filesystem allows it."""
-    with suppress(OSError):
-        os.fsync(fd)
 
 
 class LocalStorage(Storage):
@@ -79,11 +71,10 @@ class LocalStorage(Storage):
         if location.is_s3:
             raise ValueError(f"{location} is not a local directory")
         self.location = location
-        self._file_mode = 0o600 if private else 0o666
         self._sort_run_entries = sort_run_entries
-        self._swept = False
-        self._private_ready = False  # `.ocrbatch/tmp/` and `meta/` made (`_ensure_private_dirs`)
         self._tree = LocalRoot(location)  # resolved once: the root may be a symlink
+        file_mode = 0o600 if private else 0o666
+        self._private = PrivateDir(self._tree, file_mode=file_mode, root_error=self._root_error)
         self._root = self._tree.path
         self._meta_dir = os.path.join(self._tree.private_dir, "meta")
 
@@ -297,70 +288,6 @@ class LocalStorage(Storage):
 
     # ---- write, delete ----
 
-    @contextmanager
-    def _tmp_dirs(self, key: str) -> Iterator[list[int]]:
-        """The descriptors of `.ocrbatch/tmp/`, made first when needed: once per storage, and again
-        when it went (someone removed `.ocrbatch/`), rather than looked for at every write."""
-        if not self._private_ready:
-            self._ensure_private_dirs()
-        with ExitStack() as stack:
-            try:
-                fds = stack.enter_context(self._tree.dirs(key, [PRIVATE_DIR, "tmp"]))
-            except (FileNotFoundError, NotADirectoryError):
-                self._ensure_private_dirs()
-                fds = stack.enter_context(self._tree.dirs(key, [PRIVATE_DIR, "tmp"]))
-            yield fds
-
-    def _ensure_private_dirs(self) -> None:
-        """Create `.ocrbatch/` and its dirs inside the existing root (never the root itself); the
-        first time, remove temp files that writes cut short by a crash left behind."""
-        for sub in ("tmp", "meta"):
-            try:
-                with self._tree.dirs(None, [PRIVATE_DIR, sub], create=True):
-                    pass
-            except (FileNotFoundError, NotADirectoryError):
-                raise self._root_error() or self._error(None, f"cannot create {PRIVATE_DIR}/") from None
-        self._private_ready = True
-        if not self._swept:
-            self._swept = True
-            self._remove_stale_temp_files()
-
-    def _remove_stale_temp_files(self) -> None:
-        """Temp files older than `STALE_TEMP_FILE_S` belong to no write still under way."""
-        cutoff_s = time.time() - STALE_TEMP_FILE_S
-        with (
-            suppress(OSError),
-            self._tree.dirs(None, [PRIVATE_DIR, "tmp"]) as fds,
-            os.scandir(fds[-1]) as scan,
-        ):
-            for entry in scan:
-                with suppress(OSError):
-                    if entry.name.endswith(".tmp") and entry.stat(follow_symlinks=False).st_mtime < cutoff_s:
-                        os.unlink(entry.name, dir_fd=fds[-1])
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the exclusive lock that orders every write and delete in this directory."""
-        with self._tree.dirs(None, [PRIVATE_DIR]) as fds:
-            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fds[-1])  # ours alone
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
-    def _temp_file(self, data: bytes, tmp_fd: int, temp_names: list[str]) -> os.stat_result:
-        """Write `data` durably to a new temp file in `tmp_fd` (its name added to `temp_names`);
-        return its stat."""
-        name = f"{secrets.token_hex(12)}.tmp"
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode, dir_fd=tmp_fd)
-        temp_names.append(name)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(fd)
-            return os.fstat(fd)  # a rename keeps inode, size and mtime: the sidecar's signature
-
     def _check_precondition(
         self, key: str, current: str | None, if_match: str | None, if_none_match: bool
     ) -> None:
@@ -381,15 +308,15 @@ class LocalStorage(Storage):
     ) -> ObjectInfo:
         *dirs, name = key.split("/")
         temp_names: list[str] = []
-        with self._os_errors(key), self._tmp_dirs(key) as tmp_fds, ExitStack() as held:
+        with self._os_errors(key), self._private.tmp_dirs(key) as tmp_fds, ExitStack() as held:
             tmp_fd = tmp_fds[-1]
             try:
-                st = self._temp_file(data, tmp_fd, temp_names)
+                st = self._private.temp_file(data, tmp_fd, temp_names)
                 etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
                 sidecar = Sidecar(etag, st.st_ino, st.st_size, st.st_mtime_ns, **sidecar_part)
-                self._temp_file(sidecar.to_json(), tmp_fd, temp_names)
+                self._private.temp_file(sidecar.to_json(), tmp_fd, temp_names)
                 data_temp, meta_temp = temp_names
-                with self._locked():
+                with self._private.locked():
                     self._check_precondition(key, self._current_etag(key), if_match, if_none_match)
                     # Under the lock: a concurrent delete prunes empty directories under it too.
                     try:
@@ -412,14 +339,14 @@ class LocalStorage(Storage):
                 for temp in temp_names:
                     with suppress(OSError):
                         os.unlink(temp, dir_fd=tmp_fd)
-            _fsync_dir(dir_fd)
+            fsync_dir(dir_fd)
         return ObjectInfo(key, len(data), etag, file_mtime(st), sidecar.metadata, sidecar.content_type)
 
     def _delete_sync(self, key: str, if_match: str | None) -> None:
         *dirs, name = key.split("/")
         with self._os_errors(key):
-            self._ensure_private_dirs()
-            with self._locked():
+            self._private.ready()
+            with self._private.locked():
                 current = self._current_etag(key)
                 if if_match is not None:
                     self._check_precondition(key, current, if_match, False)
