@@ -193,3 +193,15 @@ async def test_a_removed_private_directory_is_made_again(local_storage: Storage,
     assert (await local_storage.head("b/c.json")).metadata == {"source-etag": "two"}
     assert (local_root / ".ocrbatch" / "tmp").is_dir()
     assert await listed_keys(local_storage) == ["a.json", "b/c.json"]
+
+
+async def test_a_delete_after_the_private_directory_went_still_deletes(
+    local_storage: Storage, local_root: Path
+) -> None:
+    """A delete takes the write lock in `.ocrbatch/`, made again when it was removed from outside."""
+    await local_storage.write("a.json", b"{}")
+    shutil.rmtree(local_root / ".ocrbatch")
+
+    await local_storage.delete("a.json")
+
+    assert await listed_keys(local_storage) == []

@@ -344,15 +344,13 @@ class LocalStorage(Storage):
 
     def _delete_sync(self, key: str, if_match: str | None) -> None:
         *dirs, name = key.split("/")
-        with self._os_errors(key):
-            self._private.ready()
-            with self._private.locked():
-                current = self._current_etag(key)
-                if if_match is not None:
-                    self._check_precondition(key, current, if_match, False)
-                # The key's own link, if it is one, is removed; its target never is.
-                self._remove(key, dirs, name if current is not None else None, keep=0)
-                self._remove(key, [PRIVATE_DIR, "meta", *dirs], f"{name}.json", keep=2)
+        with self._os_errors(key), self._private.locked():
+            current = self._current_etag(key)
+            if if_match is not None:
+                self._check_precondition(key, current, if_match, False)
+            # The key's own link, if it is one, is removed; its target never is.
+            self._remove(key, dirs, name if current is not None else None, keep=0)
+            self._remove(key, [PRIVATE_DIR, "meta", *dirs], f"{name}.json", keep=2)
 
     def _remove(self, key: str, dirs: list[str], name: str | None, *, keep: int) -> None:
         """Unlink `name` (if given) from the directory at `dirs`, then remove the directories of

@@ -71,13 +71,23 @@ class PrivateDir:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the exclusive lock that orders every write and delete in this directory."""
-        with self._tree.dirs(None, [PRIVATE_DIR]) as fds:
-            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fds[-1])  # ours alone
+        self.ready()
+        try:
+            fd = self._open_lock()
+        except (FileNotFoundError, NotADirectoryError):  # removed since: made again
+            self.make()
+            fd = self._open_lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+    def _open_lock(self) -> int:
+        with self._tree.dirs(None, [PRIVATE_DIR]) as fds:
+            return os.open(
+                "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fds[-1]
+            )  # ours alone
 
     def temp_file(self, data: bytes, tmp_fd: int, temp_names: list[str]) -> os.stat_result:
         """Write `data` durably to a new temp file in `tmp_fd` (its name added to `temp_names`);
