@@ -38,10 +38,9 @@ from pypdf.generic import (
 from ocrbatch.batches.spec import parse_spec
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.clova.client import sending_overhead_bytes
-from ocrbatch.clova.documents import count_pages
+from ocrbatch.clova.documents import MAX_DECODED_PAGE_PIXELS, count_pages
 from ocrbatch.clova.parts import pdf_parts
 from ocrbatch.emulator.server import Emulator
-from ocrbatch.engine import pages as engine_pages
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import DEFAULT_MAX_PAGES_PER_DOCUMENT, Settings
 from ocrbatch.storage.base import Storage
@@ -415,7 +414,7 @@ async def test_the_engine_refuses_a_page_over_its_pixel_bound_and_the_worker_rec
     """A PNG claiming 20,000 x 20,000 px is within the API's limits, so the worker sends it; the local
     engine refuses it before decoding a pixel (over its 125 megapixels), and the worker writes that
     reason into a final failure record. Tesseract is never run."""
-    assert engine_pages.MAX_PAGE_PIXELS < 20_000 * 20_000
+    assert MAX_DECODED_PAGE_PIXELS < 20_000 * 20_000
     command = fake_tesseract(tmp_path)
     world = await run_local(
         {"huge.png": _png_claiming(20_000, 20_000)}, engine="tesseract", tesseract={"command": command}

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from ocrbatch.cli.servers import engine_command
 from ocrbatch.clova.client import OcrCall
-from ocrbatch.clova.documents import UnreadableDocument, page_sizes
+from ocrbatch.clova.documents import MAX_DECODED_PAGE_PIXELS, UnreadableDocument, page_sizes
 from ocrbatch.clova.recognition import RecognitionFailed
 from ocrbatch.emulator.settings import EmulatorSettings, recogniser_for
 from ocrbatch.emulator.synthetic import SyntheticRecogniser
-from ocrbatch.engine.pages import MAX_PAGE_PIXELS, page_image
+from ocrbatch.engine.pages import page_image
 from ocrbatch.engine.recogniser import TesseractRecogniser
 from ocrbatch.engine.tesseract import (
     EngineUnavailable,
@@ -152,7 +152,7 @@ def test_oversized_pages_fail_before_their_pixels_are_decoded() -> None:
     png = png_bytes(10, 10)
     header = struct.pack(">II", 30_000, 30_000) + png[24:29]  # IHDR: width, height, then 5 bytes
     patched = png[:16] + header + struct.pack(">I", zlib.crc32(b"IHDR" + header)) + png[33:]
-    assert MAX_PAGE_PIXELS < 30_000 * 30_000
+    assert MAX_DECODED_PAGE_PIXELS < 30_000 * 30_000
     with pytest.raises(UnreadableDocument, match="too large to recognise"):
         page_image(patched, "png", 0)
 

@@ -9,6 +9,7 @@ to cut long ones into parts (`parts.py`).
 from __future__ import annotations
 
 import logging
+import numbers
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -37,13 +38,19 @@ LONG_IMAGE_MIN_RATIO = 5
 # derive from PyPdfError, and a mangled object tree surfaces as the others.
 IMAGE_ERRORS = (SyntaxError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error)
 PDF_ERRORS = (PyPdfError, *IMAGE_ERRORS, AttributeError, RecursionError)
-_RASTER_READERS: dict[str, tuple[type[ImageFile.ImageFile], str]] = {
-    "jpg": (JpegImagePlugin.JpegImageFile, "JPEG"),
-    "jpeg": (JpegImagePlugin.JpegImageFile, "JPEG"),
-    "png": (PngImagePlugin.PngImageFile, "PNG"),
-    "tif": (TiffImagePlugin.TiffImageFile, "TIFF"),
-    "tiff": (TiffImagePlugin.TiffImageFile, "TIFF"),
+# Each image extension's Pillow plugin class: opened directly, it reads only the declared format.
+IMAGE_READERS: dict[str, type[ImageFile.ImageFile]] = {
+    "jpg": JpegImagePlugin.JpegImageFile,
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "png": PngImagePlugin.PngImageFile,
+    "tif": TiffImagePlugin.TiffImageFile,
+    "tiff": TiffImagePlugin.TiffImageFile,
 }
+# The largest page whose pixels are decoded (by the local engine, or for a searchable PDF): a long
+# image at the service's limit (25,000 x 5,000 px); bigger pages would take gigabytes.
+MAX_DECODED_PAGE_PIXELS = LONG_IMAGE_MAX_SIDE_PX * (LONG_IMAGE_MAX_SIDE_PX // LONG_IMAGE_MIN_RATIO)
+# A declared resolution outside this range is a wrong header, not a scan.
+MIN_DPI, MAX_DPI = 50, 2400
 _PNG_TAIL_BYTES = 4096  # IEND must appear this close to the end, or the file was cut short
 _PDF_HEADER_WINDOW_BYTES = 1024  # readers accept junk before "%PDF-" up to this offset
 
@@ -58,6 +65,15 @@ def is_long_image(width_px: int, height_px: int) -> bool:
     return long_side >= LONG_IMAGE_MIN_SIDE_PX and long_side >= LONG_IMAGE_MIN_RATIO * short_side
 
 
+def declared_dpi(value: object) -> int | None:
+    """The resolution an image's header declares (Pillow's `info["dpi"]`), when it is sane."""
+    if isinstance(value, tuple) and value and isinstance(value[0], numbers.Real):  # TIFF: a rational
+        dpi = round(float(value[0]))
+        if MIN_DPI <= dpi <= MAX_DPI:
+            return dpi
+    return None
+
+
 def page_sizes(data: bytes, image_format: str, *, max_pages: int | None = None) -> list[tuple[int, int]]:
     """(width, height) in pixels of each page, read from the content: one for jpg/jpeg/png, each
     page of a PDF (at 144 dpi) or frame of a TIFF, the first `max_pages` of them if given.
@@ -65,9 +81,10 @@ def page_sizes(data: bytes, image_format: str, *, max_pages: int | None = None) 
     image_format = image_format.lower()
     if image_format == "pdf":
         return _pdf_page_sizes(data, max_pages)
-    if image_format not in _RASTER_READERS:
+    reader = IMAGE_READERS.get(image_format)
+    if reader is None:
         raise UnreadableDocument(f"unsupported format {image_format!r}")
-    reader, label = _RASTER_READERS[image_format]
+    label = reader.format  # JPEG, PNG or TIFF
     try:
         # The plugin class itself, not Image.open: it reads only the declared format, and skips the
         # decompression-bomb check, which is about decoding pixels (long images exceed its limit).

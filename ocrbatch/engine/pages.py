@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import io
 import math
-import numbers
 from dataclasses import dataclass
 from io import BytesIO
 
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+from PIL import Image, ImageOps
 
-from ocrbatch.clova.documents import PDF_PIXELS_PER_POINT, UnreadableDocument, render_pdf_page
-
-# The largest page the engine decodes: a long image at the service's limit (25,000 x 5,000 px).
-# Decoding bigger pages would take gigabytes; they fail with a clear reason instead.
-MAX_PAGE_PIXELS = 25_000 * 5_000
-_READERS: dict[str, type[ImageFile.ImageFile]] = {
-    "jpg": JpegImagePlugin.JpegImageFile,
-    "jpeg": JpegImagePlugin.JpegImageFile,
-    "png": PngImagePlugin.PngImageFile,
-    "tif": TiffImagePlugin.TiffImageFile,
-    "tiff": TiffImagePlugin.TiffImageFile,
-}
-_MIN_DPI, _MAX_DPI = 50, 2400  # a resolution outside this range is a wrong header, not a scan
+from ocrbatch.clova.documents import (
+    IMAGE_READERS,
+    MAX_DECODED_PAGE_PIXELS,
+    PDF_PIXELS_PER_POINT,
+    UnreadableDocument,
+    declared_dpi,
+    render_pdf_page,
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ def page_image(data: bytes, image_format: str, page_index: int) -> PageImage:
     image_format = image_format.lower()
     if image_format == "pdf":
         return _pdf_page(data, page_index)
-    reader = _READERS.get(image_format)
+    reader = IMAGE_READERS.get(image_format)
     if reader is None:
         raise UnreadableDocument(f"unsupported format {image_format!r}")
     try:
@@ -58,7 +52,7 @@ def page_image(data: bytes, image_format: str, page_index: int) -> PageImage:
             if page_index:
                 image.seek(page_index)
             _check_size(*image.size, page_index=page_index)
-            dpi = _dpi(image.info.get("dpi"))
+            dpi = declared_dpi(image.info.get("dpi"))
             gray = _grayscale(ImageOps.exif_transpose(image))
     except (SyntaxError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
         raise UnreadableDocument(f"the pixels of page {page_index + 1} cannot be decoded") from exc
@@ -68,7 +62,9 @@ def page_image(data: bytes, image_format: str, page_index: int) -> PageImage:
 def _pdf_page(data: bytes, page_index: int) -> PageImage:
     def scale_of(width_pt: float, height_pt: float) -> float:
         # Pages beyond the pixel budget are rendered smaller rather than refused.
-        return min(float(PDF_PIXELS_PER_POINT), math.sqrt(MAX_PAGE_PIXELS / max(1.0, width_pt * height_pt)))
+        return min(
+            float(PDF_PIXELS_PER_POINT), math.sqrt(MAX_DECODED_PAGE_PIXELS / max(1.0, width_pt * height_pt))
+        )
 
     rendered, scale = render_pdf_page(data, page_index, scale_of=scale_of, grayscale=True)
     return _pgm(_grayscale(rendered), round(72 * scale))
@@ -77,10 +73,10 @@ def _pdf_page(data: bytes, page_index: int) -> PageImage:
 def _check_size(width: int, height: int, *, page_index: int) -> None:
     """The engine's own pixel bound, checked from the header before any pixel is decoded (Pillow's
     decompression-bomb check is bypassed here, as it would refuse long images)."""
-    if width * height > MAX_PAGE_PIXELS:
+    if width * height > MAX_DECODED_PAGE_PIXELS:
         raise UnreadableDocument(
             f"page {page_index + 1} is too large to recognise ({width} x {height} px; at most "
-            f"{MAX_PAGE_PIXELS // 1_000_000} megapixels)"
+            f"{MAX_DECODED_PAGE_PIXELS // 1_000_000} megapixels)"
         )
 
 
@@ -91,14 +87,6 @@ def _grayscale(image: Image.Image) -> Image.Image:
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(paper, rgba).convert("L")
     return image if image.mode == "L" else image.convert("L")
-
-
-def _dpi(value: object) -> int | None:
-    if isinstance(value, tuple) and value and isinstance(value[0], numbers.Real):
-        dpi = round(float(value[0]))
-        if _MIN_DPI <= dpi <= _MAX_DPI:
-            return dpi
-    return None
 
 
 def _pgm(image: Image.Image, dpi: int | None) -> PageImage:

@@ -58,17 +58,18 @@ from fontTools.pens.ttGlyphPen import TTGlyphPen
 from fpdf import FPDF, TextMode
 from fpdf.drawing_primitives import Transform
 from fpdf.fonts import TTFFont
-from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, TiffImagePlugin
 from pypdf import PageObject, PdfReader, PdfWriter
 
 from ocrbatch.clova.contract import OcrField, OcrImage, OcrResponse, Title
 from ocrbatch.clova.documents import (
     IMAGE_ERRORS,
-    LONG_IMAGE_MAX_SIDE_PX,
-    LONG_IMAGE_MIN_RATIO,
+    IMAGE_READERS,
+    MAX_DECODED_PAGE_PIXELS,
     PDF_ERRORS,
     PDF_PIXELS_PER_POINT,
     UnreadableDocument,
+    declared_dpi,
     quiet_pypdf,
 )
 from ocrbatch.worker.result_files import WORKBOOK_DATE, Box, field_box, union_box, word_lines
@@ -81,21 +82,8 @@ UNITS_PER_EM = 1000
 GLYPH_ADVANCE = 500
 ASCENT, DESCENT = 800, -200
 MAX_PAGE_PT = 14_400  # PDF's implementation limit on a page's side (200 in)
-# The largest image decoded: a long image at the service's limit (25,000 x 5,000 px), as the engine
-# bounds it; bigger pages fail with a reason instead of taking gigabytes.
-MAX_PAGE_PIXELS = LONG_IMAGE_MAX_SIDE_PX * LONG_IMAGE_MAX_SIDE_PX // LONG_IMAGE_MIN_RATIO
 POINTS_PER_INCH = 72
-# The engine's rule for a declared resolution (`engine/pages.py`, which the worker may not import):
-# outside this range it is a wrong header, not a scan.
-_MIN_DPI, _MAX_DPI = 50, 2400
 _MIN_BOX_PX = 1.0  # a box without height or width still places its text
-_DECODERS: dict[str, type[ImageFile.ImageFile]] = {
-    "jpg": JpegImagePlugin.JpegImageFile,
-    "jpeg": JpegImagePlugin.JpegImageFile,
-    "png": PngImagePlugin.PngImageFile,
-    "tif": TiffImagePlugin.TiffImageFile,
-    "tiff": TiffImagePlugin.TiffImageFile,
-}
 _ORIENTATIONS = range(1, 9)  # EXIF's: 1 is upright, 2-8 the mirrorings and turns
 
 Matrix = tuple[float, float, float, float, float, float]  # a, b, c, d, e, f of a PDF transformation
@@ -150,7 +138,7 @@ def render_searchable_pdf(response: OcrResponse, source: bytes, *, image_format:
     the response's text on its pages, laid out as the module docstring describes. Raises
     `UnreadableDocument` when the input cannot be decoded."""
     image_format = image_format.lower()
-    if image_format != "pdf" and image_format not in _DECODERS:
+    if image_format != "pdf" and image_format not in IMAGE_READERS:
         raise UnreadableDocument(f"unsupported format {image_format!r}")
     pages = [_page_text(image) for image in response.images]
     characters = {char for page in pages for line in page.lines for word in line.words for char in word.text}
@@ -296,7 +284,7 @@ def _document(font: bytes) -> Iterator[FPDF]:
 def _rasters(source: bytes, image_format: str) -> Iterator[_Raster]:
     """The pages of an image, one at a time: a TIFF's frames are decoded as they are drawn."""
     try:
-        image = _DECODERS[image_format](BytesIO(source))
+        image = IMAGE_READERS[image_format](BytesIO(source))
     except IMAGE_ERRORS as exc:
         raise UnreadableDocument(f"not a valid {image_format.upper()} image") from exc
     with image:
@@ -308,12 +296,12 @@ def _rasters(source: bytes, image_format: str) -> Iterator[_Raster]:
             try:
                 image.seek(index)
                 width, height = image.size
-                if width * height > MAX_PAGE_PIXELS:
+                if width * height > MAX_DECODED_PAGE_PIXELS:
                     raise UnreadableDocument(
                         f"page {index + 1} is too large to draw ({width} x {height} px; at most "
-                        f"{MAX_PAGE_PIXELS // 1_000_000} megapixels)"
+                        f"{MAX_DECODED_PAGE_PIXELS // 1_000_000} megapixels)"
                     )
-                dpi = _dpi(image.info.get("dpi"))
+                dpi = declared_dpi(image.info.get("dpi"))
                 upright = ImageOps.exif_transpose(image)
             except IMAGE_ERRORS as exc:
                 raise UnreadableDocument(f"the pixels of page {index + 1} cannot be decoded") from exc
@@ -330,7 +318,7 @@ def _jpeg_raster(image: JpegImagePlugin.JpegImageFile, source: bytes) -> _Raster
     if orientation >= 5:  # a quarter turn or a transposition: the upright page is the other way
         width, height = height, width
     return _Raster(
-        source, width, height, _pt_per_px((width, height), _dpi(image.info.get("dpi"))), orientation
+        source, width, height, _pt_per_px((width, height), declared_dpi(image.info.get("dpi"))), orientation
     )
 
 
@@ -347,14 +335,6 @@ def _upright(orientation: int, width: float, height: float) -> Matrix:
         8: (0, -1, 1, 0, 0, width),  # turned 90° counter-clockwise
     }
     return matrices.get(orientation, (1, 0, 0, 1, 0, 0))
-
-
-def _dpi(value: object) -> int | None:
-    if isinstance(value, tuple) and value and isinstance(value[0], int | float):
-        dpi = round(float(value[0]))
-        if _MIN_DPI <= dpi <= _MAX_DPI:
-            return dpi
-    return None
 
 
 def _pt_per_px(size_px: tuple[int, int], dpi: int | None) -> float:
