@@ -10,22 +10,10 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from fixtures.cli import Cli
+from fixtures.cli import CREATE_RECEIPTS, Cli
 from fixtures.exports import general_page, template_page, write_failure, write_result
 
 FORMS = ("batch", "create", "--name", "forms", "--domain", "forms", "--input", "in/f", "--result", "out/f")
-RECEIPTS = (
-    "batch",
-    "create",
-    "--name",
-    "영수증",
-    "--domain",
-    "receipts",
-    "--input",
-    "in/r",
-    "--result",
-    "out/r",
-)
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -182,7 +170,7 @@ def test_jsonl_rows_are_typed(cli: Cli, forms: Path) -> None:
 
 @pytest.fixture
 def receipts(cli: Cli) -> Path:
-    cli(*RECEIPTS)
+    cli(*CREATE_RECEIPTS)
     out = cli.workdir / "out" / "r"
     write_result(out, "shop/1.png", general_page([[("안녕", 0.9), ("하세요", 0.7)], [("-5,000", 0.8)]]))
     write_result(out, "shop/2.png", general_page([[("一", 0.5)]]), general_page([[("二", 1.0)]]))

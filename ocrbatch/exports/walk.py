@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Literal
@@ -128,10 +127,9 @@ async def _read_result(results: Storage, key: str, result_key: str) -> ExportedD
         else:
             response = OcrResponse.model_validate_json(data)
     except ValidationError as error:
+        not_json = any(problem["type"] == "json_invalid" for problem in error.errors(include_input=False))
         problem = (
-            "is not valid JSON"
-            if _not_json(data)
-            else f"is not an OCR response ({error.error_count()} problems)"
+            "is not valid JSON" if not_json else f"is not an OCR response ({error.error_count()} problems)"
         )
         return ExportedDocument(key, result_key, "unreadable", reason=f"the result {problem}")
     return ExportedDocument(key, result_key, "succeeded", response=response)
@@ -163,11 +161,3 @@ def _discard(read: Awaitable[ExportedDocument]) -> None:
     close = getattr(read, "close", None)
     if close is not None:
         close()
-
-
-def _not_json(data: bytes) -> bool:
-    try:
-        json.loads(data)
-    except ValueError:
-        return True
-    return False
