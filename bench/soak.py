@@ -72,7 +72,7 @@ from ocrbatch.emulator.settings import EmulatorSettings
 from ocrbatch.logs import configure_logging
 from ocrbatch.settings import WorkerSettings, load_settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.batch_run import max_item_tasks_per_batch
+from ocrbatch.worker.sizing import max_item_tasks_per_batch
 
 CAP = 5  # the service's cap, and each worker's max_concurrent_calls (with Redis: their total)
 EXIT_TERMINATED = 143

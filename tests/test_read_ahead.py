@@ -8,7 +8,7 @@ from fixtures.waits import within
 from fixtures.worker import MakeSetup, create_batch, keys, open_worker
 from structlog.testing import capture_logs
 
-from ocrbatch.worker.batch_run import (
+from ocrbatch.worker.sizing import (
     item_tasks_by_little,
     item_tasks_per_batch,
     max_item_tasks_per_batch,

@@ -23,7 +23,7 @@ from fixtures.worker import MakeSetup, WorkerSetup, create_batch, keys, write_co
 
 from ocrbatch.coordination.claims import claim_key
 from ocrbatch.storage.base import Storage
-from ocrbatch.worker.batch_run import max_item_tasks_per_batch
+from ocrbatch.worker.sizing import max_item_tasks_per_batch
 
 CAP = 5
 INPUTS = 600

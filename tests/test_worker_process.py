@@ -15,7 +15,7 @@ from fixtures.worker import MakeSetup, WorkerSetup, create_batch, keys, write_co
 
 from ocrbatch.batches.store import batch_store_in
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.worker.batch_run import max_item_tasks_per_batch
+from ocrbatch.worker.sizing import max_item_tasks_per_batch
 
 INPUTS = 60
 
