@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from structlog.testing import capture_logs
 from ocrbatch.batches.broken import BrokenBatchDocument
 from ocrbatch.batches.spec import BatchSpec, parse_spec
 from ocrbatch.batches.store import LOCK_KEY, BatchStore
-from ocrbatch.coordination.base import Coordination
+from ocrbatch.coordination.base import Coordination, Versioned
 from ocrbatch.errors import BatchConflict, BatchNotFound, BatchRuleViolation
 from ocrbatch.locations import Location
 from ocrbatch.settings import DomainSettings
@@ -248,6 +249,71 @@ async def test_set_status_records_transitions(coordination: Coordination, contro
     )
     resumed = await store.update(created.batch.id, {}, status="available")
     assert (resumed.batch.status, resumed.batch.status_reason) == ("available", None)
+
+
+class Interleaved(Coordination):
+    """The coordination, where `before_next_write` runs once just before the next replace of a
+    batch document reaches it: another writer's change landing between a read and its write."""
+
+    def __init__(self, inner: Coordination) -> None:
+        self._inner = inner
+        self.backend, self.where = inner.backend, inner.where
+        self.before_next_write: Callable[[], Awaitable[object]] | None = None
+
+    async def read(self, key: str) -> Versioned | None:
+        return await self._inner.read(key)
+
+    async def create(self, key: str, data: bytes) -> str:
+        return await self._inner.create(key, data)
+
+    async def replace(self, key: str, data: bytes, *, version: str) -> str:
+        if key.startswith("batches/") and (interloper := self.before_next_write) is not None:
+            self.before_next_write = None
+            await interloper()
+        return await self._inner.replace(key, data, version=version)
+
+    async def delete(self, key: str, *, version: str | None = None) -> None:
+        await self._inner.delete(key, version=version)
+
+    def keys(self, prefix: str) -> AsyncIterator[str]:
+        return self._inner.keys(prefix)
+
+
+async def test_an_edit_without_etag_is_applied_over_a_write_between_its_read_and_its_write(
+    coordination: Coordination, control: Location
+) -> None:
+    """A pause or an edit not based on a read the caller names (the console's buttons, the API
+    without If-Match) is applied again on the document as it is now when the worker's status
+    lands in between, keeping both; with an etag it is refused instead."""
+    interleaved = Interleaved(coordination)
+    operator, worker = make_store(interleaved, control), make_store(coordination, control)
+    created = await operator.create(spec())
+    interleaved.before_next_write = lambda: worker.set_status(created.batch.id, "error", "0002")
+    paused = await operator.update(created.batch.id, {"file_format": "xls"}, status="paused")
+    assert (paused.batch.status, paused.batch.file_format) == ("paused", "xls")
+    assert (await operator.get(created.batch.id)) == paused
+
+    interleaved.before_next_write = lambda: worker.set_status(created.batch.id, "error", "0002")
+    with pytest.raises(BatchConflict, match="was changed by someone else"):
+        await operator.update(created.batch.id, {"template_ids": [7]}, if_match=paused.etag)
+    assert (await operator.get(created.batch.id)).batch.template_ids == [1]
+
+
+async def test_the_workers_running_and_available_never_replace_a_pause(
+    coordination: Coordination, control: Location
+) -> None:
+    """A batch paused by an operator stays paused when the worker marks it running or available,
+    even when the pause lands between the worker's read and its write; the worker gets the stored
+    batch back, so it sees the pause. An error is still recorded."""
+    interleaved = Interleaved(coordination)
+    worker, operator = make_store(interleaved, control), make_store(coordination, control)
+    created = await worker.create(spec())
+    interleaved.before_next_write = lambda: operator.update(created.batch.id, {}, status="paused")
+    assert (await worker.set_status(created.batch.id, "running")).status == "paused"
+    assert (await worker.set_status(created.batch.id, "available", "webhook note")).status == "paused"
+    assert (await worker.get(created.batch.id)).batch.status == "paused"
+    errored = await worker.set_status(created.batch.id, "error", "0002 Secret key validate failed")
+    assert (errored.status, errored.status_reason) == ("error", "0002 Secret key validate failed")
 
 
 async def test_a_corrupt_document_is_a_clear_error(coordination: Coordination, control: Location) -> None:

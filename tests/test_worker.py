@@ -315,3 +315,29 @@ async def test_pausing_mid_pass_finishes_what_is_in_flight_and_starts_nothing_mo
         "batch.pausing",
         "batch.paused_mid_pass",
     ]
+
+
+async def test_a_pause_from_elsewhere_is_never_overwritten_by_the_end_of_the_pass(
+    make_worker_setup: MakeSetup,
+) -> None:
+    """A batch paused by another process (the CLI, another replica's API) before this worker has
+    read the catalog again stays paused: the status the pass ends with does not replace it, and
+    the worker's log says it kept the pause."""
+    setup = await make_worker_setup(max_concurrent_calls=2)
+    settings = setup.settings(poll_interval_s=3600)  # the catalog is not read again in this pass
+    for index in range(4):
+        await setup.inputs.write(f"docs/{index:02}.png", png(200 + index, 100))
+    batch_id = await create_batch(setup, settings)
+    async with open_worker(settings) as (worker, store):
+        setup.emulator.hold()
+        with capture_logs() as logs:
+            running = asyncio.create_task(worker.run_pass())
+            await within(setup.emulator.wait_for_in_flight(2), 30, "two calls never reached the emulator")
+            await store.update(batch_id, {}, status="paused")  # elsewhere: this worker is not told
+            setup.emulator.release()
+            outcome = await within(running, 30, "the pass did not end")
+    assert outcome.errors == {}
+    assert outcome.reports[batch_id].succeeded == 4
+    assert await batch_status(settings, batch_id) == ("paused", None)
+    kept = [entry for entry in logs if entry["event"] == "batch.status_kept"]
+    assert [(entry["status"], entry["wanted"]) for entry in kept] == [("paused", "available")]

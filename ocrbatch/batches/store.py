@@ -21,11 +21,11 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ocrbatch.batches.apply import PlannedChange, plan_apply, plan_violations, spec_dump
 from ocrbatch.batches.broken import BrokenBatch, BrokenBatchDocument, BrokenLog, read_document
@@ -54,7 +54,11 @@ from ocrbatch.types import Sleep
 
 BATCH_PREFIX = "batches/"
 LOCK_KEY = "locks/catalog.json"
-_STATUS_ATTEMPTS = 10
+_STALE_ATTEMPTS = 10
+_T = TypeVar("_T")
+# The worker's own transitions, which never replace an operator's "paused" (the worker pauses on
+# seeing it instead): a pass that starts or ends just as the batch is paused elsewhere.
+_YIELDS_TO_PAUSE: frozenset[BatchStatus] = frozenset({"running", "available"})
 
 
 @dataclass(frozen=True)
@@ -190,9 +194,20 @@ class BatchStore:
     ) -> StoredBatch:
         """Apply `changes` (spec fields) to the batch as read now, or as of etag `if_match`.
 
-        Fails with `BatchConflict` when the document changed after it was read, so a concurrent
-        edit is never silently overwritten.
+        Fails with `BatchConflict` when the document changed after the `if_match` read, so a
+        concurrent edit is never silently overwritten. Without `if_match` the change is applied
+        again on the document as it is now when another write (say, the worker's status) lands
+        between this read and this write.
         """
+        if if_match is not None:
+            return await self._update_once(ref, changes, if_match=if_match, status=status)
+        return await self._until_written(
+            lambda: self._update_once(ref, changes, if_match=None, status=status)
+        )
+
+    async def _update_once(
+        self, ref: str, changes: Mapping[str, Any], *, if_match: str | None, status: BatchStatus | None
+    ) -> StoredBatch:
         base = await self.get(ref)
         etag = if_match or base.etag
         spec = parse_spec(self._merge(base.batch, changes))
@@ -205,6 +220,16 @@ class BatchStore:
             if spec_dump(batch.spec()) != spec_dump(base.batch.spec()):
                 self._check(batch, others)
             return await self._write(batch, etag=etag)
+
+    async def _until_written(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """`attempt` (a read, a change, a conditional write) made again, a bounded number of
+        times, while another writer's change lands between its read and its write."""
+        for _ in range(_STALE_ATTEMPTS - 1):
+            try:
+                return await attempt()
+            except _StaleRead:
+                continue
+        return await attempt()
 
     async def _check_webhook_url(self, spec: BatchSpec, base: Batch | None = None) -> None:
         """Refuse a webhook URL the outbound policy refuses, when it is new (the address is
@@ -256,16 +281,15 @@ class BatchStore:
         self._broken.note(broken.key, None)
 
     async def set_status(self, batch_id: str, status: BatchStatus, reason: str | None = None) -> Batch:
-        """Record a status transition (used by the worker); retried on concurrent edits."""
-        for _ in range(_STATUS_ATTEMPTS - 1):
-            try:
-                return await self._set_status_once(batch_id, status, reason)
-            except BatchConflict:
-                continue
-        return await self._set_status_once(batch_id, status, reason)
+        """Record the worker's status transition, retried on concurrent edits; returns the batch as
+        stored. A batch paused meanwhile stays paused: "running" and "available" never replace
+        the operator's "paused", which the returned batch then shows."""
+        return await self._until_written(lambda: self._set_status_once(batch_id, status, reason))
 
     async def _set_status_once(self, batch_id: str, status: BatchStatus, reason: str | None) -> Batch:
         base = await self.get(batch_id)
+        if base.batch.status == "paused" and status in _YIELDS_TO_PAUSE:
+            return base.batch
         batch = base.batch.model_copy(
             update={"status": status, "status_reason": reason, "updated_at": self._now()}
         )
@@ -347,7 +371,7 @@ class BatchStore:
             else:
                 version = await self._coordination.replace(key, body, version=etag)
         except PreconditionFailed:
-            raise BatchConflict(_conflict_message(batch)) from None
+            raise _StaleRead(_conflict_message(batch)) from None
         learn_secrets(webhook_secrets(batch.webhook))
         return StoredBatch(batch, version)
 
@@ -373,6 +397,10 @@ class BatchStore:
             await self._sleep(random.uniform(0, delay_s))
             delay_s = min(delay_s * 2, 0.5)
         return etag
+
+
+class _StaleRead(BatchConflict):
+    """The document changed between the read an edit was based on and its write."""
 
 
 def _doc_key(batch_id: str) -> str:
