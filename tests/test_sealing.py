@@ -185,7 +185,7 @@ async def test_a_legacy_clear_document_still_reads_and_is_sealed_on_its_next_wri
 
     store = make_store(coordination, control, SECRET_KEY)
     assert (await store.get(legacy.batch.id)).batch.webhook == with_hook.webhook
-    await store.set_status(legacy.batch.id, "available")
+    await store.update(legacy.batch.id, {}, status="available")  # the operator resumes it
     data = await raw(coordination, legacy.batch.id)
     assert HOOK_SECRET.encode() not in data
     assert URL_PASSWORD.encode() not in data
