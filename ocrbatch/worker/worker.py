@@ -5,8 +5,9 @@ limiter per OCR domain, the HTTP clients and the memory budget for reads; it log
 keeps `_report.json` current meanwhile. `run_forever` repeats passes every poll interval.
 
 The control path (batch documents, claims) can fail for a while: a pass reads the catalog again
-with backoff until it answers (`run_forever`) or for `control_max_attempts` attempts (a single
-`run_pass`), and a batch interrupted by a control-path error keeps its status for the next pass.
+with backoff (`catalog.CatalogReader`) until it answers (`run_forever`) or for
+`control_max_attempts` attempts (a single `run_pass`), and a batch interrupted by a control-path
+error keeps its status for the next pass.
 Broken batch documents are skipped (the store lists them apart and logs them).
 """
 
@@ -20,23 +21,22 @@ from typing import Any
 
 import aiohttp
 import structlog
-from tenacity import RetryCallState, retry_if_exception_type, stop_after_attempt, stop_never
 
 from ocrbatch.batches.events import Upload, batches_for
 from ocrbatch.batches.report import BatchReport
 from ocrbatch.batches.spec import Batch, BatchStatus
-from ocrbatch.batches.store import BatchStore, StoredBatch
+from ocrbatch.batches.store import BatchStore
 from ocrbatch.clova.client import OcrClient
-from ocrbatch.clova.retries import backoff_retrying
 from ocrbatch.coordination.claims import ItemClaims
 from ocrbatch.coordination.factory import shared_slots
 from ocrbatch.errors import StorageError
 from ocrbatch.metrics import LiveState, WorkerMetrics
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
-from ocrbatch.types import Sleep, sleep_unless
+from ocrbatch.types import Sleep
 from ocrbatch.webhooks.service import WebhookService
 from ocrbatch.worker.batch_run import BatchRun, PassContext
+from ocrbatch.worker.catalog import CatalogReader
 from ocrbatch.worker.limiter import DomainLimiter
 from ocrbatch.worker.prepare import MemoryBudget
 
@@ -89,8 +89,9 @@ class Worker:
         self._runs: list[BatchRun] = []
         self._statuses: dict[str, tuple[str, str | None]] = {}  # batch id -> last status we know
         self._announcements: set[asyncio.Task[None]] = set()
-        self._control_error: str | None = None  # why the catalog cannot be read now, while retried
-        self._control_down_since_s = 0.0
+        self._catalog = CatalogReader(
+            store, settings.worker, stopping=self.stopping, sleep=sleep, clock=clock
+        )
         self.metrics = WorkerMetrics()
         self.limiters = {
             name: DomainLimiter(
@@ -181,7 +182,7 @@ class Worker:
     @property
     def control_error(self) -> str | None:
         """Why the batch catalog cannot be read, while passes retry it; None when it can."""
-        return self._control_error
+        return self._catalog.error
 
     async def run_forever(self) -> None:
         """Pass after pass, every poll interval or sooner when triggered, until `stop()`; an outage
@@ -207,7 +208,7 @@ class Worker:
         then `StorageError`."""
         result = PassResult()
         self.context.dead_domains.clear()
-        catalog = await self._read_catalog(forever=wait_for_control)
+        catalog = await self._catalog.read(forever=wait_for_control)
         if catalog is None:
             return result  # stopped while the control path was down
         batches = [item.batch for item in catalog]
@@ -246,55 +247,6 @@ class Worker:
             elif run.fatal_reason is not None:
                 result.errors[run.batch.id] = run.fatal_reason
         return result
-
-    async def _read_catalog(self, *, forever: bool) -> list[StoredBatch] | None:
-        """The valid batches; while the control path fails, read again with backoff (full jitter):
-        until it answers or `stop()` (None) with `forever`, else `control_max_attempts` times."""
-        worker = self.settings.worker
-        retrying = backoff_retrying(
-            retry=retry_if_exception_type(StorageError),
-            initial_s=worker.control_backoff_initial_s,
-            max_s=worker.control_backoff_max_s,
-            stop=stop_never if forever else stop_after_attempt(worker.control_max_attempts),
-            sleep=self._sleep_unless_stopping,
-            before_sleep=self._control_failed,
-        )
-        catalog: list[StoredBatch] | None = None
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if self.stopping.is_set():
-                        return None
-                    catalog = await self._store.list_batches()
-        except StorageError as exc:
-            log.error("worker.control_unavailable", error=str(exc), gave_up=True)
-            raise StorageError(
-                f"the batch catalog could not be read in {worker.control_max_attempts} attempts: {exc}"
-            ) from None
-        if self._control_error is not None:
-            down_s = round(self._clock() - self._control_down_since_s, 3)
-            log.info("worker.control_recovered", down_s=down_s)
-            self._control_error = None
-        return catalog
-
-    def _control_failed(self, retry_state: RetryCallState) -> None:
-        """Before each wait for the control path: remember why (readiness shows it) and log it,
-        at error level when it starts failing."""
-        outcome, action = retry_state.outcome, retry_state.next_action
-        error = str(outcome.exception()) if outcome is not None else "unknown error"
-        first = self._control_error is None
-        if first:
-            self._control_down_since_s = self._clock()
-        self._control_error = error
-        (log.error if first else log.warning)(
-            "worker.control_unavailable",
-            error=error,
-            attempt=retry_state.attempt_number,
-            retry_in_s=round(action.sleep, 3) if action is not None else None,
-        )
-
-    async def _sleep_unless_stopping(self, delay_s: float) -> None:
-        await sleep_unless(self.stopping, self._sleep, delay_s)
 
     def _on_control_path(self, error: StorageError) -> bool:
         """Whether `error` came from the coordination backend (claims, documents)."""
