@@ -299,12 +299,14 @@ async def test_an_edit_without_etag_is_applied_over_a_write_between_its_read_and
     assert (await operator.get(created.batch.id)).batch.template_ids == [1]
 
 
-async def test_the_workers_running_and_available_never_replace_a_pause(
+async def test_the_workers_running_and_available_never_replace_a_pause_or_an_error(
     coordination: Coordination, control: Location
 ) -> None:
     """A batch paused by an operator stays paused when the worker marks it running or available,
     even when the pause lands between the worker's read and its write; the worker gets the stored
-    batch back, so it sees the pause. An error is still recorded."""
+    batch back, so it sees the pause. An error is still recorded, and stands the same way: one
+    recorded meanwhile (a webhook's 410, another replica's 1021) is never undone by a pass's
+    "running", which would have the batch called again; only the operator's resume clears it."""
     interleaved = Interleaved(coordination)
     worker, operator = make_store(interleaved, control), make_store(coordination, control)
     created = await worker.create(spec())
@@ -314,6 +316,16 @@ async def test_the_workers_running_and_available_never_replace_a_pause(
     assert (await worker.get(created.batch.id)).batch.status == "paused"
     errored = await worker.set_status(created.batch.id, "error", "0002 Secret key validate failed")
     assert (errored.status, errored.status_reason) == ("error", "0002 Secret key validate failed")
+
+    await operator.update(created.batch.id, {}, status="available")
+    reason = "1021 Not found deploy info"
+    interleaved.before_next_write = lambda: operator.set_status(created.batch.id, "error", reason)
+    assert (await worker.set_status(created.batch.id, "running")).status_reason == reason
+    assert (await worker.set_status(created.batch.id, "available")).status == "error"
+    assert (await worker.get(created.batch.id)).batch.status_reason == reason
+    resumed = await operator.update(created.batch.id, {}, status="available")
+    assert (resumed.batch.status, resumed.batch.status_reason) == ("available", None)
+    assert (await worker.set_status(created.batch.id, "running")).status == "running"
 
 
 async def test_a_corrupt_document_is_a_clear_error(coordination: Coordination, control: Location) -> None:

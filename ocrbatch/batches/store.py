@@ -56,9 +56,11 @@ BATCH_PREFIX = "batches/"
 LOCK_KEY = "locks/catalog.json"
 _STALE_ATTEMPTS = 10
 _T = TypeVar("_T")
-# The worker's own transitions, which never replace an operator's "paused" (the worker pauses on
-# seeing it instead): a pass that starts or ends just as the batch is paused elsewhere.
-_YIELDS_TO_PAUSE: frozenset[BatchStatus] = frozenset({"running", "available"})
+# The worker's transitions of a batch it runs never replace a status that stops the batch, which
+# only an operator clears: a pause, or an error recorded meanwhile (by a webhook's 410, by another
+# replica's pass). A batch in either is never run, so such a status is newer than the pass.
+_PASS_STATUSES: frozenset[BatchStatus] = frozenset({"running", "available"})
+_STOPPING_STATUSES: frozenset[BatchStatus] = frozenset({"paused", "error"})
 
 
 @dataclass(frozen=True)
@@ -282,13 +284,13 @@ class BatchStore:
 
     async def set_status(self, batch_id: str, status: BatchStatus, reason: str | None = None) -> Batch:
         """Record the worker's status transition, retried on concurrent edits; returns the batch as
-        stored. A batch paused meanwhile stays paused: "running" and "available" never replace
-        the operator's "paused", which the returned batch then shows."""
+        stored. "running" and "available" never replace "paused" or "error" (set meanwhile by an
+        operator, a webhook or another replica), which the returned batch then shows."""
         return await self._until_written(lambda: self._set_status_once(batch_id, status, reason))
 
     async def _set_status_once(self, batch_id: str, status: BatchStatus, reason: str | None) -> Batch:
         base = await self.get(batch_id)
-        if base.batch.status == "paused" and status in _YIELDS_TO_PAUSE:
+        if base.batch.status in _STOPPING_STATUSES and status in _PASS_STATUSES:
             return base.batch
         batch = base.batch.model_copy(
             update={"status": status, "status_reason": reason, "updated_at": self._now()}

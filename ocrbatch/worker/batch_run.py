@@ -215,12 +215,12 @@ class BatchRun:
             await self.write_report()
         log.info("batch.pass_done", **self.report.progress(self.context.clock()), failed=self.report.failed)
 
-    def pause(self) -> None:
-        """The operator paused the batch: items in flight finish, the others stay pending (the
-        listing goes on, counting them) until it is resumed."""
+    def pause(self, status: str = "paused") -> None:
+        """The batch was paused (or, `status`, put in error elsewhere): items in flight finish, the
+        others stay pending (the listing goes on, counting them) until it is resumed."""
         if not self.paused:
             self.paused = True
-            log.info("batch.pausing", batch_id=self.batch.id, batch=self.batch.name)
+            log.info("batch.pausing", batch_id=self.batch.id, batch=self.batch.name, status=status)
 
     async def _discover(self, queue: asyncio.Queue[DiscoveredItem | None]) -> None:
         """List the batch and queue its pending items; the status becomes "running" with the first

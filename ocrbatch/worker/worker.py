@@ -378,12 +378,12 @@ class Worker:
         except Exception as exc:  # the status is informative; processing goes on without it
             log.warning("batch.status_not_saved", batch_id=batch.id, status=status, error=str(exc))
             return
-        if stored.status != status:  # paused elsewhere just now: the pause stands, and holds here
+        if stored.status != status:  # paused or in error meanwhile: that stands, and stops the runs here
             self._statuses[batch.id] = (stored.status, stored.status_reason)
             log.info(
                 "batch.status_kept", batch_id=batch.id, batch=batch.name, status=stored.status, wanted=status
             )
             for run in self._runs_of(batch.id):
-                run.pause()
+                run.pause(stored.status)
             return
         log.info("batch.status", batch_id=batch.id, batch=batch.name, status=status, reason=reason)
