@@ -14,7 +14,16 @@ import pytest
 from fixtures.clock import FakeClock
 from fixtures.samples import jpeg, pdf, png, tiff
 from fixtures.waits import within
-from fixtures.worker import MakeSetup, WorkerProfile, create_batch, keys, open_worker, read_json, with_domain
+from fixtures.worker import (
+    MakeSetup,
+    WorkerProfile,
+    WorkerSetup,
+    create_batch,
+    keys,
+    open_worker,
+    read_json,
+    with_domain,
+)
 from openpyxl import load_workbook
 from structlog.testing import capture_logs
 
@@ -22,6 +31,7 @@ from ocrbatch.batches.store import batch_store_in
 from ocrbatch.service.lifecycle import run_worker
 from ocrbatch.settings import Settings
 from ocrbatch.storage.factory import StorageFactory
+from ocrbatch.worker.worker import PassResult, Worker
 
 PROGRESS_INTERVAL_S = 3600.0  # only the progress ticker waits this long: the test ends its waits
 
@@ -282,6 +292,21 @@ async def test_transfer_modes(make_worker_setup: MakeSetup, worker_profile: Work
     assert len((await read_json(setup.results, "long.pdf.json"))["images"]) == 12
 
 
+async def docs_batch(setup: WorkerSetup, settings: Settings, count: int) -> str:
+    """The setup's batch over `count` PNGs under `docs/`; returns its id."""
+    for index in range(count):
+        await setup.inputs.write(f"docs/{index:02}.png", png(200 + index, 100))
+    return await create_batch(setup, settings)
+
+
+async def pass_with_two_calls_held(setup: WorkerSetup, worker: Worker) -> asyncio.Task[PassResult]:
+    """A pass of `worker` started with the emulator holding calls, once two of them are in flight."""
+    setup.emulator.hold()
+    running = asyncio.create_task(worker.run_pass())
+    await within(setup.emulator.wait_for_in_flight(2), 30, "two calls never reached the emulator")
+    return running
+
+
 async def test_pausing_mid_pass_finishes_what_is_in_flight_and_starts_nothing_more(
     make_worker_setup: MakeSetup,
 ) -> None:
@@ -290,14 +315,10 @@ async def test_pausing_mid_pass_finishes_what_is_in_flight_and_starts_nothing_mo
     the rest as pending, and the live report showed the pass while it ran."""
     setup = await make_worker_setup(max_concurrent_calls=2)
     settings = setup.settings()
-    for index in range(12):
-        await setup.inputs.write(f"docs/{index:02}.png", png(200 + index, 100))
-    batch_id = await create_batch(setup, settings)
+    batch_id = await docs_batch(setup, settings, 12)
     async with open_worker(settings) as (worker, store):
-        setup.emulator.hold()
         with capture_logs() as logs:
-            running = asyncio.create_task(worker.run_pass())
-            await within(setup.emulator.wait_for_in_flight(2), 30, "two calls never reached the emulator")
+            running = await pass_with_two_calls_held(setup, worker)
             live = worker.live_report(batch_id)
             assert live is not None
             assert live["pending"] > 0
@@ -325,14 +346,10 @@ async def test_a_pause_from_elsewhere_is_never_overwritten_by_the_end_of_the_pas
     the worker's log says it kept the pause."""
     setup = await make_worker_setup(max_concurrent_calls=2)
     settings = setup.settings(poll_interval_s=3600)  # the catalog is not read again in this pass
-    for index in range(4):
-        await setup.inputs.write(f"docs/{index:02}.png", png(200 + index, 100))
-    batch_id = await create_batch(setup, settings)
+    batch_id = await docs_batch(setup, settings, 4)
     async with open_worker(settings) as (worker, store):
-        setup.emulator.hold()
         with capture_logs() as logs:
-            running = asyncio.create_task(worker.run_pass())
-            await within(setup.emulator.wait_for_in_flight(2), 30, "two calls never reached the emulator")
+            running = await pass_with_two_calls_held(setup, worker)
             await store.update(batch_id, {}, status="paused")  # elsewhere: this worker is not told
             setup.emulator.release()
             outcome = await within(running, 30, "the pass did not end")

@@ -26,7 +26,7 @@ import structlog
 
 from ocrbatch.batches.layout import REPORT_KEY, RESULT_SUFFIX
 from ocrbatch.batches.report import BatchReport
-from ocrbatch.batches.spec import Batch, SetStatus
+from ocrbatch.batches.spec import Batch, BatchStatus, SetStatus
 from ocrbatch.clova.client import OcrClient
 from ocrbatch.clova.contract import ErrorClass, OcrError
 from ocrbatch.coordination.claims import ItemClaims
@@ -215,7 +215,7 @@ class BatchRun:
             await self.write_report()
         log.info("batch.pass_done", **self.report.progress(self.context.clock()), failed=self.report.failed)
 
-    def pause(self, status: str = "paused") -> None:
+    def pause(self, status: BatchStatus = "paused") -> None:
         """The batch was paused (or, `status`, put in error elsewhere): items in flight finish, the
         others stay pending (the listing goes on, counting them) until it is resumed."""
         if not self.paused:
